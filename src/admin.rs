@@ -1,0 +1,124 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/config`.
+//!
+//! It runs on its own port (default `127.0.0.1:9901`) so probes and scrapes never queue
+//! behind LLM traffic. `/config` serves the effective config prepared at load time, with
+//! every secret shown as `[redacted]`.
+
+use crate::config::ConfigStore;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Shared readiness: true once the config is loaded and the listeners are bound; false
+/// again as soon as shutdown starts, so Kubernetes stops sending traffic.
+#[derive(Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release)
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn route(req: &Request<Incoming>, store: &ConfigStore, ready: &Readiness) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if ready.get() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(store.metrics().render())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/config" => {
+            let snap = store.load();
+            let mut r = Response::new(Full::new(snap.effective.clone()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&snap.hash) {
+                r.headers_mut().insert("x-llm-sidecar-config-hash", v);
+            }
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz, /readyz, /metrics or /config\n",
+        ),
+    }
+}
+
+/// Serves the admin API until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<ConfigStore>,
+    ready: Arc<Readiness>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let store = store.clone();
+        let ready = ready.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = route(&req, &store, &ready);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}

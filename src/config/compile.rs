@@ -1,0 +1,809 @@
+//! [`ConfigFile`] → [`Snapshot`]: validation plus everything that can be computed before a
+//! request arrives (resolved secrets, parsed URLs, signers, header values, trust lists,
+//! metric handles, the redacted `/config` document).
+//!
+//! Every problem is recorded with its path and loading goes on, so the caller gets the
+//! complete list. Nothing here logs a secret; error messages name references only.
+
+use super::errors::{did_you_mean, ConfigErrors};
+use super::schema::{self, ConfigFile, ProviderKind};
+use super::secret::{EnvLookup, Secret, Template};
+use crate::auth::{NoAuth, Signer, StaticHeader};
+use crate::observability::metrics::Metrics;
+use crate::proxy::errors::ErrorStyle;
+use crate::routing::{self, HostPattern, Route, RouteTable};
+use crate::tenant::{self, Tenant};
+use crate::upstream::dns::{DnsRegistry, DnsSettings};
+use crate::upstream::{self, trust, PeerSettings, Provider, Timeouts};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use indexmap::IndexMap;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a load needs from the running process.
+pub struct LoadContext<'a> {
+    pub env: EnvLookup<'a>,
+    pub dns: &'a DnsRegistry,
+    pub metrics: &'a Metrics,
+}
+
+/// Settings that only take effect at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartupSettings {
+    pub reverse: SocketAddr,
+    pub admin: SocketAddr,
+    pub threads: usize,
+    pub upstream_pool_size: usize,
+    pub log_level: String,
+    pub log_format: schema::LogFormat,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Guards {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// A route's provider: ready to serve, or disabled because an `optional` provider's
+/// secret is missing.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Ready(Arc<Provider>),
+    Disabled { reason: Arc<str> },
+}
+
+/// One immutable, fully compiled config. Requests hold an `Arc` to the snapshot they
+/// started with until they finish.
+pub struct Snapshot {
+    /// sha256 of the file, first 16 hex digits (shown in metrics and logs).
+    pub hash: String,
+    /// sha256 over the file and every resolved secret: tells a real change from a no-op
+    /// reload. Never exposed.
+    pub fingerprint: [u8; 32],
+    pub startup: StartupSettings,
+    pub grace_period: Duration,
+    pub reload_debounce: Duration,
+    pub guards: Guards,
+    pub routes: RouteTable,
+    /// Route index → target, parallel to `routes`.
+    pub targets: Vec<Target>,
+    pub providers: IndexMap<String, Target>,
+    pub tenant: Tenant,
+    /// The effective config as JSON, secrets shown as `[redacted]`.
+    pub effective: Bytes,
+    /// Secret and CA files read by this load; their directories are watched too.
+    pub files: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("hash", &self.hash)
+            .field("routes", &self.routes.len())
+            .field("providers", &self.providers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    pub fn target(&self, route: &Route) -> &Target {
+        &self.targets[route.index]
+    }
+}
+
+/// Reads and compiles a config file.
+pub fn load_file(path: &Path, ctx: &LoadContext<'_>) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut errs = ConfigErrors::default();
+        errs.push(
+            "",
+            format!("cannot read config file {}: {}", path.display(), e.kind()),
+        );
+        errs
+    })?;
+    compile(&text, ctx)
+}
+
+pub fn compile(text: &str, ctx: &LoadContext<'_>) -> Result<Snapshot, ConfigErrors> {
+    let file = super::parse::parse(text)?;
+    Compiler::new(ctx, text).run(file)
+}
+
+struct Compiler<'a> {
+    ctx: &'a LoadContext<'a>,
+    text_hash: String,
+    errs: ConfigErrors,
+    warnings: Vec<String>,
+    files: Vec<PathBuf>,
+    fingerprint: Sha256,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(ctx: &'a LoadContext<'a>, text: &str) -> Compiler<'a> {
+        let mut fingerprint = Sha256::new();
+        fingerprint.update(text.as_bytes());
+        Compiler {
+            ctx,
+            text_hash: hex::encode(&Sha256::digest(text.as_bytes())[..8]),
+            errs: ConfigErrors::default(),
+            warnings: Vec::new(),
+            files: Vec::new(),
+            fingerprint,
+        }
+    }
+
+    fn run(mut self, file: ConfigFile) -> Result<Snapshot, ConfigErrors> {
+        let startup = self.startup(&file);
+        let guards = self.guards(&file.request);
+        let credential_headers =
+            self.header_names("request.strip_credentials", &file.request.strip_credentials);
+        let tenant = self.tenant(&file.tenant);
+        let dns = self.dns(&file.dns);
+
+        let mut providers = IndexMap::new();
+        for (name, p) in &file.providers {
+            let target = self.provider(name, p, dns, &credential_headers, &tenant);
+            providers.insert(name.clone(), target);
+        }
+
+        let (routes, targets) = self.routes(&file, &providers);
+
+        for (name, _) in &file.providers {
+            if !file.routes.iter().any(|r| &r.provider == name) {
+                self.warnings
+                    .push(format!("providers.{name}: no route uses this provider"));
+            }
+        }
+
+        let effective = match serde_json::to_vec_pretty(&file) {
+            Ok(v) => Bytes::from(v),
+            Err(e) => {
+                self.errs
+                    .push("", format!("cannot render effective config: {e}"));
+                Bytes::new()
+            }
+        };
+
+        let Compiler {
+            text_hash,
+            errs,
+            warnings,
+            files,
+            fingerprint,
+            ..
+        } = self;
+        let fingerprint: [u8; 32] = fingerprint.finalize().into();
+        let startup = match startup {
+            Some(s) => s,
+            None => return Err(errs),
+        };
+        errs.into_result(Snapshot {
+            hash: text_hash,
+            fingerprint,
+            startup,
+            grace_period: file.server.grace_period.get(),
+            reload_debounce: file.server.reload_debounce.get(),
+            guards,
+            routes,
+            targets,
+            providers,
+            tenant,
+            effective,
+            files,
+            warnings,
+        })
+    }
+
+    fn startup(&mut self, file: &ConfigFile) -> Option<StartupSettings> {
+        let reverse = self.addr("listeners.reverse", &file.listeners.reverse);
+        let admin = self.addr("listeners.admin", &file.listeners.admin);
+        if file.listeners.forward.is_some() {
+            self.errs.push(
+                "listeners.forward",
+                "reserved for the HTTPS_PROXY (CONNECT) mode, which this version does not implement yet; remove it",
+            );
+        }
+        if let (Some(r), Some(a)) = (reverse, admin) {
+            if r == a && r.port() != 0 {
+                self.errs.push(
+                    "listeners.admin",
+                    format!("same address as listeners.reverse ({r})"),
+                );
+            }
+        }
+        let threads = match file.server.threads {
+            Some(0) => {
+                self.errs.push("server.threads", "must be at least 1");
+                1
+            }
+            Some(n) if n > 256 => {
+                self.errs.push(
+                    "server.threads",
+                    format!("{n} is more than the supported 256"),
+                );
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if file.server.grace_period.get() > Duration::from_secs(3600) {
+            self.errs.push("server.grace_period", "must be at most 1h");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+            self.errs.push(
+                "log.level",
+                format!("invalid filter \"{}\": {e}", file.log.level),
+            );
+        }
+        Some(StartupSettings {
+            reverse: reverse?,
+            admin: admin?,
+            threads,
+            upstream_pool_size: file.server.upstream_pool_size,
+            log_level: file.log.level.clone(),
+            log_format: file.log.format,
+        })
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.errs.push(
+                    path,
+                    format!(
+                        "invalid address \"{s}\": write IP:port, e.g. 127.0.0.1:8080 or [::]:8080"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn guards(&mut self, r: &schema::RequestGuards) -> Guards {
+        let h = r.max_header_bytes.get();
+        if h < 1024 {
+            self.errs
+                .push("request.max_header_bytes", "must be at least 1KiB");
+        }
+        if h > 1 << 20 {
+            self.errs
+                .push("request.max_header_bytes", "must be at most 1MiB");
+        }
+        let b = r.max_body_bytes.get();
+        if b > 1 << 30 {
+            self.errs.push(
+                "request.max_body_bytes",
+                "must be at most 1GiB (bodies are held in memory)",
+            );
+        }
+        Guards {
+            max_header_bytes: usize::try_from(h).unwrap_or(usize::MAX),
+            max_body_bytes: usize::try_from(b).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn header_names(&mut self, path: &str, names: &[String]) -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(h) => out.push(h),
+                Err(_) => self.errs.push(
+                    format!("{path}[{i}]"),
+                    format!("\"{n}\" is not a valid header name"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn tenant(&mut self, t: &schema::Tenant) -> Tenant {
+        if let Err(e) = tenant::validate_id(&t.id) {
+            self.errs.push("tenant.id", e);
+        }
+        let mut inject = Vec::new();
+        for (name, template) in &t.headers {
+            let path = format!("tenant.headers.{name}");
+            let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.errs.push(path, "not a valid header name");
+                continue;
+            };
+            match HeaderValue::from_str(&tenant::expand(template, &t.id)) {
+                Ok(v) => inject.push((hn, v)),
+                Err(_) => self
+                    .errs
+                    .push(path, "value has characters not allowed in a header"),
+            }
+        }
+        let mut strip = self.header_names("tenant.strip", &t.strip);
+        strip.extend(inject.iter().map(|(n, _)| n.clone()));
+        Tenant {
+            id: Arc::from(t.id.as_str()),
+            inject: inject.into(),
+            strip: strip.into(),
+        }
+    }
+
+    fn dns(&mut self, d: &schema::Dns) -> DnsSettings {
+        if d.min_ttl > d.max_ttl {
+            self.errs.push(
+                "dns.min_ttl",
+                format!("{} is above dns.max_ttl ({})", d.min_ttl, d.max_ttl),
+            );
+        }
+        DnsSettings {
+            min_ttl: d.min_ttl.get(),
+            max_ttl: d.max_ttl.get(),
+            negative_ttl: d.negative_ttl.get(),
+        }
+    }
+
+    /// Resolves a template. A missing secret of an optional provider is returned as
+    /// `Err(Some(reason))` (the provider gets disabled); otherwise it is recorded.
+    fn resolve(
+        &mut self,
+        path: &str,
+        t: &Template,
+        optional: bool,
+    ) -> Result<String, Option<String>> {
+        match t.resolve(self.ctx.env) {
+            Ok(r) => {
+                self.fingerprint.update(r.value.as_bytes());
+                self.files.extend(r.files);
+                Ok(r.value)
+            }
+            Err(e) => {
+                if optional {
+                    Err(Some(format!("{path}: {e}")))
+                } else {
+                    self.errs.push(path, format!("{e}{}", optional_hint(path)));
+                    Err(None)
+                }
+            }
+        }
+    }
+
+    fn provider(
+        &mut self,
+        name: &str,
+        p: &schema::Provider,
+        dns: DnsSettings,
+        credential_headers: &[HeaderName],
+        tenant: &Tenant,
+    ) -> Target {
+        let base = format!("providers.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            self.errs.push(
+                &base,
+                "provider names may only use letters, digits, '-', '_' and '.'",
+            );
+        }
+        let mut missing: Vec<String> = Vec::new();
+        let record =
+            |r: Result<String, Option<String>>, missing: &mut Vec<String>| -> Option<String> {
+                match r {
+                    Ok(v) => Some(v),
+                    Err(Some(reason)) => {
+                        missing.push(reason);
+                        None
+                    }
+                    Err(None) => None,
+                }
+            };
+
+        // base URL
+        let url = {
+            let r = self.resolve(&format!("{base}.base_url"), &p.base_url.0, p.optional);
+            record(r, &mut missing)
+        };
+        let parsed = url.and_then(|u| match parse_base_url(&u) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.errs.push(format!("{base}.base_url"), e);
+                None
+            }
+        });
+
+        // credential
+        let signer: Option<Box<dyn Signer>> = match &p.auth {
+            schema::Auth::None => Some(Box::new(NoAuth)),
+            schema::Auth::Bearer { token } => {
+                let path = format!("{base}.auth.token");
+                let r = self.resolve(&path, &token.0, p.optional);
+                record(r, &mut missing).and_then(|v| match StaticHeader::bearer(&Secret::new(v)) {
+                    Ok(s) => Some(Box::new(s) as Box<dyn Signer>),
+                    Err(e) => {
+                        self.errs.push(path, e);
+                        None
+                    }
+                })
+            }
+            schema::Auth::Header { name: hname, value } => {
+                let path = format!("{base}.auth.value");
+                let r = self.resolve(&path, &value.0, p.optional);
+                record(r, &mut missing).and_then(|v| {
+                    match StaticHeader::header(hname, &Secret::new(v)) {
+                        Ok(s) => Some(Box::new(s) as Box<dyn Signer>),
+                        Err(e) => {
+                            self.errs.push(format!("{base}.auth"), e);
+                            None
+                        }
+                    }
+                })
+            }
+        };
+
+        // static headers
+        let mut headers = Vec::new();
+        for (hname, value) in &p.headers {
+            let path = format!("{base}.headers.{hname}");
+            let Ok(n) = HeaderName::from_bytes(hname.as_bytes()) else {
+                self.errs.push(path, "not a valid header name");
+                continue;
+            };
+            let r = self.resolve(&path, &value.0, p.optional);
+            if let Some(v) = record(r, &mut missing) {
+                match HeaderValue::from_str(&v) {
+                    Ok(mut hv) => {
+                        hv.set_sensitive(true);
+                        headers.push((n, hv));
+                    }
+                    Err(_) => self
+                        .errs
+                        .push(path, "value has characters not allowed in a header"),
+                }
+            }
+        }
+
+        let timeouts = self.timeouts(&base, &p.timeouts);
+        if p.pool.max_h2_streams == 0 {
+            self.errs
+                .push(format!("{base}.pool.max_h2_streams"), "must be at least 1");
+        }
+
+        // TLS
+        let tls_on = parsed.as_ref().is_some_and(|b| b.tls);
+        let mut trust_list = None;
+        let mut sni = parsed.as_ref().map(|b| b.host.clone()).unwrap_or_default();
+        if parsed.is_some() && !tls_on && (p.tls.ca_file.is_some() || p.tls.sni.is_some()) {
+            self.errs.push(
+                format!("{base}.tls"),
+                "TLS settings need an https:// base_url",
+            );
+        }
+        if tls_on {
+            let mut extra = Vec::new();
+            if let Some(ca) = &p.tls.ca_file {
+                match trust::load_ca_file(ca) {
+                    Ok(c) => {
+                        for cert in &c {
+                            self.fingerprint.update(cert.as_ref());
+                        }
+                        self.files.push(ca.clone());
+                        extra = c;
+                    }
+                    Err(e) => self.errs.push(format!("{base}.tls.ca_file"), e),
+                }
+            }
+            if !p.tls.public_roots && p.tls.ca_file.is_none() {
+                self.errs.push(
+                    format!("{base}.tls.public_roots"),
+                    "false needs tls.ca_file, or no certificate could ever be trusted",
+                );
+            }
+            if let Some(s) = &p.tls.sni {
+                match rustls_pki_types::ServerName::try_from(s.as_str()) {
+                    Ok(_) if !s.is_empty() => sni = s.clone(),
+                    _ => self.errs.push(
+                        format!("{base}.tls.sni"),
+                        format!("\"{s}\" is not a valid server name"),
+                    ),
+                }
+            }
+            trust_list = Some(trust::trust_list(&extra, p.tls.public_roots));
+        }
+
+        let style = style_for(p.kind);
+        let mut defaults = Vec::new();
+        if p.kind == ProviderKind::Anthropic {
+            defaults.push((
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            ));
+        }
+
+        if !missing.is_empty() {
+            let reason = missing.join("; ");
+            self.warnings.push(format!(
+                "{base}: disabled (optional provider with missing secrets): {reason}"
+            ));
+            return Target::Disabled {
+                reason: Arc::from(format!("provider \"{name}\" is not configured on this sidecar (its credentials are missing)")),
+            };
+        }
+        let (Some(b), Some(signer)) = (parsed, signer) else {
+            // errors already recorded; the load will fail
+            return Target::Disabled {
+                reason: Arc::from("invalid"),
+            };
+        };
+
+        // Client headers to remove: credentials, tenant headers, and whatever this
+        // provider sets itself (so a client copy never rides along with ours).
+        let mut strip: Vec<HeaderName> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for h in credential_headers
+            .iter()
+            .chain(tenant.strip.iter())
+            .chain(signer.header_names().iter())
+            .chain(headers.iter().map(|(n, _)| n))
+        {
+            if seen.insert(h.as_str().to_string()) {
+                strip.push(h.clone());
+            }
+        }
+
+        let authority = match HeaderValue::from_str(&b.authority) {
+            Ok(v) => v,
+            Err(_) => {
+                self.errs.push(
+                    format!("{base}.base_url"),
+                    "host is not valid in a Host header",
+                );
+                return Target::Disabled {
+                    reason: Arc::from("invalid"),
+                };
+            }
+        };
+        let peer_options = upstream::peer_options(PeerSettings {
+            tls: b.tls,
+            http2: p.pool.http2,
+            max_h2_streams: p.pool.max_h2_streams,
+            idle_timeout: p.pool.idle_timeout.get(),
+            timeouts: &timeouts,
+            trust: trust_list,
+        });
+        Target::Ready(Arc::new(Provider {
+            name: Arc::from(name),
+            kind: p.kind,
+            style,
+            tls: b.tls,
+            authority,
+            sni,
+            base_path: b.path.clone(),
+            endpoint: self.ctx.dns.entry(&b.host, b.port),
+            dns,
+            peer_options,
+            timeouts,
+            signer,
+            headers,
+            defaults,
+            strip: strip.into(),
+            metrics: self.ctx.metrics.provider(name),
+        }))
+    }
+
+    fn timeouts(&mut self, base: &str, t: &schema::Timeouts) -> Timeouts {
+        for (k, v) in [
+            ("connect", t.connect),
+            ("tls", t.tls),
+            ("first_byte", t.first_byte),
+            ("idle", t.idle),
+            ("total", t.total),
+        ] {
+            if v.get().is_zero() {
+                self.errs
+                    .push(format!("{base}.timeouts.{k}"), "must be greater than 0");
+            }
+        }
+        if t.first_byte > t.total {
+            self.errs.push(
+                format!("{base}.timeouts.first_byte"),
+                format!(
+                    "{} is longer than timeouts.total ({})",
+                    t.first_byte, t.total
+                ),
+            );
+        }
+        Timeouts {
+            connect: t.connect.get(),
+            tls: t.tls.get(),
+            first_byte: t.first_byte.get(),
+            idle: t.idle.get(),
+            total: t.total.get(),
+        }
+    }
+
+    fn routes(
+        &mut self,
+        file: &ConfigFile,
+        providers: &IndexMap<String, Target>,
+    ) -> (RouteTable, Vec<Target>) {
+        let mut routes: Vec<Route> = Vec::new();
+        let mut targets = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, r) in file.routes.iter().enumerate() {
+            let base = format!("routes[{i}]");
+            let Some(target) = providers.get(&r.provider) else {
+                if !r.provider.is_empty() {
+                    let hint = did_you_mean(&r.provider, providers.keys().map(String::as_str))
+                        .map(|s| format!("; did you mean \"{s}\"?"))
+                        .unwrap_or_else(|| {
+                            let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                            if known.is_empty() {
+                                "; no providers are defined".to_string()
+                            } else {
+                                format!("; defined providers: {}", known.join(", "))
+                            }
+                        });
+                    self.errs.push(
+                        format!("{base}.provider"),
+                        format!("unknown provider \"{}\"{hint}", r.provider),
+                    );
+                }
+                continue;
+            };
+            let name = r.name.clone().unwrap_or_else(|| r.provider.clone());
+            if !names.insert(name.clone()) {
+                let msg = if r.name.is_some() {
+                    format!("duplicate route name \"{name}\"")
+                } else {
+                    format!("another route is also named \"{name}\" (the provider's name by default); give each a unique `name`")
+                };
+                self.errs.push(format!("{base}.name"), msg);
+            }
+            let prefix = match &r.matcher.path_prefix {
+                Some(p) => match routing::normalize_prefix(p) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.errs.push(format!("{base}.match.path_prefix"), e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let host = match &r.matcher.host {
+                Some(h) => match HostPattern::parse(h) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        self.errs.push(format!("{base}.match.host"), e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            if r.matcher.path_prefix.is_none() && r.matcher.host.is_none() {
+                self.errs.push(
+                    format!("{base}.match"),
+                    "needs path_prefix and/or host (use path_prefix: / to match every request)",
+                );
+            }
+            if let Some(rw) = &r.rewrite_prefix {
+                if !rw.starts_with('/') || routing::has_dot_segment(rw) || rw.contains(['?', '#']) {
+                    self.errs.push(
+                        format!("{base}.rewrite_prefix"),
+                        format!("\"{rw}\" must be a path starting with /"),
+                    );
+                }
+            }
+            let (provider_name, base_path) = match target {
+                Target::Ready(p) => (p.name.clone(), p.base_path.as_str()),
+                Target::Disabled { .. } => (Arc::from(r.provider.as_str()), ""),
+            };
+            let mount = routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or(""));
+            let metrics = self.ctx.metrics.route(&name, &provider_name);
+            let route = Route::new(
+                Arc::from(name.as_str()),
+                routes.len(),
+                host,
+                prefix,
+                mount,
+                metrics,
+            );
+            if let Some(earlier) = routes.iter().find(|e| e.shadows(&route)) {
+                self.errs.push(
+                    base.clone(),
+                    format!(
+                        "can never match: route \"{}\" comes first and matches every request this one would; put the more specific route first",
+                        earlier.name
+                    ),
+                );
+            }
+            routes.push(route);
+            targets.push(target.clone());
+        }
+        (RouteTable::new(routes), targets)
+    }
+}
+
+fn optional_hint(path: &str) -> &'static str {
+    if path.starts_with("providers.") {
+        " (set it, or mark the provider `optional: true` to run without it)"
+    } else {
+        ""
+    }
+}
+
+fn style_for(kind: ProviderKind) -> ErrorStyle {
+    match kind {
+        ProviderKind::Anthropic => ErrorStyle::Anthropic,
+        _ => ErrorStyle::OpenAi,
+    }
+}
+
+struct BaseUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    /// `host` or `host:port` when the port is not the scheme's default.
+    authority: String,
+    /// Without trailing `/`; "" for none.
+    path: String,
+}
+
+fn parse_base_url(u: &str) -> Result<BaseUrl, String> {
+    let uri: http::Uri = u
+        .parse()
+        .map_err(|e| format!("\"{u}\" is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        Some(s) => {
+            return Err(format!(
+                "scheme \"{s}\" is not supported; use http:// or https://"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "\"{u}\" needs a scheme: https://host or http://host"
+            ))
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("\"{u}\" has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in base_url are not allowed; configure `auth` instead".into());
+    }
+    if uri.query().is_some() {
+        return Err("base_url must not have a query string".into());
+    }
+    let host = authority.host().to_string();
+    if host.is_empty() {
+        return Err(format!("\"{u}\" has no host"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let authority = if port == default_port {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    let path = uri.path().trim_end_matches('/').to_string();
+    if routing::has_dot_segment(&path) {
+        return Err("base_url path must not contain . or .. segments".into());
+    }
+    Ok(BaseUrl {
+        tls,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        authority,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests;

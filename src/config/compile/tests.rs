@@ -1,0 +1,211 @@
+use super::*;
+use crate::upstream::dns::DnsRegistry;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-test-canary".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Snapshot, ConfigErrors> {
+    let dns = DnsRegistry::default();
+    let metrics = Metrics::new();
+    let ctx = LoadContext {
+        env: &env,
+        dns: &dns,
+        metrics: &metrics,
+    };
+    compile(text, &ctx)
+}
+
+fn errors(text: &str) -> String {
+    load(text).unwrap_err().to_string()
+}
+
+const GOOD: &str = r#"
+version: 1
+tenant:
+  id: team-a
+  headers: { x-tenant: "{tenant}" }
+providers:
+  openai:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    auth: { type: bearer, token: "${env:OPENAI_API_KEY}" }
+  anthropic:
+    kind: anthropic
+    base_url: https://api.anthropic.com
+    optional: true
+    auth: { type: header, name: x-api-key, value: "${env:ANTHROPIC_API_KEY}" }
+routes:
+  - match: { path_prefix: /openai/v1 }
+    provider: openai
+  - match: { path_prefix: /anthropic }
+    provider: anthropic
+"#;
+
+#[test]
+fn compiles_and_redacts() {
+    let s = load(GOOD).unwrap();
+    assert_eq!(s.routes.len(), 2);
+    let Target::Ready(p) = &s.providers["openai"] else {
+        panic!("openai should be ready")
+    };
+    assert_eq!(p.authority, "api.openai.com");
+    assert_eq!(p.base_path, "/v1");
+    assert!(p.tls);
+    assert!(p.strip.iter().any(|h| h == "authorization"));
+    assert!(
+        p.strip.iter().any(|h| h == "x-tenant"),
+        "tenant headers are stripped from clients"
+    );
+    assert!(matches!(s.providers["anthropic"], Target::Disabled { .. }));
+    assert!(s
+        .warnings
+        .iter()
+        .any(|w| w.contains("${env:ANTHROPIC_API_KEY} is not set")));
+    let effective = String::from_utf8(s.effective.to_vec()).unwrap();
+    assert!(!effective.contains("sk-test-canary"));
+    assert!(effective.contains("[redacted]"));
+    assert_eq!(s.startup.reverse.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn missing_required_secret_names_the_reference() {
+    let e = errors(&GOOD.replace("OPENAI_API_KEY", "NOPE_KEY"));
+    assert!(
+        e.contains("providers.openai.auth.token: ${env:NOPE_KEY} is not set"),
+        "{e}"
+    );
+    assert!(e.contains("optional: true"), "{e}");
+}
+
+#[test]
+fn unknown_provider_with_suggestion_and_many_errors() {
+    let e = errors(
+        r#"
+version: 1
+listeners: { reverse: "localhost:80" }
+providers:
+  openai: { kind: openai, base_url: "ftp://x" }
+routes:
+  - match: { path_prefix: /a }
+    provider: openai
+  - match: { path_prefix: b }
+    provider: openai
+    name: two
+  - match: { path_prefix: /c }
+    provider: opnai
+"#,
+    );
+    assert!(
+        e.contains("listeners.reverse: invalid address \"localhost:80\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("providers.openai.base_url: scheme \"ftp\" is not supported"),
+        "{e}"
+    );
+    assert!(
+        e.contains("routes[1].match.path_prefix: path prefix \"b\" must start with /"),
+        "{e}"
+    );
+    assert!(
+        e.contains("routes[2].provider: unknown provider \"opnai\"; did you mean \"openai\"?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shadowed_and_duplicate_routes() {
+    let e = errors(
+        r#"
+version: 1
+providers:
+  p: { kind: ollama, base_url: "http://127.0.0.1:11434" }
+routes:
+  - match: { path_prefix: /ollama }
+    provider: p
+  - match: { path_prefix: /ollama/api }
+    provider: p
+"#,
+    );
+    assert!(
+        e.contains("routes[1].name: another route is also named \"p\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("routes[1]: can never match: route \"p\" comes first"),
+        "{e}"
+    );
+}
+
+#[test]
+fn url_and_tls_rules() {
+    let base = "version: 1\nproviders:\n  p:\n    kind: openai_compatible\n";
+    let e = errors(&format!(
+        "{base}    base_url: https://user:pw@example.com\n"
+    ));
+    assert!(e.contains("credentials in base_url"), "{e}");
+    assert!(
+        !e.contains("pw"),
+        "the message must not echo credentials: {e}"
+    );
+    let e = errors(&format!(
+        "{base}    base_url: http://example.com\n    tls: {{ sni: x.example.com }}\n"
+    ));
+    assert!(
+        e.contains("providers.p.tls: TLS settings need an https:// base_url"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{base}    base_url: https://example.com\n    tls: {{ ca_file: /nonexistent/ca.pem }}\n"
+    ));
+    assert!(
+        e.contains("providers.p.tls.ca_file: cannot read /nonexistent/ca.pem"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{base}    base_url: https://example.com\n    timeouts: {{ first_byte: 10m, total: 1m }}\n"
+    ));
+    assert!(
+        e.contains("timeouts.first_byte: 10m is longer than timeouts.total (1m)"),
+        "{e}"
+    );
+    let ok = load(&format!("{base}    base_url: http://127.0.0.1:8081/base/\nroutes:\n  - match: {{ host: \"*.example.com\" }}\n    provider: p\n")).unwrap();
+    let Target::Ready(p) = &ok.providers["p"] else {
+        panic!()
+    };
+    assert_eq!(p.authority, "127.0.0.1:8081");
+    assert_eq!(p.base_path, "/base");
+    assert!(!p.tls);
+}
+
+#[test]
+fn forward_listener_is_reserved() {
+    let e = errors("version: 1\nlisteners: { forward: 127.0.0.1:3128 }\n");
+    assert!(
+        e.contains("listeners.forward: reserved for the HTTPS_PROXY"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fingerprint_tracks_secret_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "one\n").unwrap();
+    let text = format!(
+        "version: 1\nproviders:\n  p:\n    kind: openai\n    base_url: https://api.openai.com\n    auth: {{ type: bearer, token: \"${{file:{}}}\" }}\nroutes:\n  - match: {{ path_prefix: / }}\n    provider: p\n",
+        key.display()
+    );
+    let a = load(&text).unwrap();
+    let b = load(&text).unwrap();
+    assert_eq!(a.fingerprint, b.fingerprint);
+    assert_eq!(a.files, vec![key.clone()]);
+    std::fs::write(&key, "two\n").unwrap();
+    let c = load(&text).unwrap();
+    assert_ne!(a.fingerprint, c.fingerprint, "a rotated secret is a change");
+    assert_eq!(a.hash, c.hash, "the public hash covers the file only");
+}

@@ -1,0 +1,284 @@
+//! YAML text → [`ConfigFile`], collecting every error.
+//!
+//! serde stops at the first error of a value, so the file is first read as a generic YAML
+//! tree and each section, provider and route is deserialized on its own: a typo in one
+//! provider does not hide a typo in a route.
+
+use super::errors::{did_you_mean, join, ConfigErrors};
+use super::schema::{self, ConfigFile, CONFIG_VERSION, TOP_LEVEL_KEYS};
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            errs.push("", format!("not valid YAML: {e}"));
+            return Err(errs);
+        }
+    };
+    let mut map = match root {
+        Value::Mapping(m) => m,
+        Value::Null => {
+            errs.push("", "the file is empty; it needs at least `version: 1`");
+            return Err(errs);
+        }
+        _ => {
+            errs.push("", "the top level must be a mapping of sections (version, listeners, providers, routes, ...)");
+            return Err(errs);
+        }
+    };
+
+    // Unknown top-level keys first, so a misspelt section is not silently defaulted.
+    for key in map.keys() {
+        match key.as_str() {
+            Some(k) if TOP_LEVEL_KEYS.contains(&k) => {}
+            Some(k) => {
+                let hint = did_you_mean(k, TOP_LEVEL_KEYS.iter().copied())
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                errs.push(k, format!("unknown section{hint}"));
+            }
+            None => errs.push("", format!("section names must be strings, found {key:?}")),
+        }
+    }
+
+    let version = match map.remove("version") {
+        None => {
+            errs.push(
+                "version",
+                "missing; write `version: 1` at the top of the file",
+            );
+            CONFIG_VERSION
+        }
+        Some(v) => match v.as_u64() {
+            Some(n) if n == u64::from(CONFIG_VERSION) => CONFIG_VERSION,
+            _ => {
+                errs.push(
+                    "version",
+                    format!(
+                        "unsupported version {}; this build reads version {CONFIG_VERSION}",
+                        yaml_brief(&v)
+                    ),
+                );
+                CONFIG_VERSION
+            }
+        },
+    };
+
+    let listeners: schema::Listeners = section(&mut map, "listeners", &mut errs);
+    let server: schema::Server = section(&mut map, "server", &mut errs);
+    let log: schema::Log = section(&mut map, "log", &mut errs);
+    let dns: schema::Dns = section(&mut map, "dns", &mut errs);
+    let request: schema::RequestGuards = section(&mut map, "request", &mut errs);
+    let tenant: schema::Tenant = section(&mut map, "tenant", &mut errs);
+
+    let mut providers = IndexMap::new();
+    match map.remove("providers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                let Some(name) = k.as_str().map(str::to_string) else {
+                    errs.push(
+                        "providers",
+                        format!("provider names must be strings, found {}", yaml_brief(&k)),
+                    );
+                    continue;
+                };
+                let path = join("providers", &name);
+                if let Some(p) = value::<schema::Provider>(v, &path, &mut errs) {
+                    providers.insert(name, p);
+                }
+            }
+        }
+        Some(other) => errs.push(
+            "providers",
+            format!(
+                "must be a mapping of provider name to settings, found {}",
+                yaml_kind(&other)
+            ),
+        ),
+    }
+
+    let mut routes = Vec::new();
+    match map.remove("routes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Sequence(seq)) => {
+            for (i, v) in seq.into_iter().enumerate() {
+                let path = format!("routes[{i}]");
+                if let Some(r) = value::<schema::Route>(v, &path, &mut errs) {
+                    routes.push((i, r));
+                } else {
+                    routes.push((i, placeholder_route()));
+                }
+            }
+        }
+        Some(other) => errs.push(
+            "routes",
+            format!("must be a list of routes, found {}", yaml_kind(&other)),
+        ),
+    }
+
+    errs.into_result(ConfigFile {
+        version,
+        listeners,
+        server,
+        log,
+        dns,
+        request,
+        tenant,
+        providers,
+        routes: routes.into_iter().map(|(_, r)| r).collect(),
+    })
+}
+
+/// A route that failed to parse still holds its index, so later errors keep numbering
+/// right; the whole load fails anyway.
+fn placeholder_route() -> schema::Route {
+    schema::Route {
+        name: None,
+        matcher: schema::RouteMatch::default(),
+        provider: String::new(),
+        rewrite_prefix: None,
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(
+    map: &mut serde_yaml::Mapping,
+    key: &str,
+    errs: &mut ConfigErrors,
+) -> T {
+    match map.remove(key) {
+        None | Some(Value::Null) => T::default(),
+        Some(v) => value(v, key, errs).unwrap_or_default(),
+    }
+}
+
+/// Deserializes one value, reporting the exact path of a failure inside it.
+fn value<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            errs.push(full, tidy_serde_message(&e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// serde's messages are good but mention Rust-isms; make the common ones read as YAML.
+fn tidy_serde_message(msg: &str) -> String {
+    let m = msg
+        .replace("unknown field `", "unknown key `")
+        .replace("missing field `", "missing key `");
+    // serde_yaml appends " at line X column Y" for some errors from a Value; none here.
+    m
+}
+
+fn yaml_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn yaml_brief(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => yaml_kind(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse("version: 1\n").unwrap();
+        assert_eq!(c.listeners.reverse, "127.0.0.1:8080");
+        assert_eq!(c.request.max_body_bytes.get(), 32 << 20);
+        assert!(c.providers.is_empty());
+    }
+
+    #[test]
+    fn collects_errors_from_every_section() {
+        let e = errors(
+            r#"
+version: 2
+listners: {}
+server: { grace_period: 30 }
+providers:
+  openai:
+    kind: openai
+    base_url: https://api.openai.com
+    auth: { type: bearer, tokn: x }
+  other:
+    kind: nosuch
+    base_url: http://x
+routes:
+  - match: { path_prefix: /a }
+    provider: openai
+    extra: 1
+"#,
+        );
+        let joined = e.join("\n");
+        assert!(
+            joined.contains("listners: unknown section; did you mean `listeners`?"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("version: unsupported version 2"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("server.grace_period: duration 30 has no unit"),
+            "{joined}"
+        );
+        assert!(joined.contains("providers.openai.auth"), "{joined}");
+        assert!(joined.contains("tokn"), "{joined}");
+        assert!(
+            joined.contains("providers.other.kind: unknown variant `nosuch`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("routes[0].extra: unknown key `extra`"),
+            "{joined}"
+        );
+        assert_eq!(e.len(), 6, "{joined}");
+    }
+
+    #[test]
+    fn syntax_and_shape_errors() {
+        assert!(errors("version: [").join("").contains("not valid YAML"));
+        assert!(errors("").join("").contains("empty"));
+        assert!(errors("- a").join("").contains("top level"));
+        assert!(errors("version: 1\nroutes: {}")
+            .join("")
+            .contains("routes: must be a list"));
+    }
+}

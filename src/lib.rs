@@ -1,0 +1,24 @@
+//! llm-sidecar: a sidecar proxy, built on Pingora, that carries an application's traffic
+//! to LLM providers. The app keeps no provider secrets and no resilience code.
+//!
+//! See `DESIGN.md`-style overviews at the top of each module:
+//! [`config`] (YAML → snapshot, hot reload), [`proxy`] (the request path),
+//! [`routing`], [`auth`], [`tenant`], [`upstream`] (peers, DNS, TLS trust),
+//! [`observability`], [`admin`], [`server`] (listeners, shutdown), and [`mock`] (the
+//! mock provider used by the quickstart, tests and benchmarks).
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod mock;
+pub mod observability;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod tenant;
+pub mod upstream;
+
+pub use server::{build_server, Options, ShutdownReport, Sidecar, StartError};
+
+/// The version printed by `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,697 @@
+//! `llm-sidecar-mock`: an OpenAI- and Anthropic-compatible provider for the quickstart,
+//! tests and benchmarks.
+//!
+//! It speaks the real wire formats: chat completions (JSON, and SSE with
+//! `chat.completion.chunk` events, a usage chunk when `stream_options.include_usage` is
+//! set, and `data: [DONE]`), Anthropic messages (JSON, and the `message_start` …
+//! `message_stop` event sequence), `GET /v1/models` and embeddings. Errors use each
+//! provider's error JSON.
+//!
+//! Behaviour is set per server ([`MockOptions`]) and can be overridden per request with
+//! headers:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-mock-latency-ms` | wait before the response headers |
+//! | `x-mock-chunks` | number of content tokens (SSE events) |
+//! | `x-mock-interval-ms` | pause between SSE events |
+//! | `x-mock-status` | answer with this status and the provider's error JSON |
+//! | `x-mock-stall-after` | stop sending (but keep the connection open) after N events |
+//!
+//! With recording on, every request (headers, body, connection id, HTTP version) is kept
+//! and served at `GET /_mock/requests`.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Clone, Debug)]
+pub struct MockOptions {
+    pub listen: SocketAddr,
+    /// Wait before sending response headers.
+    pub latency: Duration,
+    /// Content tokens per response (one SSE event each).
+    pub chunks: usize,
+    /// Pause between SSE events.
+    pub interval: Duration,
+    /// When set, requests must carry this key (`Authorization: Bearer`, `x-api-key` or
+    /// `api-key`), or get 401.
+    pub require_key: Option<String>,
+    /// Answer every `fail_every`th request with `fail_status` (default 500).
+    pub fail_every: Option<u64>,
+    pub fail_status: u16,
+    /// Keep the last N requests for `/_mock/requests` (0: off).
+    pub record: usize,
+    /// Serve TLS (HTTP/2 and HTTP/1.1 by ALPN).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            latency: Duration::ZERO,
+            chunks: 8,
+            interval: Duration::from_millis(20),
+            require_key: None,
+            fail_every: None,
+            fail_status: 500,
+            record: 0,
+            tls: None,
+        }
+    }
+}
+
+/// One request as the mock received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub connection: u64,
+    pub version: http::Version,
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn to_json(&self) -> Value {
+        let headers: Vec<Value> = self
+            .headers
+            .iter()
+            .map(|(n, v)| json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+            .collect();
+        json!({
+            "connection": self.connection,
+            "version": format!("{:?}", self.version),
+            "method": self.method.as_str(),
+            "path": self.path,
+            "headers": headers,
+            "body_len": self.body.len(),
+            "body_sha256": hex::encode(Sha256::digest(&self.body)),
+            "body": String::from_utf8_lossy(&self.body[..self.body.len().min(64 * 1024)]),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    cap: usize,
+    items: Mutex<std::collections::VecDeque<Recorded>>,
+}
+
+impl Recorder {
+    fn push(&self, r: Recorded) {
+        if self.cap == 0 {
+            return;
+        }
+        if let Ok(mut q) = self.items.lock() {
+            if q.len() >= self.cap {
+                q.pop_front();
+            }
+            q.push_back(r);
+        }
+    }
+}
+
+struct State {
+    opts: MockOptions,
+    recorder: Recorder,
+    requests: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// A running mock.
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: CancellationToken,
+}
+
+impl MockServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://` or `https://` base URL with the bound address.
+    pub fn url(&self) -> String {
+        let scheme = if self.state.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Requests recorded so far (oldest first).
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.state
+            .recorder
+            .items
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut q) = self.state.recorder.items.lock() {
+            q.clear();
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn request_count(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connection_count(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds and starts serving in the current Tokio runtime.
+pub async fn start(opts: MockOptions) -> std::io::Result<MockServer> {
+    let listener = TcpListener::bind(opts.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State {
+        recorder: Recorder {
+            cap: opts.record,
+            items: Mutex::new(Default::default()),
+        },
+        opts,
+        requests: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, state.clone(), stop.clone()));
+    Ok(MockServer { addr, state, stop })
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    let acceptor = state.opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn_id = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let state = state.clone();
+        let stop = stop.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), conn_id, req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match acceptor {
+                Some(a) => {
+                    let Ok(tls) = a.accept(tcp).await else { return };
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                }
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                }
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+fn header_num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+async fn handle(
+    state: Arc<State>,
+    conn: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let route = parts.uri.path().to_string();
+    if !route.starts_with("/_mock/") {
+        state.recorder.push(Recorded {
+            connection: conn,
+            version: parts.version,
+            method: parts.method.clone(),
+            path: path.clone(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+    let h = &parts.headers;
+    let api = if route.ends_with("/messages") {
+        Api::Anthropic
+    } else {
+        Api::OpenAi
+    };
+
+    match (&parts.method, route.as_str()) {
+        (&Method::GET, "/_mock/requests") => {
+            let items: Vec<Value> = state
+                .recorder
+                .items
+                .lock()
+                .map(|q| q.iter().map(Recorded::to_json).collect())
+                .unwrap_or_default();
+            return Ok(json_response(StatusCode::OK, &Value::Array(items)));
+        }
+        (&Method::DELETE, "/_mock/requests") => {
+            if let Ok(mut q) = state.recorder.items.lock() {
+                q.clear();
+            }
+            return Ok(json_response(StatusCode::OK, &json!({"cleared": true})));
+        }
+        (&Method::GET, "/_mock/health") => {
+            return Ok(json_response(StatusCode::OK, &json!({"ok": true})))
+        }
+        _ => {}
+    }
+
+    let latency =
+        header_num(h, "x-mock-latency-ms").map_or(state.opts.latency, Duration::from_millis);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    if let Some(key) = &state.opts.require_key {
+        if !has_key(h, key) {
+            return Ok(error(api, 401, "Incorrect API key provided."));
+        }
+    }
+    let injected = header_num(h, "x-mock-status")
+        .and_then(|s| u16::try_from(s).ok())
+        .or_else(|| {
+            state
+                .opts
+                .fail_every
+                .filter(|k| *k > 0 && n % k == 0)
+                .map(|_| state.opts.fail_status)
+        });
+    if let Some(status) = injected {
+        if status >= 400 {
+            return Ok(error(
+                api,
+                status,
+                "Injected failure from llm-sidecar-mock.",
+            ));
+        }
+    }
+
+    let chunks = header_num(h, "x-mock-chunks").map_or(state.opts.chunks, |c| c as usize);
+    let interval =
+        header_num(h, "x-mock-interval-ms").map_or(state.opts.interval, Duration::from_millis);
+    let stall_after = header_num(h, "x-mock-stall-after").map(|s| s as usize);
+
+    let resp = match (&parts.method, route.as_str()) {
+        (&Method::POST, r) if r.ends_with("/chat/completions") => {
+            let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+                return Ok(error(
+                    api,
+                    400,
+                    "We could not parse the JSON body of your request.",
+                ));
+            };
+            chat(&req, n, chunks, interval, stall_after)
+        }
+        (&Method::POST, r) if r.ends_with("/messages") => {
+            let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+                return Ok(error(api, 400, "messages: invalid JSON body"));
+            };
+            messages(&req, n, chunks, interval, stall_after)
+        }
+        (&Method::POST, r) if r.ends_with("/embeddings") => {
+            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let tokens = estimate_tokens(&req["input"]);
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "object": "list",
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.0125, -0.0311, 0.0042, 0.0187]}],
+                    "model": req["model"].as_str().unwrap_or("text-embedding-3-small"),
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+                }),
+            )
+        }
+        (&Method::GET, r) if r.ends_with("/models") => json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [
+                {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+                {"id": "mock-model", "object": "model", "created": 1721172741, "owned_by": "llm-sidecar-mock"}
+            ]}),
+        ),
+        _ => error(
+            api,
+            404,
+            &format!("Unknown request URL: {} {}.", parts.method, route),
+        ),
+    };
+    Ok(resp)
+}
+
+fn has_key(h: &HeaderMap, key: &str) -> bool {
+    let bearer = h
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|v| v == key);
+    let x = h.get("x-api-key").is_some_and(|v| v == key);
+    let azure = h.get("api-key").is_some_and(|v| v == key);
+    bearer || x || azure
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let body = Bytes::from(v.to_string());
+    let mut r = Response::new(Full::new(body).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(api: Api, status: u16, message: &str) -> Response<Body> {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let v = match api {
+        Api::OpenAi => {
+            let (ty, c) = match status {
+                401 => ("invalid_request_error", "invalid_api_key"),
+                404 => ("invalid_request_error", "unknown_url"),
+                429 => ("requests", "rate_limit_exceeded"),
+                400..=499 => ("invalid_request_error", "invalid_request"),
+                _ => ("server_error", "server_error"),
+            };
+            json!({"error": {"message": message, "type": ty, "param": null, "code": c}})
+        }
+        Api::Anthropic => {
+            let ty = match status {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": ty, "message": message}})
+        }
+    };
+    let mut r = json_response(code, &v);
+    if status == 429 || status == 503 || status == 529 {
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    r
+}
+
+/// A rough token count for prompts: about four characters per token.
+fn estimate_tokens(v: &Value) -> u64 {
+    fn chars(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.chars().count(),
+            Value::Array(a) => a.iter().map(chars).sum(),
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "content" | "text" | "input" | "system"))
+                .map(|(_, v)| chars(v))
+                .sum(),
+            _ => 0,
+        }
+    }
+    (chars(v) as u64).div_ceil(4).max(1)
+}
+
+const WORDS: &[&str] = &[
+    "This",
+    "is",
+    "a",
+    "mock",
+    "response",
+    "from",
+    "llm-sidecar-mock,",
+    "streamed",
+    "one",
+    "token",
+    "at",
+    "a",
+    "time.",
+];
+
+fn word(i: usize) -> String {
+    format!(
+        "{}{}",
+        if i == 0 { "" } else { " " },
+        WORDS[i % WORDS.len()]
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Content tokens to produce, capped by the request's max_tokens.
+fn token_budget(req: &Value, chunks: usize) -> (usize, bool) {
+    let cap = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req[k].as_u64())
+        .map(|m| m as usize);
+    match cap {
+        Some(c) if c < chunks => (c, true),
+        _ => (chunks, false),
+    }
+}
+
+fn sse_response(
+    events: Vec<Bytes>,
+    interval: Duration,
+    stall_after: Option<usize>,
+) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        for (i, ev) in events.into_iter().enumerate() {
+            if stall_after.is_some_and(|s| i >= s) {
+                // Hold the stream open without sending: a stalled provider.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            if tx.send(Ok(Frame::data(ev))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn data_event(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn named_event(name: &str, v: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
+}
+
+fn chat(
+    req: &Value,
+    n: u64,
+    chunks: usize,
+    interval: Duration,
+    stall_after: Option<usize>,
+) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("mock-model").to_string();
+    let prompt = estimate_tokens(&req["messages"]);
+    let (tokens, truncated) = token_budget(req, chunks);
+    let finish = if truncated { "length" } else { "stop" };
+    let id = format!("chatcmpl-mock{n}");
+    let created = now_secs();
+    let usage = json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": tokens,
+        "total_tokens": prompt + tokens as u64,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+    });
+    if req["stream"].as_bool() != Some(true) {
+        let text: String = (0..tokens).map(word).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": null, "finish_reason": finish}],
+                "usage": usage, "service_tier": "default", "system_fingerprint": "fp_mock"
+            }),
+        );
+    }
+    let include_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        });
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        data_event(&c)
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
+    for i in 0..tokens {
+        events.push(chunk(json!({"content": word(i)}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!(finish)));
+    if include_usage {
+        events.push(data_event(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_mock", "choices": [], "usage": usage
+        })));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(events, interval, stall_after)
+}
+
+fn messages(
+    req: &Value,
+    n: u64,
+    chunks: usize,
+    interval: Duration,
+    stall_after: Option<usize>,
+) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("claude-mock").to_string();
+    let input = estimate_tokens(&req["messages"]) + req.get("system").map_or(0, estimate_tokens);
+    let (tokens, truncated) = token_budget(req, chunks);
+    let stop = if truncated { "max_tokens" } else { "end_turn" };
+    let id = format!("msg_mock{n}");
+    if req["stream"].as_bool() != Some(true) {
+        let text: String = (0..tokens).map(word).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": stop, "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+            }),
+        );
+    }
+    let mut events = vec![
+        named_event(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+            }}),
+        ),
+        named_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        named_event("ping", &json!({"type": "ping"})),
+    ];
+    for i in 0..tokens {
+        events.push(named_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word(i)}}),
+        ));
+    }
+    events.push(named_event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(named_event(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": tokens}}),
+    ));
+    events.push(named_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
+    sse_response(events, interval, stall_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates_and_budgets() {
+        assert_eq!(
+            estimate_tokens(&json!([{"role": "user", "content": "12345678"}])),
+            2
+        );
+        assert_eq!(token_budget(&json!({"max_tokens": 3}), 8), (3, true));
+        assert_eq!(token_budget(&json!({}), 8), (8, false));
+    }
+}

@@ -1,0 +1,289 @@
+//! Prometheus metrics.
+//!
+//! One [`Metrics`] lives for the whole process (counters survive reloads). Each config load
+//! asks it for per-route and per-provider handles ([`RouteMetrics`], [`ProviderMetrics`]),
+//! so recording a request is an atomic add on a pre-resolved counter: no label hashing and
+//! no lock on the request path.
+//!
+//! Labels are bounded: route and provider names come from the config, status is a number
+//! between 100 and 599 (499 when the client went away first), reload results are a closed
+//! set.
+
+use prometheus::{
+    core::Collector, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Request durations span milliseconds (errors) to many minutes (long generations).
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Status used when the client closed the connection before a response was sent
+/// (nginx's convention).
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// Route/provider label used for requests refused before a route was chosen.
+pub const NO_ROUTE: &str = "-";
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_connections: IntCounterVec,
+    reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_last_success: IntGauge,
+    in_flight: IntGauge,
+    unrouted: OnceLock<RouteMetrics>,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; they only fail on a programming error (bad name or
+    // label set), which the unit tests below catch.
+    #[allow(clippy::expect_used)]
+    r.expect("static metric definition is valid")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_requests_total",
+                "Requests answered, by route, provider and HTTP status.",
+            ),
+            &["route", "provider", "status"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "llm_sidecar_request_duration_seconds",
+                "Time from the request arriving to the last byte of the response.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "provider"],
+        ));
+        let upstream_connections = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_upstream_connections_total",
+                "Upstream connections used by requests: reused=\"true\" came from the keep-alive pool, reused=\"false\" were opened.",
+            ),
+            &["provider", "reused"],
+        ));
+        let reloads = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_config_reloads_total",
+                "Config reload attempts by result: success, failure (the old config keeps serving) or unchanged.",
+            ),
+            &["result"],
+        ));
+        let config_info = must(IntGaugeVec::new(
+            Opts::new(
+                "llm_sidecar_config_info",
+                "1 for the config file hash (sha256, first 16 hex digits) currently serving.",
+            ),
+            &["hash"],
+        ));
+        let config_last_success = must(IntGauge::new(
+            "llm_sidecar_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        ));
+        let in_flight = must(IntGauge::new(
+            "llm_sidecar_requests_in_flight",
+            "Requests being proxied right now.",
+        ));
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(duration.clone()),
+            Box::new(upstream_connections.clone()),
+            Box::new(reloads.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_last_success.clone()),
+            Box::new(in_flight.clone()),
+        ];
+        for c in collectors {
+            must(registry.register(c));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            must(registry.register(Box::new(pc)));
+        }
+        for result in ["success", "failure", "unchanged"] {
+            reloads.with_label_values(&[result]);
+        }
+        Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_connections,
+            reloads,
+            config_info,
+            config_last_success,
+            in_flight,
+            unrouted: OnceLock::new(),
+        })
+    }
+
+    pub fn route(&self, route: &str, provider: &str) -> RouteMetrics {
+        RouteMetrics {
+            duration: self.duration.with_label_values(&[route, provider]),
+            requests: self.requests.clone(),
+            labels: Arc::new([route.to_string(), provider.to_string()]),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Handles for requests refused before any route matched.
+    pub fn unrouted(&self) -> &RouteMetrics {
+        self.unrouted.get_or_init(|| self.route(NO_ROUTE, NO_ROUTE))
+    }
+
+    pub fn provider(&self, provider: &str) -> ProviderMetrics {
+        ProviderMetrics {
+            conn_new: self
+                .upstream_connections
+                .with_label_values(&[provider, "false"]),
+            conn_reused: self
+                .upstream_connections
+                .with_label_values(&[provider, "true"]),
+        }
+    }
+
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Marks `hash` as the serving config (and only it).
+    pub fn set_active_config(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.config_last_success
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail for valid families.
+        let _ = TextEncoder::new().encode(&families, &mut buf);
+        buf
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+    Unchanged,
+}
+
+impl ReloadResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+            ReloadResult::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Pre-resolved handles for one route.
+pub struct RouteMetrics {
+    duration: Histogram,
+    requests: IntCounterVec,
+    labels: Arc<[String; 2]>,
+    /// Counter per status code, created on first use; index is `status - 100`.
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let status = status.clamp(100, 599);
+        let cell = &self.by_status[usize::from(status - 100)];
+        cell.get_or_init(|| {
+            let code = status.to_string();
+            self.requests.with_label_values(&[
+                self.labels[0].as_str(),
+                self.labels[1].as_str(),
+                code.as_str(),
+            ])
+        })
+        .inc();
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteMetrics({}, {})", self.labels[0], self.labels[1])
+    }
+}
+
+/// Pre-resolved handles for one provider.
+#[derive(Clone)]
+pub struct ProviderMetrics {
+    conn_new: IntCounter,
+    conn_reused: IntCounter,
+}
+
+impl ProviderMetrics {
+    pub fn connection(&self, reused: bool) {
+        if reused {
+            self.conn_reused.inc()
+        } else {
+            self.conn_new.inc()
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderMetrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_renders() {
+        let m = Metrics::new();
+        let r = m.route("openai", "openai");
+        r.record(200, Duration::from_millis(12));
+        r.record(200, Duration::from_millis(30));
+        r.record(504, Duration::from_secs(1));
+        m.provider("openai").connection(true);
+        m.reload(ReloadResult::Failure);
+        m.set_active_config("abc");
+        m.set_active_config("def");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                r#"llm_sidecar_requests_total{provider="openai",route="openai",status="200"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"status="504"} 1"#));
+        assert!(text.contains(
+            r#"llm_sidecar_request_duration_seconds_count{provider="openai",route="openai"} 3"#
+        ));
+        assert!(text.contains(
+            r#"llm_sidecar_upstream_connections_total{provider="openai",reused="true"} 1"#
+        ));
+        assert!(text.contains(r#"llm_sidecar_config_reloads_total{result="failure"} 1"#));
+        assert!(text.contains(r#"llm_sidecar_config_info{hash="def"} 1"#));
+        assert!(!text.contains(r#"hash="abc""#), "old hash must be gone");
+    }
+}

@@ -1,0 +1,302 @@
+//! The attempt driver: one upstream try for an exchange.
+//!
+//! Pingora's proxy loop offers one read timer per request and no hook while the upstream
+//! is silent, and it can replay at most 64 KiB of request body. So the exchange (the
+//! client-facing session) does not proxy itself: it runs each upstream try as a Pingora
+//! *subrequest* with the whole body preset, and drives it here:
+//!
+//! ```text
+//!  client ◄──────────────────── exchange (main session) ◄── tasks ── attempt (subrequest)
+//!   │ headers+body already read      │ this loop:                       │ upstream_peer,
+//!   │                                │  - feeds the preset body         │ upstream_request_filter
+//!   └── hang-up detected ───────────►│  - forwards Header/Body tasks    │ (sign, inject), pooled
+//!                                    │  - first-byte / idle / total     │ connection, h1 or h2
+//!                                    │    timers, precise               │
+//!                                    │  - client hang-up cancels it     ▼
+//!                                    └──────────────────────────────► provider
+//! ```
+//!
+//! The subrequest runs inside this task (no spawn); dropping it cancels the upstream
+//! request, which on HTTP/2 resets only that stream. Response bytes are written to the
+//! client as each task arrives: nothing is buffered here.
+
+use super::errors::{Cause, SidecarError};
+use super::AttemptPlan;
+use crate::upstream::Timeouts;
+use bytes::Bytes;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Bodies go to the subrequest in slices of this size.
+const BODY_SLICE: usize = 256 * 1024;
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The whole response reached the client.
+    Complete { status: u16 },
+    /// Nothing was sent to the client: the exchange may answer or try again.
+    NotStarted {
+        error: SidecarError,
+        /// The failure hit a reused keep-alive connection before any response byte (the
+        /// provider had closed it): a fresh connection is worth one more try.
+        stale_connection: bool,
+    },
+    /// The response started but could not finish; the client connection must be cut.
+    Broken { status: u16, cause: Cause },
+    /// The client went away.
+    ClientGone { status: Option<u16> },
+}
+
+enum Event {
+    SubDone,
+    WantsBody(bool),
+    BodyPermit(Option<tokio::sync::mpsc::OwnedPermit<HttpTask>>),
+    ProxyError(Option<Box<Error>>),
+    Task(Option<HttpTask>),
+    Client(pingora::Result<Option<Bytes>>),
+    Timer,
+}
+
+/// Runs one attempt. `deadline` is when the whole exchange must be over.
+pub async fn run(
+    session: &mut Session,
+    plan: Arc<AttemptPlan>,
+    body: &Bytes,
+    t: &Timeouts,
+    deadline: Instant,
+) -> Outcome {
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return internal("subrequests are not enabled for this session");
+    };
+    let body_mode = if body.is_empty() {
+        BodyMode::NoBody
+    } else {
+        BodyMode::ExpectBody
+    };
+    let sub_ctx = SubrequestCtx::builder()
+        .body_mode(body_mode)
+        .user_ctx(Box::new(plan.clone()))
+        .build();
+    let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
+    let tx = handle.tx;
+    let mut rx = handle.rx;
+    let mut wants_rx = handle.subreq_wants_body;
+    let mut err_rx = handle.subreq_proxy_error;
+
+    let mut sub = Box::pin(prepared.run());
+    let mut sub_done = false;
+    let mut wants_body = body.is_empty();
+    let mut wants_closed = body.is_empty();
+    let mut body_offset = 0usize;
+    let mut body_sent = body.is_empty();
+    let mut err_closed = false;
+    let mut rx_closed = false;
+    let mut proxy_error: Option<Box<Error>> = None;
+    let mut status: Option<u16> = None;
+    let mut response_done = false;
+    let mut client_open = true;
+
+    let started = Instant::now();
+    let first_byte_at = (started + t.first_byte).min(deadline);
+    let timer = tokio::time::sleep_until(first_byte_at);
+    tokio::pin!(timer);
+
+    loop {
+        if sub_done && rx_closed {
+            break;
+        }
+        let event = tokio::select! {
+            biased;
+            _ = &mut sub, if !sub_done => Event::SubDone,
+            r = &mut wants_rx, if !wants_closed => Event::WantsBody(r.is_ok()),
+            p = tx.clone().reserve_owned(), if wants_body && !body_sent => Event::BodyPermit(p.ok()),
+            e = &mut err_rx, if !err_closed => Event::ProxyError(e.ok()),
+            task = rx.recv(), if !rx_closed => Event::Task(task),
+            c = session.downstream_session.read_body_or_idle(true), if client_open && !response_done => Event::Client(c),
+            _ = &mut timer, if !response_done || !sub_done => Event::Timer,
+        };
+        match event {
+            Event::SubDone => sub_done = true,
+            Event::WantsBody(ok) => {
+                wants_closed = true;
+                wants_body = ok;
+                if !ok {
+                    body_sent = true;
+                }
+            }
+            Event::BodyPermit(None) => body_sent = true,
+            Event::BodyPermit(Some(permit)) => {
+                let end = (body_offset + BODY_SLICE).min(body.len());
+                let slice = body.slice(body_offset..end);
+                body_offset = end;
+                let last = body_offset >= body.len();
+                permit.send(HttpTask::Body(Some(slice), last));
+                if last {
+                    body_sent = true;
+                }
+            }
+            Event::ProxyError(e) => {
+                err_closed = true;
+                if let Some(e) = e {
+                    proxy_error.get_or_insert(e);
+                }
+            }
+            Event::Task(None) => rx_closed = true,
+            Event::Task(Some(task)) => {
+                if response_done {
+                    continue;
+                }
+                let task = match task {
+                    HttpTask::Header(h, end) => {
+                        if h.status.is_informational() {
+                            // 1xx from the provider: the client's 100-continue was already
+                            // answered by the exchange.
+                            continue;
+                        }
+                        status = Some(h.status.as_u16());
+                        timer.as_mut().reset(next_idle(t, deadline));
+                        HttpTask::Header(h, end)
+                    }
+                    HttpTask::Failed(e) => {
+                        proxy_error.get_or_insert(e);
+                        continue;
+                    }
+                    other => {
+                        timer.as_mut().reset(next_idle(t, deadline));
+                        other
+                    }
+                };
+                if status.is_none() {
+                    // Body before header cannot happen; be safe.
+                    continue;
+                }
+                match session.write_response_tasks(vec![task]).await {
+                    Ok(done) => response_done |= done,
+                    Err(_) => return Outcome::ClientGone { status },
+                }
+            }
+            Event::Client(r) => {
+                match r {
+                    // Unreachable once the body is read, but harmless: keep watching.
+                    Ok(Some(_)) => {}
+                    Ok(None) => client_open = false,
+                    Err(_) => return Outcome::ClientGone { status },
+                }
+            }
+            Event::Timer => {
+                if response_done {
+                    // The client has everything; the subrequest is only returning its
+                    // connection to the pool and should have finished by now.
+                    break;
+                }
+                let cause = if Instant::now() >= deadline {
+                    Cause::TotalTimeout
+                } else if status.is_some() {
+                    Cause::IdleTimeout
+                } else {
+                    Cause::FirstByteTimeout
+                };
+                return timed_out(cause, status, t);
+            }
+        }
+        if response_done && sub_done {
+            break;
+        }
+    }
+
+    if response_done {
+        return Outcome::Complete {
+            status: status.unwrap_or(0),
+        };
+    }
+    let error = proxy_error.as_deref();
+    match (status, error) {
+        (Some(s), e) => Outcome::Broken {
+            status: s,
+            cause: e.map_or(Cause::UpstreamReset, |e| classify(e, true)),
+        },
+        (None, Some(e)) => Outcome::NotStarted {
+            error: SidecarError::new(classify(e, false), describe(e, &plan)),
+            stale_connection: plan.report.stale_connection(),
+        },
+        (None, None) => internal("the upstream attempt ended without a response"),
+    }
+}
+
+fn next_idle(t: &Timeouts, deadline: Instant) -> Instant {
+    (Instant::now() + t.idle).min(deadline)
+}
+
+fn internal(msg: &str) -> Outcome {
+    Outcome::NotStarted {
+        error: SidecarError::new(Cause::Internal, msg),
+        stale_connection: false,
+    }
+}
+
+fn timed_out(cause: Cause, status: Option<u16>, t: &Timeouts) -> Outcome {
+    match status {
+        Some(s) => Outcome::Broken { status: s, cause },
+        None => {
+            let (what, limit) = match cause {
+                Cause::TotalTimeout => ("the request took longer than", t.total),
+                _ => ("the provider sent no response within", t.first_byte),
+            };
+            Outcome::NotStarted {
+                error: SidecarError::new(
+                    cause,
+                    format!("{what} {}", humantime::format_duration(limit)),
+                ),
+                stale_connection: false,
+            }
+        }
+    }
+}
+
+/// The error code name the DNS step of an attempt uses.
+pub const DNS_ERROR: &str = "dns";
+
+/// Maps a Pingora error from the attempt to why the exchange failed.
+pub fn classify(e: &Error, after_header: bool) -> Cause {
+    use ErrorType::*;
+    match e.etype() {
+        Custom(DNS_ERROR) => Cause::UpstreamDns,
+        ConnectTimedout => Cause::ConnectTimeout,
+        ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
+        | ConnectProxyFailure => Cause::UpstreamConnect,
+        TLSHandshakeTimedout => Cause::ConnectTimeout,
+        TLSHandshakeFailure | TLSWantX509Lookup | InvalidCert | HandshakeError => {
+            Cause::UpstreamTls
+        }
+        ReadTimedout | WriteTimedout => {
+            if after_header {
+                Cause::IdleTimeout
+            } else {
+                Cause::FirstByteTimeout
+            }
+        }
+        InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2 => Cause::UpstreamProtocol,
+        ConnectionClosed | ReadError | WriteError => Cause::UpstreamReset,
+        _ => Cause::UpstreamProtocol,
+    }
+}
+
+/// A client-safe description: what failed and where, no internal error chain.
+fn describe(e: &Error, plan: &AttemptPlan) -> String {
+    let host = plan.provider.endpoint.host();
+    let name = &plan.provider.name;
+    match classify(e, false) {
+        Cause::UpstreamDns => format!("cannot resolve the address of provider \"{name}\" ({host})"),
+        Cause::ConnectTimeout => format!("connecting to provider \"{name}\" ({host}) timed out"),
+        Cause::UpstreamConnect => format!("cannot connect to provider \"{name}\" ({host})"),
+        Cause::UpstreamTls => format!("TLS with provider \"{name}\" ({host}) failed: its certificate is not trusted or the handshake was refused"),
+        Cause::FirstByteTimeout => format!("provider \"{name}\" did not answer in time"),
+        Cause::UpstreamReset => format!("provider \"{name}\" closed the connection before answering"),
+        _ => format!("provider \"{name}\" sent an invalid response"),
+    }
+}

@@ -1,0 +1,226 @@
+//! Responses the sidecar writes itself.
+//!
+//! They use the shape of the provider the request was for, so SDKs surface a readable
+//! message: OpenAI-style `{"error":{"message","type","code"}}` or Anthropic-style
+//! `{"type":"error","error":{"type","message"}}`. Every one carries
+//! `x-llm-sidecar-error: <cause>` so operators can tell a sidecar answer from a provider
+//! answer. Messages never contain secrets, file paths or internal error chains.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Which provider's error JSON to answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorStyle {
+    OpenAi,
+    Anthropic,
+}
+
+impl ErrorStyle {
+    /// For requests that matched no route: guess from what the client sent.
+    pub fn guess(req: &pingora::http::RequestHeader) -> ErrorStyle {
+        if req.headers.contains_key("anthropic-version") || req.uri.path().ends_with("/messages") {
+            ErrorStyle::Anthropic
+        } else {
+            ErrorStyle::OpenAi
+        }
+    }
+}
+
+/// Why the sidecar answered instead of the provider. The string form is the value of the
+/// `x-llm-sidecar-error` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    NoRoute,
+    ProviderDisabled,
+    HeadersTooLarge,
+    BodyTooLarge,
+    BadFraming,
+    BadPath,
+    BadRequest,
+    UpstreamDns,
+    ConnectTimeout,
+    UpstreamConnect,
+    UpstreamTls,
+    UpstreamProtocol,
+    UpstreamReset,
+    FirstByteTimeout,
+    IdleTimeout,
+    TotalTimeout,
+    ShuttingDown,
+    Internal,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NoRoute => "no_route",
+            Cause::ProviderDisabled => "provider_disabled",
+            Cause::HeadersTooLarge => "headers_too_large",
+            Cause::BodyTooLarge => "body_too_large",
+            Cause::BadFraming => "bad_framing",
+            Cause::BadPath => "bad_path",
+            Cause::BadRequest => "bad_request",
+            Cause::UpstreamDns => "upstream_dns",
+            Cause::ConnectTimeout => "upstream_timeout_connect",
+            Cause::UpstreamConnect => "upstream_connect",
+            Cause::UpstreamTls => "upstream_tls",
+            Cause::UpstreamProtocol => "upstream_protocol",
+            Cause::UpstreamReset => "upstream_reset",
+            Cause::FirstByteTimeout => "upstream_timeout_first_byte",
+            Cause::IdleTimeout => "upstream_timeout_idle",
+            Cause::TotalTimeout => "upstream_timeout_total",
+            Cause::ShuttingDown => "shutting_down",
+            Cause::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Cause::NoRoute => 404,
+            Cause::ProviderDisabled | Cause::ShuttingDown => 503,
+            Cause::HeadersTooLarge => 431,
+            Cause::BodyTooLarge => 413,
+            Cause::BadFraming | Cause::BadPath | Cause::BadRequest => 400,
+            Cause::UpstreamDns
+            | Cause::UpstreamConnect
+            | Cause::UpstreamTls
+            | Cause::UpstreamProtocol
+            | Cause::UpstreamReset => 502,
+            Cause::ConnectTimeout
+            | Cause::FirstByteTimeout
+            | Cause::IdleTimeout
+            | Cause::TotalTimeout => 504,
+            Cause::Internal => 500,
+        }
+    }
+}
+
+/// An answer the sidecar makes itself.
+#[derive(Clone, Debug)]
+pub struct SidecarError {
+    pub cause: Cause,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl SidecarError {
+    pub fn new(cause: Cause, message: impl Into<String>) -> SidecarError {
+        SidecarError {
+            cause,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.cause.status()
+    }
+
+    /// The JSON body in the given provider's shape.
+    pub fn body(&self, style: ErrorStyle) -> Bytes {
+        let status = self.status();
+        let v = match style {
+            ErrorStyle::OpenAi => serde_json::json!({
+                "error": {
+                    "message": self.message,
+                    "type": openai_type(status),
+                    "param": null,
+                    "code": self.cause.as_str(),
+                }
+            }),
+            ErrorStyle::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {
+                    "type": anthropic_type(status),
+                    "message": self.message,
+                }
+            }),
+        };
+        Bytes::from(v.to_string())
+    }
+
+    pub fn response_header(&self, body_len: usize) -> Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(self.status(), Some(5))?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+        h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        h.insert_header("x-llm-sidecar-error", self.cause.as_str())?;
+        if let Some(s) = self.retry_after_secs {
+            h.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+        }
+        Ok(h)
+    }
+
+    /// Writes the whole response. `keepalive: false` closes an HTTP/1 connection after it
+    /// (when request bytes may be left unread, say).
+    pub async fn write(
+        &self,
+        session: &mut Session,
+        style: ErrorStyle,
+        keepalive: bool,
+    ) -> Result<()> {
+        let body = self.body(style);
+        let header = self.response_header(body.len())?;
+        if !keepalive {
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+}
+
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let e = SidecarError::new(Cause::NoRoute, "no route for /x");
+        let o: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::OpenAi)).unwrap();
+        assert_eq!(o["error"]["message"], "no route for /x");
+        assert_eq!(o["error"]["code"], "no_route");
+        assert_eq!(o["error"]["type"], "not_found_error");
+        let a: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "not_found_error");
+        let h = SidecarError::new(Cause::FirstByteTimeout, "t")
+            .response_header(3)
+            .unwrap();
+        assert_eq!(h.status.as_u16(), 504);
+        assert_eq!(
+            h.headers["x-llm-sidecar-error"],
+            "upstream_timeout_first_byte"
+        );
+    }
+}

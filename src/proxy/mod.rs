@@ -1,0 +1,612 @@
+//! The `ProxyHttp` implementation: where each request goes through the sidecar.
+//!
+//! Every client request is an *exchange* (Pingora's main session). Each try at the
+//! provider is an *attempt* (a Pingora subrequest the exchange drives, see [`attempt`]).
+//! The same hooks serve both; [`Role`] says which one a context belongs to.
+//!
+//! ```text
+//!  exchange (client side)                                attempt (upstream side)
+//!  ─────────────────────                                 ───────────────────────
+//!  early_request_filter   load the config snapshot       take the plan from the exchange
+//!  request_filter         guards: 431 / 400 / 413
+//!                         route (404), provider (503)
+//!                         read the body (≤ max), then
+//!                         drive attempts ──────────────► upstream_peer           async DNS → HttpPeer
+//!                                                        upstream_request_filter path, Host, strip
+//!                                                                                client credentials,
+//!                                                                                sign, tenant headers
+//!                                                        connected_to_upstream   pool reuse metric
+//!                         forward response tasks ◄────── (Pingora proxies h1/h2, pooled)
+//!  fail_to_proxy          errors before any response     fail_to_proxy: silent, the
+//!                         (provider-shaped JSON)         exchange answers instead
+//!  logging                metrics, log line
+//! ```
+//!
+//! A request reads one snapshot (one `ArcSwap` load) and keeps it to the end, including
+//! in its attempts, so a reload never mixes two configs in one request.
+
+pub mod attempt;
+pub mod errors;
+pub mod guards;
+
+use crate::config::compile::Target;
+use crate::config::{ConfigStore, Snapshot};
+use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
+use crate::routing;
+use crate::tenant::Tenant;
+use crate::upstream::dns::{Candidates, Resolver};
+use crate::upstream::Provider;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use errors::{Cause, ErrorStyle, SidecarError};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
+use pingora::http::RequestHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What an exchange hands to each of its attempts.
+pub struct AttemptPlan {
+    pub provider: Arc<Provider>,
+    pub tenant: Tenant,
+    /// Path and query to request upstream.
+    pub uri: http::Uri,
+    pub body_len: usize,
+    pub report: AttemptReport,
+}
+
+/// Facts an attempt reports back to its exchange.
+#[derive(Default)]
+pub struct AttemptReport {
+    stale_connection: AtomicBool,
+}
+
+impl AttemptReport {
+    pub fn stale_connection(&self) -> bool {
+        self.stale_connection.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    role: Role,
+}
+
+pub enum Role {
+    Exchange(ExchangeState),
+    Attempt(AttemptState),
+}
+
+#[derive(Default)]
+pub struct ExchangeState {
+    route: Option<usize>,
+    style: Option<ErrorStyle>,
+    /// Status the client got (0: none yet).
+    status: u16,
+    cause: Option<Cause>,
+    /// The response was cut off: Pingora must write nothing more on this connection.
+    aborted: bool,
+    in_flight: bool,
+    attempts: u32,
+}
+
+pub struct AttemptState {
+    plan: Arc<AttemptPlan>,
+    candidates: Option<Candidates>,
+    tries: usize,
+}
+
+/// Stale pooled connections are retried at most this many times per exchange.
+const MAX_STALE_RETRIES: u32 = 2;
+
+/// Reading the request body: the client must keep sending at least this often.
+pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct SidecarProxy {
+    store: Arc<ConfigStore>,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+}
+
+impl SidecarProxy {
+    pub fn new(store: Arc<ConfigStore>, resolver: Arc<Resolver>) -> SidecarProxy {
+        let metrics = store.metrics().clone();
+        SidecarProxy {
+            store,
+            resolver,
+            metrics,
+        }
+    }
+
+    async fn answer(
+        &self,
+        session: &mut Session,
+        x: &mut ExchangeState,
+        style: ErrorStyle,
+        err: SidecarError,
+        keepalive: bool,
+    ) -> Result<bool> {
+        x.status = err.status();
+        x.cause = Some(err.cause);
+        x.style = Some(style);
+        if let Err(e) = err.write(session, style, keepalive).await {
+            // The client is gone; nothing more to do for it.
+            tracing::debug!(error = %e, "could not write error response");
+            x.status = STATUS_CLIENT_CLOSED;
+        }
+        Ok(true)
+    }
+
+    /// The client-facing side of a request. Always answers the client itself (returns
+    /// `Ok(true)`) except when the connection has to be cut (`Err`).
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        snap: &Arc<Snapshot>,
+        x: &mut ExchangeState,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        if let Err(e) = guards::check(req, &snap.guards) {
+            let style = ErrorStyle::guess(req);
+            // The body (if any) is left unread: close the connection after answering.
+            return self.answer(session, x, style, e, false).await;
+        }
+
+        let host = routing::request_host(req);
+        let path = req.uri.path();
+        let Some(route) = snap.routes.find(host, path) else {
+            let style = ErrorStyle::guess(req);
+            let msg = format!("no route on this sidecar matches {} {}", req.method, path);
+            let keep = session.is_body_empty();
+            return self
+                .answer(
+                    session,
+                    x,
+                    style,
+                    SidecarError::new(Cause::NoRoute, msg),
+                    keep,
+                )
+                .await;
+        };
+        x.route = Some(route.index);
+        let provider = match snap.target(route) {
+            Target::Ready(p) => p.clone(),
+            Target::Disabled { reason } => {
+                let keep = session.is_body_empty();
+                let style = ErrorStyle::guess(session.req_header());
+                let e = SidecarError::new(Cause::ProviderDisabled, reason.to_string());
+                return self.answer(session, x, style, e, keep).await;
+            }
+        };
+        let style = provider.style;
+        x.style = Some(style);
+
+        let uri = {
+            let req = session.req_header();
+            let up = route.upstream_path(req.uri.path(), req.uri.query());
+            match up.parse::<http::Uri>() {
+                Ok(u) => u,
+                Err(_) => {
+                    let e =
+                        SidecarError::new(Cause::BadPath, "the request path cannot be forwarded");
+                    return self.answer(session, x, style, e, false).await;
+                }
+            }
+        };
+
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session.downstream_session.write_continue_response().await?;
+        }
+        let body = match read_body(session, snap.guards.max_body_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                let e = guards::body_too_large(snap.guards.max_body_bytes);
+                return self.answer(session, x, style, e, false).await;
+            }
+            Err(BodyError::Client(e)) => {
+                x.status = STATUS_CLIENT_CLOSED;
+                x.aborted = true;
+                return Err(e);
+            }
+        };
+        // HTTP/2 requests may omit Content-Length; the attempt frames its body by it.
+        if session.req_header().version == http::Version::HTTP_2 {
+            session
+                .req_header_mut()
+                .insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        }
+
+        let deadline = tokio::time::Instant::now() + provider.timeouts.total;
+        let mut stale_retries = 0;
+        loop {
+            x.attempts += 1;
+            let plan = Arc::new(AttemptPlan {
+                provider: provider.clone(),
+                tenant: snap.tenant.clone(),
+                uri: uri.clone(),
+                body_len: body.len(),
+                report: AttemptReport::default(),
+            });
+            match attempt::run(session, plan, &body, &provider.timeouts, deadline).await {
+                attempt::Outcome::Complete { status } => {
+                    x.status = status;
+                    return Ok(true);
+                }
+                attempt::Outcome::NotStarted {
+                    error,
+                    stale_connection,
+                } => {
+                    if stale_connection && stale_retries < MAX_STALE_RETRIES {
+                        stale_retries += 1;
+                        tracing::debug!(provider = %provider.name, "pooled connection was closed by the provider; retrying on a fresh one");
+                        continue;
+                    }
+                    return self.answer(session, x, style, error, true).await;
+                }
+                attempt::Outcome::Broken { status, cause } => {
+                    x.status = status;
+                    x.cause = Some(cause);
+                    x.aborted = true;
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(cause.status()),
+                        format!(
+                            "response from provider \"{}\" cut off: {}",
+                            provider.name,
+                            cause.as_str()
+                        ),
+                    ));
+                }
+                attempt::Outcome::ClientGone { status } => {
+                    x.status = status.unwrap_or(STATUS_CLIENT_CLOSED);
+                    x.aborted = true;
+                    let mut e = Error::new(ErrorType::ConnectionClosed);
+                    e.esource = ErrorSource::Downstream;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Client(Box<Error>),
+}
+
+/// Reads the whole request body, refusing it past `max` bytes. A body that arrives in one
+/// piece (the usual case) is kept without copying.
+async fn read_body(session: &mut Session, max: usize) -> std::result::Result<Bytes, BodyError> {
+    if session.is_body_empty() {
+        return Ok(Bytes::new());
+    }
+    session
+        .downstream_session
+        .set_read_timeout(Some(CLIENT_READ_TIMEOUT));
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(BodyError::Client)?
+    {
+        total += chunk.len();
+        if total > max {
+            return Err(BodyError::TooLarge);
+        }
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let cap = session
+                    .req_header()
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                    .unwrap_or(total * 2)
+                    .min(max);
+                let mut b = BytesMut::with_capacity(cap.max(total));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                first = None;
+                buf = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, buf) {
+        (Some(f), None) => f,
+        (_, Some(b)) => b.freeze(),
+        (None, None) => Bytes::new(),
+    })
+}
+
+fn attempt_plan(session: &Session) -> Option<Arc<AttemptPlan>> {
+    session
+        .subrequest_ctx
+        .as_ref()?
+        .user_ctx()?
+        .downcast_ref::<Arc<AttemptPlan>>()
+        .cloned()
+}
+
+#[async_trait]
+impl ProxyHttp for SidecarProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            snapshot: None,
+            role: Role::Exchange(ExchangeState::default()),
+        }
+    }
+
+    /// Runs first for every request. Exchanges load the config snapshot they will use to
+    /// the end; attempts pick up the plan their exchange prepared.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(plan) = attempt_plan(session) {
+            ctx.role = Role::Attempt(AttemptState {
+                plan,
+                candidates: None,
+                tries: 0,
+            });
+            return Ok(());
+        }
+        ctx.snapshot = Some(self.store.load());
+        if let Role::Exchange(x) = &mut ctx.role {
+            x.in_flight = true;
+            self.metrics.in_flight().inc();
+        }
+        Ok(())
+    }
+
+    /// Only exchanges spawn attempts.
+    fn allow_spawning_subrequest(&self, _session: &Session, ctx: &Ctx) -> bool {
+        matches!(ctx.role, Role::Exchange(_))
+    }
+
+    /// Exchange: guards, routing, body, attempts; always answers (returns `Ok(true)`) or
+    /// cuts the connection (`Err`). Attempt: continue to the upstream (`Ok(false)`).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(snap) = ctx.snapshot.clone() else {
+            return Ok(false); // attempt
+        };
+        match &mut ctx.role {
+            Role::Attempt(_) => Ok(false),
+            Role::Exchange(x) => self.exchange(session, &snap, x).await,
+        }
+    }
+
+    /// Attempt: where to connect. Resolves the provider host (cached, asynchronous) and
+    /// walks through its addresses when a connect fails.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Role::Attempt(a) = &mut ctx.role else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "upstream_peer called outside an attempt",
+            );
+        };
+        let provider = &a.plan.provider;
+        if a.candidates.is_none() {
+            let c = provider
+                .endpoint
+                .candidates(&self.resolver, provider.dns)
+                .await
+                .map_err(|e| {
+                    Error::explain(ErrorType::Custom(attempt::DNS_ERROR), e.to_string())
+                })?;
+            a.candidates = Some(c);
+        }
+        let addr = a
+            .candidates
+            .as_ref()
+            .and_then(|c| c.get(a.tries))
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::ConnectError,
+                    format!("no more addresses to try for {}", provider.endpoint.host()),
+                )
+            })?;
+        a.tries += 1;
+        Ok(Box::new(provider.peer(addr)))
+    }
+
+    /// Attempt: a connect failure moves on to the host's next address, if any.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Role::Attempt(a) = &ctx.role {
+            let more = a.candidates.as_ref().is_some_and(|c| a.tries < c.len());
+            e.set_retry(more);
+        }
+        e
+    }
+
+    /// Attempt: the request as the provider sees it. Pingora has already removed
+    /// hop-by-hop headers (including any named in `Connection`), so what is set here
+    /// cannot be stripped by a client's `Connection: authorization`.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Role::Attempt(a) = &ctx.role else {
+            return Ok(());
+        };
+        let plan = &a.plan;
+        let p = &plan.provider;
+        req.set_uri(plan.uri.clone());
+        for name in p.strip.iter() {
+            req.remove_header(name);
+        }
+        req.remove_header(&EXPECT);
+        req.remove_header(&TRANSFER_ENCODING);
+        let method_has_body = !matches!(
+            req.method,
+            http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
+        );
+        if plan.body_len > 0 || method_has_body {
+            req.insert_header(CONTENT_LENGTH, plan.body_len.to_string())?;
+        } else {
+            req.remove_header(&CONTENT_LENGTH);
+        }
+        req.insert_header(HOST, p.authority.clone())?;
+        for (n, v) in &p.defaults {
+            if !req.headers.contains_key(n) {
+                req.insert_header(n.clone(), v.clone())?;
+            }
+        }
+        for (n, v) in plan.tenant.inject.iter() {
+            req.insert_header(n.clone(), v.clone())?;
+        }
+        for (n, v) in &p.headers {
+            req.insert_header(n.clone(), v.clone())?;
+        }
+        p.signer
+            .sign(req)
+            .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Role::Attempt(a) = &ctx.role {
+            a.plan.provider.metrics.connection(reused);
+        }
+        Ok(())
+    }
+
+    /// Attempt: never let Pingora replay the request itself (its replay buffer stops at
+    /// 64 KiB); tell the exchange when a pooled connection turned out to be dead, it holds
+    /// the whole body and tries again on a fresh connection.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        _session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        e.retry.decide_reuse(client_reused);
+        if let Role::Attempt(a) = &ctx.role {
+            let stale = client_reused && matches!(e.retry, RetryType::Decided(true));
+            a.plan
+                .report
+                .stale_connection
+                .store(stale, Ordering::Relaxed);
+        }
+        e.set_retry(false);
+        e
+    }
+
+    /// Exchange: an error escaped `request_filter` (the response was cut, or the client
+    /// left) or Pingora failed before it ran. Attempt: say nothing, the exchange answers.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let no_reuse = |code| FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        };
+        match &mut ctx.role {
+            Role::Attempt(_) => no_reuse(0),
+            Role::Exchange(x) if x.aborted || x.status != 0 => no_reuse(x.status),
+            Role::Exchange(x) => {
+                let (cause, msg) = match e.esource() {
+                    ErrorSource::Downstream => match e.etype() {
+                        ErrorType::ReadError
+                        | ErrorType::WriteError
+                        | ErrorType::ConnectionClosed => {
+                            x.status = STATUS_CLIENT_CLOSED;
+                            return no_reuse(STATUS_CLIENT_CLOSED);
+                        }
+                        _ => (
+                            Cause::BadRequest,
+                            "the request could not be read".to_string(),
+                        ),
+                    },
+                    _ => (
+                        Cause::Internal,
+                        "the sidecar failed to handle this request".to_string(),
+                    ),
+                };
+                let style = x
+                    .style
+                    .unwrap_or_else(|| ErrorStyle::guess(session.req_header()));
+                let _ = self
+                    .answer(session, x, style, SidecarError::new(cause, msg), false)
+                    .await;
+                no_reuse(x.status)
+            }
+        }
+    }
+
+    /// Attempt failures are reported once, by their exchange.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        match &ctx.role {
+            Role::Attempt(_) => true,
+            Role::Exchange(x) => x.status != 0,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Role::Exchange(x) = &mut ctx.role else {
+            return;
+        };
+        if x.in_flight {
+            self.metrics.in_flight().dec();
+        }
+        let elapsed = ctx.started.elapsed();
+        let status = if x.status == 0 {
+            session
+                .response_written()
+                .map_or(STATUS_CLIENT_CLOSED, |r| r.status.as_u16())
+        } else {
+            x.status
+        };
+        let Some(snap) = &ctx.snapshot else { return };
+        let route = x.route.and_then(|i| snap.routes.get(i));
+        match route {
+            Some(r) => r.metrics.record(status, elapsed),
+            None => self.metrics.unrouted().record(status, elapsed),
+        }
+        let route_name = route.map_or("-", |r| &r.name);
+        let req = session.req_header();
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        match x.cause {
+            Some(cause) if cause.status() >= 500 || x.aborted => tracing::warn!(
+                route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                attempts = x.attempts, duration_ms = ms, "request failed"
+            ),
+            Some(cause) => tracing::info!(
+                route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                duration_ms = ms, "request refused"
+            ),
+            None => tracing::debug!(
+                route = route_name, method = %req.method, path = req.uri.path(), status,
+                attempts = x.attempts, duration_ms = ms, "request"
+            ),
+        }
+    }
+}

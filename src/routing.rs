@@ -1,0 +1,266 @@
+//! The route table: which provider serves a request, and the path it gets upstream.
+//!
+//! Routes are tried in the order they are written; the first match wins. A route matches
+//! on a path prefix (at a `/` boundary: `/openai` matches `/openai` and `/openai/v1/...`
+//! but not `/openaix`), on the request's host (exact, or `*.example.com` for subdomains),
+//! or both. Config loading rejects a route that an earlier one shadows completely.
+//!
+//! The upstream path is `provider base path` + `rewrite_prefix` (default empty) + the rest
+//! of the request path after the matched prefix; the query string is kept as is.
+//!
+//! ```text
+//! base_url https://api.openai.com/v1, path_prefix /openai/v1
+//!   POST /openai/v1/chat/completions?x=1  ->  POST /v1/chat/completions?x=1
+//! ```
+
+use crate::observability::metrics::RouteMetrics;
+use std::sync::Arc;
+
+/// A host pattern, lower-cased at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        if s.is_empty() {
+            return Err("empty host".into());
+        }
+        if s.contains(':') && !s.starts_with('[') {
+            return Err(format!(
+                "host \"{s}\" must not carry a port; ports are ignored when matching"
+            ));
+        }
+        if let Some(rest) = s.strip_prefix("*.") {
+            if rest.is_empty() || rest.contains('*') {
+                return Err(format!(
+                    "invalid wildcard host \"{s}\": use e.g. *.example.com"
+                ));
+            }
+            return Ok(HostPattern::Subdomains(format!(".{rest}")));
+        }
+        if s.contains('*') {
+            return Err(format!("invalid host \"{s}\": a wildcard is only allowed as the first label (*.example.com)"));
+        }
+        if !s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        }) {
+            return Err(format!("invalid host \"{s}\""));
+        }
+        Ok(HostPattern::Exact(s))
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Subdomains(suffix) => {
+                host.len() > suffix.len()
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+
+    /// True when every host `other` matches is also matched by `self`.
+    fn covers(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Subdomains(_), HostPattern::Exact(b)) => self.matches(b),
+            (HostPattern::Subdomains(a), HostPattern::Subdomains(b)) => b.ends_with(a.as_str()),
+            (HostPattern::Exact(_), HostPattern::Subdomains(_)) => false,
+        }
+    }
+}
+
+/// Normalizes a configured path prefix: leading `/`, no trailing `/`. `/` alone means
+/// "any path" and is stored as `None`.
+pub fn normalize_prefix(p: &str) -> Result<Option<String>, String> {
+    if !p.starts_with('/') {
+        return Err(format!("path prefix \"{p}\" must start with /"));
+    }
+    if p.contains(['?', '#']) {
+        return Err(format!("path prefix \"{p}\" must not contain ? or #"));
+    }
+    if has_dot_segment(p) {
+        return Err(format!(
+            "path prefix \"{p}\" must not contain . or .. segments"
+        ));
+    }
+    let t = p.trim_end_matches('/');
+    Ok(if t.is_empty() {
+        None
+    } else {
+        Some(t.to_string())
+    })
+}
+
+/// Joins path pieces so exactly one `/` separates them and the result starts with `/`.
+pub fn join_mount(base: &str, rewrite: &str) -> String {
+    let mut out = String::new();
+    for part in [base, rewrite] {
+        let t = part.trim_matches('/');
+        if !t.is_empty() {
+            out.push('/');
+            out.push_str(t);
+        }
+    }
+    out
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub index: usize,
+    host: Option<HostPattern>,
+    prefix: Option<String>,
+    /// Provider base path + rewrite prefix, without trailing `/` ("" for none).
+    mount: String,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    pub fn new(
+        name: Arc<str>,
+        index: usize,
+        host: Option<HostPattern>,
+        prefix: Option<String>,
+        mount: String,
+        metrics: RouteMetrics,
+    ) -> Route {
+        Route {
+            name,
+            index,
+            host,
+            prefix,
+            mount,
+            metrics,
+        }
+    }
+
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        if let Some(h) = &self.host {
+            match host {
+                Some(req_host) if h.matches(req_host) => {}
+                _ => return false,
+            }
+        }
+        match &self.prefix {
+            None => true,
+            Some(p) => prefix_matches(p, path),
+        }
+    }
+
+    /// The path and query sent upstream for a request path and query.
+    pub fn upstream_path(&self, path: &str, query: Option<&str>) -> String {
+        let rest = match &self.prefix {
+            Some(p) => &path[p.len().min(path.len())..],
+            None => path,
+        };
+        let mut out =
+            String::with_capacity(self.mount.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+        out.push_str(&self.mount);
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+
+    /// True when this route matches every request `later` would match.
+    pub fn shadows(&self, later: &Route) -> bool {
+        let host_covered = match (&self.host, &later.host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a.covers(b),
+        };
+        let prefix_covered = match (&self.prefix, &later.prefix) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => prefix_matches(a, b),
+        };
+        host_covered && prefix_covered
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// A `.` or `..` path segment, literal or percent-encoded. Such paths are refused rather
+/// than forwarded, so a route's prefix is a real boundary upstream too.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let decoded_dots = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded_dots == "." || decoded_dots == ".."
+    })
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        RouteTable { routes }
+    }
+
+    /// The first route matching `host` (without port) and `path` (without query).
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// The host a request is for, without port: the URI authority (HTTP/2, absolute-form)
+/// or else the `Host` header.
+pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    let raw = match req.uri.authority() {
+        Some(a) => a.as_str(),
+        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(authority: &str) -> &str {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        match rest.find(']') {
+            Some(i) => &authority[..i + 2],
+            None => authority,
+        }
+    } else {
+        match authority.rfind(':') {
+            Some(i) => &authority[..i],
+            None => authority,
+        }
+    };
+    host.trim_end_matches('.')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,355 @@
+//! Listeners, connection tasks and graceful shutdown.
+//!
+//! The sidecar runs Pingora's HTTP proxy (`HttpProxy`) in its own accept loop instead of
+//! Pingora's `Server`: it binds the sockets itself (so port 0 works and the real address is
+//! known), reports readiness only once they are bound, and shuts down gracefully on its
+//! own terms:
+//!
+//! 1. `/readyz` turns 503 and the listeners close: new connections are refused;
+//! 2. HTTP/1 keep-alive connections are closed after their current request, idle ones at
+//!    once; HTTP/2 clients get GOAWAY;
+//! 3. in-flight requests get `server.grace_period` to finish; whatever is left after that
+//!    is cut (and counted in the log).
+//!
+//! Unlike Pingora's `Server`, the process exits as soon as the last request is done rather
+//! than always sleeping out the grace period.
+
+use crate::admin::{self, Readiness};
+use crate::config::watch::{self, ReloadHandle};
+use crate::config::{ConfigStore, ReloadOutcome};
+use crate::proxy::SidecarProxy;
+use crate::upstream::dns::Resolver;
+use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::server::configuration::ServerConf;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch as tokio_watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// How the server is started.
+#[derive(Default)]
+pub struct Options {
+    /// Handle SIGHUP (reload), SIGTERM and SIGINT (graceful shutdown). The binary sets
+    /// this; tests start several sidecars in one process and leave it off.
+    pub handle_signals: bool,
+    /// DNS resolver; default: the system configuration.
+    pub resolver: Option<Arc<Resolver>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// Counts open client connections and wakes whoever waits for zero.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnectionGuard(Arc<Connections>);
+
+impl Connections {
+    fn enter(self: &Arc<Self>) -> ConnectionGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+    fn count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+    async fn wait_zero(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+type Proxy = HttpProxy<SidecarProxy>;
+
+/// A running sidecar.
+pub struct Sidecar {
+    reverse_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    store: Arc<ConfigStore>,
+    reload: ReloadHandle,
+    ready: Arc<Readiness>,
+    proxy: Arc<Proxy>,
+    stop_accept: CancellationToken,
+    shutdown_tx: tokio_watch::Sender<bool>,
+    hard_stop: CancellationToken,
+    background_stop: CancellationToken,
+    connections: Arc<Connections>,
+    signal_shutdown: Arc<Notify>,
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every connection finished within the grace period.
+    pub drained: bool,
+    /// Connections still open when the grace period ended (they were cut).
+    pub cut: usize,
+}
+
+/// Binds the listeners and starts serving with the store's config.
+pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Sidecar, StartError> {
+    let startup = store.applied_startup().clone();
+    let reverse = TcpListener::bind(startup.reverse)
+        .await
+        .map_err(|source| StartError::Bind {
+            which: "listeners.reverse",
+            addr: startup.reverse,
+            source,
+        })?;
+    let admin = TcpListener::bind(startup.admin)
+        .await
+        .map_err(|source| StartError::Bind {
+            which: "listeners.admin",
+            addr: startup.admin,
+            source,
+        })?;
+    let reverse_addr = reverse.local_addr().unwrap_or(startup.reverse);
+    let admin_addr = admin.local_addr().unwrap_or(startup.admin);
+
+    let resolver = opts.resolver.unwrap_or_else(Resolver::from_system);
+    let mut conf = ServerConf::default();
+    conf.threads = startup.threads.max(1);
+    // Pingora's pool is global but configured per thread.
+    conf.upstream_keepalive_pool_size = startup.upstream_pool_size.div_ceil(conf.threads);
+    conf.max_retries = 16;
+    let conf = Arc::new(conf);
+    let mut proxy = http_proxy(&conf, SidecarProxy::new(store.clone(), resolver));
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    proxy.server_options = Some(server_options);
+    let proxy = Arc::new(proxy);
+
+    let ready = Arc::new(Readiness::default());
+    let stop_accept = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+    let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
+    let connections = Arc::new(Connections::default());
+
+    let reload = watch::spawn(store.clone(), background_stop.clone())?;
+    tokio::spawn(admin::serve(
+        admin,
+        store.clone(),
+        ready.clone(),
+        background_stop.clone(),
+    ));
+    tokio::spawn(accept_loop(
+        reverse,
+        proxy.clone(),
+        shutdown_rx,
+        stop_accept.clone(),
+        hard_stop.clone(),
+        connections.clone(),
+    ));
+
+    let signal_shutdown = Arc::new(Notify::new());
+    if opts.handle_signals {
+        spawn_signal_handlers(reload.clone(), signal_shutdown.clone(), hard_stop.clone())?;
+    }
+
+    let snap = store.load();
+    for w in &snap.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        reverse = %reverse_addr,
+        admin = %admin_addr,
+        config = %store.path().display(),
+        hash = %snap.hash,
+        routes = snap.routes.len(),
+        providers = snap.providers.len(),
+        "llm-sidecar listening"
+    );
+    ready.set(true);
+    Ok(Sidecar {
+        reverse_addr,
+        admin_addr,
+        store,
+        reload,
+        ready,
+        proxy,
+        stop_accept,
+        shutdown_tx,
+        hard_stop,
+        background_stop,
+        connections,
+        signal_shutdown,
+    })
+}
+
+fn spawn_signal_handlers(
+    reload: ReloadHandle,
+    shutdown: Arc<Notify>,
+    hard_stop: CancellationToken,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let io = |e: std::io::Error| StartError::Watch(notify::Error::io(e));
+    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.signal();
+        }
+    });
+    tokio::spawn(async move {
+        let mut asked = false;
+        loop {
+            let name = tokio::select! {
+                s = term.recv() => { if s.is_none() { return } "SIGTERM" }
+                s = int.recv() => { if s.is_none() { return } "SIGINT" }
+            };
+            if asked {
+                tracing::warn!("{name} received again: stopping now, cutting open requests");
+                hard_stop.cancel();
+                return;
+            }
+            asked = true;
+            tracing::info!("{name} received: draining (send it again to stop at once)");
+            shutdown.notify_one();
+        }
+    });
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: tokio_watch::Receiver<bool>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    connections: Arc<Connections>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut stream: L4Stream = tcp.into();
+        let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        stream.set_socket_digest(digest);
+        let guard = connections.enter();
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        let hard_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = proxy.process_new(Box::new(stream), &shutdown) => {}
+                _ = hard_stop.cancelled() => {}
+            }
+            drop(guard);
+        });
+    }
+    // The listener is dropped here: the port refuses new connections from now on.
+}
+
+impl Sidecar {
+    /// Where apps send requests (the actual port when the config said 0).
+    pub fn reverse_addr(&self) -> SocketAddr {
+        self.reverse_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn store(&self) -> &Arc<ConfigStore> {
+        &self.store
+    }
+
+    /// Reloads the config now and returns what happened.
+    pub async fn reload(&self) -> Option<ReloadOutcome> {
+        self.reload.reload_now().await
+    }
+
+    /// Open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.connections.count()
+    }
+
+    /// Waits for SIGTERM or SIGINT (with `handle_signals`), then shuts down gracefully.
+    pub async fn run_until_signal(self) -> ShutdownReport {
+        self.signal_shutdown.notified().await;
+        self.shutdown().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `server.grace_period`,
+    /// then stops.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let grace = self.store.load().grace_period;
+        self.shutdown_with_grace(grace).await
+    }
+
+    pub async fn shutdown_with_grace(self, grace: Duration) -> ShutdownReport {
+        self.ready.set(false);
+        self.stop_accept.cancel();
+        let _ = self.shutdown_tx.send(true);
+        // Wakes keep-alive connections waiting for their next request so they close now.
+        self.proxy.cleanup().await;
+        let open = self.connections.count();
+        if open > 0 {
+            tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");
+        }
+        let drained = tokio::select! {
+            _ = self.connections.wait_zero() => true,
+            _ = tokio::time::sleep(grace) => false,
+            _ = self.hard_stop.cancelled() => false,
+        };
+        let cut = self.connections.count();
+        if !drained {
+            tracing::warn!(
+                connections = cut,
+                "grace period over: closing connections still open"
+            );
+            self.hard_stop.cancel();
+            // Let the cancelled tasks drop their connections.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.connections.wait_zero()).await;
+        }
+        self.background_stop.cancel();
+        tracing::info!(drained, cut, "llm-sidecar stopped");
+        ShutdownReport { drained, cut }
+    }
+}
