@@ -1,19 +1,39 @@
 //! Metrics and logs.
 //!
 //! Logs go to stderr through `tracing`, as text or JSON lines (`log.format`). Pingora logs
-//! through the `log` crate and is bridged in. Nothing logged carries a secret: credentials
-//! live in [`crate::config::secret::Secret`] and sensitive header values, whose debug
-//! forms print `[redacted]`/`Sensitive`, and the config itself is never logged.
+//! through the `log` crate and is bridged in. Nothing logged carries a secret:
+//! credentials live in [`crate::config::secret::Secret`] and in header values marked
+//! sensitive (whose `Debug` prints `Sensitive`), and the config itself is never logged.
+//!
+//! One exception needs a filter: at TRACE, Pingora's HTTP code dumps raw request bytes,
+//! injected credentials included. Those events are dropped at any configured level (see
+//! [`log_filter`]); the canary test runs at TRACE to prove nothing else leaks.
 
 pub mod metrics;
 
 use crate::config::schema::LogFormat;
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Filter, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
 
+/// Targets whose TRACE output is a dump of bytes on the wire.
+const WIRE_DUMP_TARGETS: &[&str] = &["pingora_core::protocols::http"];
+
+fn is_wire_dump(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::TRACE
+        && WIRE_DUMP_TARGETS
+            .iter()
+            .any(|t| meta.target().starts_with(t))
+}
+
+/// The filter for `level` (or `RUST_LOG`, which overrides it).
+///
 /// Pingora logs every failed request at error level; the sidecar reports those itself
-/// (once, with its own cause), so Pingora's own lines are kept at `warn` unless the filter
-/// names Pingora explicitly.
-fn filter(level: &str) -> EnvFilter {
+/// (once, with its own cause), so Pingora is kept at `warn` unless the filter names it.
+pub fn log_filter(level: &str) -> impl Filter<Registry> + Send + Sync + 'static {
     let base = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.is_empty())
@@ -23,18 +43,32 @@ fn filter(level: &str) -> EnvFilter {
     } else {
         format!("{base},pingora_core=warn,pingora_proxy=warn")
     };
-    EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
+    let env = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    env.and(filter_fn(|meta| !is_wire_dump(meta)))
 }
 
-/// Installs the global subscriber. Call once, before the runtime starts.
+/// Installs the global subscriber writing to stderr. Call once, before the runtime starts.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(level))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_logging_to(level, format, std::io::stderr, ansi);
+}
+
+/// Installs the global subscriber with any writer (tests capture logs this way). Returns
+/// false when a global subscriber was already set.
+pub fn init_logging_to<W>(level: &str, format: LogFormat, writer: W, ansi: bool) -> bool
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(log_filter(level)))
+        .try_init()
+        .is_ok()
 }

@@ -70,9 +70,6 @@ pub async fn run(
     t: &Timeouts,
     deadline: Instant,
 ) -> Outcome {
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
-        return internal("subrequests are not enabled for this session");
-    };
     let body_mode = if body.is_empty() {
         BodyMode::NoBody
     } else {
@@ -82,7 +79,24 @@ pub async fn run(
         .body_mode(body_mode)
         .user_ctx(Box::new(plan.clone()))
         .build();
-    let (prepared, handle) = spawner.create_subrequest(&session.downstream_session, sub_ctx);
+    // Pingora hands the subrequest the request serialized as HTTP/1 text; an HTTP/2
+    // request would be written with the version `HTTP/2`, which its HTTP/1 parser refuses.
+    // Present it as HTTP/1.1 for that moment (the attempt's upstream protocol is chosen
+    // by ALPN, not by this).
+    let version = session.req_header().version;
+    if version == http::Version::HTTP_2 {
+        session.req_header_mut().set_version(http::Version::HTTP_11);
+    }
+    let created = session
+        .subrequest_spawner
+        .as_ref()
+        .map(|spawner| spawner.create_subrequest(&session.downstream_session, sub_ctx));
+    if version == http::Version::HTTP_2 {
+        session.req_header_mut().set_version(version);
+    }
+    let Some((prepared, handle)) = created else {
+        return internal("subrequests are not enabled for this session");
+    };
     let tx = handle.tx;
     let mut rx = handle.rx;
     let mut wants_rx = handle.subreq_wants_body;

@@ -17,7 +17,21 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
         .sum::<usize>()
 }
 
-pub fn check(req: &RequestHeader, guards: &Guards) -> Result<(), SidecarError> {
+/// True when raw HTTP/1 header bytes carry a `Content-Length` line. Pingora drops
+/// Content-Length from the parsed header when Transfer-Encoding is also present (as RFC
+/// 9112 allows a recipient to), so double framing is only visible in the raw bytes.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// `raw_h1`: the request's raw header bytes when it came over HTTP/1.
+pub fn check(
+    req: &RequestHeader,
+    raw_h1: Option<&[u8]>,
+    guards: &Guards,
+) -> Result<(), SidecarError> {
     let hb = header_bytes(req);
     if hb > guards.max_header_bytes {
         return Err(SidecarError::new(
@@ -30,13 +44,15 @@ pub fn check(req: &RequestHeader, guards: &Guards) -> Result<(), SidecarError> {
     }
     let has_te = req.headers.contains_key(TRANSFER_ENCODING);
     let cls: Vec<&http::HeaderValue> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
-    if has_te && !cls.is_empty() {
+    if has_te && (!cls.is_empty() || raw_h1.is_some_and(raw_has_content_length)) {
         return Err(SidecarError::new(
             Cause::BadFraming,
             "request has both Transfer-Encoding and Content-Length; send only one",
         ));
     }
     if cls.len() > 1 || cls.first().is_some_and(|v| v.as_bytes().contains(&b',')) {
+        // Pingora already collapses identical repeats and refuses differing ones; this
+        // catches what reaches us another way (HTTP/2, say).
         return Err(SidecarError::new(
             Cause::BadFraming,
             "request has more than one Content-Length; send exactly one",
@@ -47,17 +63,11 @@ pub fn check(req: &RequestHeader, guards: &Guards) -> Result<(), SidecarError> {
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<u64>().ok());
-        match n {
-            None => {
-                return Err(SidecarError::new(
-                    Cause::BadFraming,
-                    "Content-Length is not a number",
-                ));
-            }
-            Some(n) if n > guards.max_body_bytes as u64 => {
-                return Err(body_too_large(guards.max_body_bytes));
-            }
-            Some(_) => {}
+        if n.is_none() {
+            return Err(SidecarError::new(
+                Cause::BadFraming,
+                "Content-Length is not a number",
+            ));
         }
     }
     if has_te {
@@ -65,7 +75,7 @@ pub fn check(req: &RequestHeader, guards: &Guards) -> Result<(), SidecarError> {
             .headers
             .get_all(TRANSFER_ENCODING)
             .iter()
-            .last()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.rsplit(',').next())
             .is_some_and(|s| s.trim().eq_ignore_ascii_case("chunked"));
@@ -83,6 +93,19 @@ pub fn check(req: &RequestHeader, guards: &Guards) -> Result<(), SidecarError> {
         ));
     }
     Ok(())
+}
+
+/// A declared body above the limit is refused before any of it is read.
+pub fn check_declared_length(req: &RequestHeader, guards: &Guards) -> Result<(), SidecarError> {
+    let declared = req
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > guards.max_body_bytes as u64 => Err(body_too_large(guards.max_body_bytes)),
+        _ => Ok(()),
+    }
 }
 
 pub fn body_too_large(limit: usize) -> SidecarError {
@@ -114,37 +137,51 @@ mod tests {
     #[test]
     fn framing() {
         let g = guards();
-        assert!(check(&req(&[("content-length", "10")]), &g).is_ok());
-        assert!(check(&req(&[("transfer-encoding", "chunked")]), &g).is_ok());
+        assert!(check(&req(&[("content-length", "10")]), None, &g).is_ok());
+        assert!(check(&req(&[("transfer-encoding", "chunked")]), None, &g).is_ok());
         let e = check(
             &req(&[("content-length", "10"), ("transfer-encoding", "chunked")]),
+            None,
             &g,
         )
         .unwrap_err();
         assert_eq!(e.status(), 400);
         let e = check(
             &req(&[("content-length", "10"), ("content-length", "11")]),
+            None,
             &g,
         )
         .unwrap_err();
         assert_eq!(e.cause, Cause::BadFraming);
-        assert!(check(&req(&[("content-length", "10, 10")]), &g).is_err());
-        assert!(check(&req(&[("content-length", "-1")]), &g).is_err());
-        assert!(check(&req(&[("transfer-encoding", "gzip")]), &g).is_err());
+        assert!(check(&req(&[("content-length", "10, 10")]), None, &g).is_err());
+        assert!(check(&req(&[("content-length", "-1")]), None, &g).is_err());
+        assert!(check(&req(&[("transfer-encoding", "gzip")]), None, &g).is_err());
+    }
+
+    #[test]
+    fn raw_double_framing() {
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(raw_has_content_length(raw));
+        assert!(!raw_has_content_length(
+            b"POST /content-length: HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        let g = guards();
+        let e = check(&req(&[("transfer-encoding", "chunked")]), Some(raw), &g).unwrap_err();
+        assert_eq!(e.cause, Cause::BadFraming);
     }
 
     #[test]
     fn sizes() {
         let g = guards();
-        assert_eq!(
-            check(&req(&[("content-length", "101")]), &g)
-                .unwrap_err()
-                .status(),
-            413
-        );
+        assert!(check(&req(&[("content-length", "101")]), None, &g).is_ok());
+        let e = check_declared_length(&req(&[("content-length", "101")]), &g).unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert!(check_declared_length(&req(&[("content-length", "100")]), &g).is_ok());
         let big = "x".repeat(3000);
         assert_eq!(
-            check(&req(&[("x-big", &big)]), &g).unwrap_err().status(),
+            check(&req(&[("x-big", &big)]), None, &g)
+                .unwrap_err()
+                .status(),
             431
         );
     }
@@ -153,10 +190,10 @@ mod tests {
     fn dot_segments() {
         let g = guards();
         let r = RequestHeader::build("GET", b"/openai/../admin", None).unwrap();
-        assert_eq!(check(&r, &g).unwrap_err().cause, Cause::BadPath);
+        assert_eq!(check(&r, None, &g).unwrap_err().cause, Cause::BadPath);
         let r = RequestHeader::build("GET", b"/openai/%2e%2e/admin", None).unwrap();
-        assert!(check(&r, &g).is_err());
+        assert!(check(&r, None, &g).is_err());
         let r = RequestHeader::build("GET", b"/openai/v1.2/x..y", None).unwrap();
-        assert!(check(&r, &g).is_ok());
+        assert!(check(&r, None, &g).is_ok());
     }
 }

@@ -150,8 +150,14 @@ impl SidecarProxy {
         snap: &Arc<Snapshot>,
         x: &mut ExchangeState,
     ) -> Result<bool> {
+        let raw_h1 = match session.downstream_session.as_http1() {
+            Some(_) if session.req_header().headers.contains_key(TRANSFER_ENCODING) => {
+                Some(session.downstream_session.to_h1_raw())
+            }
+            _ => None,
+        };
         let req = session.req_header();
-        if let Err(e) = guards::check(req, &snap.guards) {
+        if let Err(e) = guards::check(req, raw_h1.as_deref(), &snap.guards) {
             let style = ErrorStyle::guess(req);
             // The body (if any) is left unread: close the connection after answering.
             return self.answer(session, x, style, e, false).await;
@@ -185,6 +191,9 @@ impl SidecarProxy {
         };
         let style = provider.style;
         x.style = Some(style);
+        if let Err(e) = guards::check_declared_length(session.req_header(), &snap.guards) {
+            return self.answer(session, x, style, e, false).await;
+        }
 
         let uri = {
             let req = session.req_header();

@@ -48,7 +48,7 @@ pub struct DnsError {
 }
 
 enum Backend {
-    Hickory(TokioResolver),
+    Hickory(Box<TokioResolver>),
     System,
 }
 
@@ -61,7 +61,7 @@ impl Resolver {
     /// Reads the system resolver configuration. Call inside a Tokio runtime.
     pub fn from_system() -> Arc<Resolver> {
         let backend = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
-            Ok(r) => Backend::Hickory(r),
+            Ok(r) => Backend::Hickory(Box::new(r)),
             Err(e) => {
                 tracing::warn!(error = %e, "no usable /etc/resolv.conf; resolving with the libc resolver instead");
                 Backend::System

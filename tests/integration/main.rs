@@ -1,0 +1,16 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! Integration tests: the real sidecar, in-process or as its binary, against real servers
+//! on 127.0.0.1 and real clients.
+
+mod support;
+
+mod clients;
+mod conf_files;
+mod proxy;
+mod reload;
+mod secrets;
+mod security;
+mod shutdown;
+mod streaming;
+mod tls;

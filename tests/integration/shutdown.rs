@@ -1,0 +1,237 @@
+//! Graceful shutdown, in-process and through the real binary's signals.
+
+use crate::support::*;
+use llm_sidecar::mock::MockOptions;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_and_new_connections_are_refused() {
+    let m = mock(MockOptions {
+        interval: Duration::from_millis(1),
+        ..Default::default()
+    })
+    .await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    let addr = s.sidecar().reverse_addr();
+    let admin = s.admin("/readyz");
+    assert_eq!(s.client.get(&admin).send().await.unwrap().status(), 200);
+
+    // Three slow requests in flight.
+    let mut inflight = Vec::new();
+    for _ in 0..3 {
+        let c = http_client();
+        let url = s.url("/openai/v1/chat/completions");
+        inflight.push(tokio::spawn(async move {
+            c.post(url)
+                .header("x-mock-latency-ms", "800")
+                .json(&chat_body(false))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    eventually(
+        "three requests in flight",
+        Duration::from_secs(5),
+        || async { s.metric("llm_sidecar_requests_in_flight").await == 3.0 },
+    )
+    .await;
+
+    let mut s = s;
+    let handle = s.sidecar.take().unwrap();
+    let shutdown =
+        tokio::spawn(async move { handle.shutdown_with_grace(Duration::from_secs(10)).await });
+
+    eventually(
+        "the listener refuses new connections",
+        Duration::from_secs(5),
+        || async { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    let report = shutdown.await.unwrap();
+    for h in inflight {
+        assert_eq!(
+            h.await.unwrap().unwrap(),
+            200,
+            "in-flight requests complete"
+        );
+    }
+    assert!(report.drained);
+    assert_eq!(report.cut, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_grace_period_are_cut() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    let c = http_client();
+    let url = s.url("/openai/v1/chat/completions");
+    let slow = tokio::spawn(async move {
+        c.post(url)
+            .header("x-mock-latency-ms", "10000")
+            .json(&chat_body(false))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    eventually(
+        "the request is in flight",
+        Duration::from_secs(5),
+        || async { s.metric("llm_sidecar_requests_in_flight").await == 1.0 },
+    )
+    .await;
+    let mut s = s;
+    let start = Instant::now();
+    let report = s
+        .sidecar
+        .take()
+        .unwrap()
+        .shutdown_with_grace(Duration::from_millis(300))
+        .await;
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(!report.drained);
+    assert_eq!(report.cut, 1);
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the cut request sees a closed connection"
+    );
+}
+
+/// Kills the child if the test fails before it exits by itself.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the real binary; returns it and its reverse/admin addresses (read from its JSON
+/// log line "llm-sidecar listening").
+fn spawn_binary(
+    config: &std::path::Path,
+) -> (
+    ChildGuard,
+    String,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let child = Command::new(env!("CARGO_BIN_EXE_llm-sidecar"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("sidecar did not start");
+        if line.contains("llm-sidecar listening") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            return (
+                child,
+                v["reverse"].as_str().unwrap().to_string(),
+                v["admin"].as_str().unwrap().to_string(),
+                rx,
+            );
+        }
+    }
+}
+
+fn signal(child: &ChildGuard, sig: i32) {
+    // SAFETY: kill(2) with a pid we own; no memory is involved.
+    unsafe {
+        libc::kill(child.0.id() as i32, sig);
+    }
+}
+
+fn wait_exit(child: &mut ChildGuard, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_sighup_reloads() {
+    let m = default_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    // A one-hour debounce: file events alone would not reload for an hour, so a quick
+    // reload proves SIGHUP did it.
+    let cfg = |tenant: &str| {
+        with_listeners(&format!(
+            "log: {{ format: json }}\nserver: {{ reload_debounce: 1h, grace_period: 10s }}\ntenant: {{ id: {tenant}, headers: {{ x-tenant: \"{{tenant}}\" }} }}\n{}",
+            openai_to(&m.url(), "k")
+        ))
+    };
+    std::fs::write(&path, cfg("one")).unwrap();
+    let (mut child, reverse, _admin, _logs) = spawn_binary(&path);
+    let client = http_client();
+    let url = format!("http://{reverse}/openai/v1/models");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(m.recorded().last().unwrap().header("x-tenant"), Some("one"));
+
+    std::fs::write(&path, cfg("two")).unwrap();
+    signal(&child, libc::SIGHUP);
+    eventually(
+        "SIGHUP applied the new config",
+        Duration::from_secs(5),
+        || async {
+            client.get(&url).send().await.unwrap();
+            m.recorded().last().unwrap().header("x-tenant") == Some("two")
+        },
+    )
+    .await;
+
+    let slow_client = http_client();
+    let slow_url = format!("http://{reverse}/openai/v1/chat/completions");
+    let slow = tokio::spawn(async move {
+        slow_client
+            .post(slow_url)
+            .header("x-mock-latency-ms", "1000")
+            .json(&chat_body(false))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request completes after SIGTERM"
+    );
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    let status = status.expect("the sidecar exits once drained, well within the grace period");
+    assert!(status.success(), "{status:?}");
+    assert!(tokio::net::TcpStream::connect(&reverse).await.is_err());
+}

@@ -1,0 +1,284 @@
+//! Test harness: real servers on 127.0.0.1:0, a test CA, and the real sidecar started
+//! in-process from a YAML file.
+
+#![allow(dead_code)]
+
+pub mod upstreams;
+
+use llm_sidecar::config::{self, ConfigStore, ReloadOutcome};
+use llm_sidecar::mock::{self, MockOptions, MockServer};
+use llm_sidecar::observability::metrics::Metrics;
+use llm_sidecar::upstream::dns::Resolver;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Retries `check` until it returns true, for at most `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A throwaway certificate authority.
+pub struct TestCa {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for these names (IP literals become IP SANs).
+    pub fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        for n in names {
+            match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
+                Err(_) => params
+                    .subject_alt_names
+                    .push(SanType::DnsName((*n).try_into().unwrap())),
+            }
+        }
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+
+    /// rustls server config with ALPN h2 + http/1.1 (or only the given protocols).
+    pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let (certs, key) = self.leaf(names);
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
+    pub fn write_pem(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("test-ca.pem");
+        std::fs::write(&p, &self.cert_pem).unwrap();
+        p
+    }
+}
+
+/// Starts the mock provider with recording on.
+pub async fn mock(opts: MockOptions) -> MockServer {
+    mock::start(MockOptions {
+        record: 1000,
+        ..opts
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn default_mock() -> MockServer {
+    mock(MockOptions {
+        interval: Duration::from_millis(1),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Listeners on port 0 unless the test sets its own.
+pub fn with_listeners(yaml: &str) -> String {
+    if yaml.contains("listeners:") {
+        format!("version: 1\n{yaml}")
+    } else {
+        format!(
+            "version: 1\nlisteners: {{ reverse: \"127.0.0.1:0\", admin: \"127.0.0.1:0\" }}\n{yaml}"
+        )
+    }
+}
+
+/// The real sidecar, started in this process from a config file in a temp dir.
+pub struct TestSidecar {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub sidecar: Option<llm_sidecar::Sidecar>,
+    pub client: reqwest::Client,
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+impl TestSidecar {
+    /// `yaml` is everything after `version: 1` (listeners default to 127.0.0.1:0).
+    pub async fn start(yaml: &str) -> TestSidecar {
+        Self::start_with_env(yaml, config::process_env()).await
+    }
+
+    pub async fn start_with_env(yaml: &str, env: config::EnvSource) -> TestSidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("sidecar.yaml");
+        std::fs::write(&config_path, with_listeners(yaml)).unwrap();
+        Self::start_at(dir, config_path, env).await
+    }
+
+    pub async fn start_at(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: config::EnvSource,
+    ) -> TestSidecar {
+        let store = match ConfigStore::open(&config_path, env, Metrics::new()) {
+            Ok(s) => s,
+            Err(e) => panic!("test config is invalid:\n{e}"),
+        };
+        let sidecar = llm_sidecar::build_server(
+            store,
+            llm_sidecar::Options {
+                handle_signals: false,
+                resolver: Some(Resolver::system()),
+            },
+        )
+        .await
+        .unwrap();
+        TestSidecar {
+            dir,
+            config_path,
+            sidecar: Some(sidecar),
+            client: http_client(),
+        }
+    }
+
+    pub fn sidecar(&self) -> &llm_sidecar::Sidecar {
+        self.sidecar.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.sidecar().reverse_addr(), path)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{}", self.sidecar().admin_addr(), path)
+    }
+
+    pub async fn get_text(&self, url: &str) -> String {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get_text(&self.admin("/metrics")).await
+    }
+
+    /// Value of the first sample whose line starts with `prefix` (0 if none).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        metric_value(&self.metrics().await, prefix)
+    }
+
+    pub async fn reload(&self) -> ReloadOutcome {
+        self.sidecar().reload().await.unwrap()
+    }
+
+    /// Overwrites the config file in place (same inode).
+    pub fn write_in_place(&self, yaml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.config_path)
+            .unwrap();
+        f.write_all(with_listeners(yaml).as_bytes()).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    /// Writes a temp file next to the config and renames it over (what editors do).
+    pub fn rename_replace(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".sidecar.yaml.tmp");
+        std::fs::write(&tmp, with_listeners(yaml)).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    pub async fn shutdown(mut self) -> llm_sidecar::ShutdownReport {
+        self.sidecar
+            .take()
+            .unwrap()
+            .shutdown_with_grace(Duration::from_secs(5))
+            .await
+    }
+}
+
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A provider + route block for the mock (OpenAI shape, bearer auth).
+pub fn openai_to(base: &str, token: &str) -> String {
+    format!(
+        r#"providers:
+  mock:
+    kind: openai
+    base_url: {base}/v1
+    auth: {{ type: bearer, token: "{token}" }}
+routes:
+  - match: {{ path_prefix: /openai/v1 }}
+    provider: mock
+"#
+    )
+}
+
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello"}]
+    })
+}

@@ -1,0 +1,119 @@
+//! Purpose-built upstreams for behaviours the mock provider does not cover.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Mutex};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// A response body fed from a channel.
+fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// An SSE upstream that sends event `n+1` only after the test acknowledges event `n`
+/// (through `acks`). If anything between this upstream and the client held bytes back,
+/// the client would never see event `n`, never acknowledge it, and the stream would stop
+/// without `[DONE]`: completing proves there is no buffering on the way.
+pub struct GatedSse {
+    pub addr: SocketAddr,
+    pub acks: mpsc::UnboundedSender<usize>,
+}
+
+pub async fn gated_sse(events: usize) -> GatedSse {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<usize>();
+    let ack_rx = Arc::new(Mutex::new(ack_rx));
+    tokio::spawn(async move {
+        // The test makes one request; the server gives up after 30 s regardless.
+        let Ok(Ok((tcp, _))) =
+            tokio::time::timeout(Duration::from_secs(30), listener.accept()).await
+        else {
+            return;
+        };
+        let svc = service_fn(move |_req: hyper::Request<Incoming>| {
+            let ack_rx = ack_rx.clone();
+            async move {
+                let (tx, rx) = mpsc::channel::<Bytes>(1);
+                tokio::spawn(async move {
+                    let mut acks = ack_rx.lock().await;
+                    for n in 0..events {
+                        let ev = format!("data: {{\"n\":{n}}}\n\n");
+                        if tx.send(Bytes::from(ev)).await.is_err() {
+                            return;
+                        }
+                        match tokio::time::timeout(Duration::from_secs(10), acks.recv()).await {
+                            Ok(Some(k)) if k == n => {}
+                            _ => return, // never acknowledged: end without [DONE]
+                        }
+                    }
+                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                });
+                let mut resp = hyper::Response::new(channel_body(rx));
+                resp.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("text/event-stream"),
+                );
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    });
+    GatedSse { addr, acks: ack_tx }
+}
+
+/// A TCP server that accepts connections and reads the request but never answers, for at
+/// most `hold`.
+pub async fn silent(hold: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tokio::time::sleep_until(deadline) => return,
+            };
+            if let Ok((mut tcp, _)) = accepted {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::time::timeout_at(deadline, async {
+                        while let Ok(n) = tcp.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                });
+            }
+        }
+    });
+    addr
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}

@@ -1,0 +1,212 @@
+//! TLS upstreams: verification against a private CA, SNI override, HTTP/2 pooling.
+
+use crate::support::*;
+use llm_sidecar::mock::MockOptions;
+use std::time::Duration;
+
+fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
+    format!(
+        "providers:\n  secure:\n    kind: openai\n    base_url: {url}/v1\n    auth: {{ type: bearer, token: sk-tls }}\n    tls: {{ {tls} }}\n    pool: {{ {pool} }}\nroutes:\n  - match: {{ path_prefix: /openai/v1 }}\n    provider: secure\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_upstream_certificates_against_the_configured_ca() {
+    let ca = TestCa::new("llm-sidecar test CA");
+    let m = mock(MockOptions {
+        tls: Some(ca.server_config(&["127.0.0.1", "upstream.test"], &[b"http/1.1"])),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(dir.path());
+
+    // Trusted through tls.ca_file (on top of the public roots).
+    let s = TestSidecar::start(&tls_provider(
+        &m.url(),
+        &format!("ca_file: {}", ca_file.display()),
+        "",
+    ))
+    .await;
+    let r = s
+        .client
+        .post(s.url("/openai/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        m.recorded()[0].header("authorization"),
+        Some("Bearer sk-tls")
+    );
+
+    // Without the CA the certificate is not trusted: 502, and nothing reaches the mock.
+    let s2 = TestSidecar::start(&tls_provider(&m.url(), "", "")).await;
+    let r = s2
+        .client
+        .get(s2.url("/openai/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_tls");
+    assert_eq!(m.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_override_is_verified_against_the_certificate() {
+    let ca = TestCa::new("llm-sidecar test CA");
+    // The certificate names only upstream.test, not the IP we connect to.
+    let m = mock(MockOptions {
+        tls: Some(ca.server_config(&["upstream.test"], &[b"http/1.1"])),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(dir.path());
+
+    let s = TestSidecar::start(&tls_provider(
+        &m.url(),
+        &format!("ca_file: {}", ca_file.display()),
+        "",
+    ))
+    .await;
+    let r = s
+        .client
+        .get(s.url("/openai/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "hostname mismatch must fail");
+    assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_tls");
+
+    let s = TestSidecar::start(&tls_provider(
+        &m.url(),
+        &format!("ca_file: {}, sni: upstream.test", ca_file.display()),
+        "",
+    ))
+    .await;
+    let r = s
+        .client
+        .get(s.url("/openai/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // SNI and Host are separate: Host stays the base URL's authority.
+    assert_eq!(
+        m.recorded()[0].header("host"),
+        Some(m.addr().to_string().as_str())
+    );
+
+    let s = TestSidecar::start(&tls_provider(
+        &m.url(),
+        &format!("ca_file: {}, sni: other.test", ca_file.display()),
+        "",
+    ))
+    .await;
+    let r = s
+        .client
+        .get(s.url("/openai/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstream_connections_are_reused() {
+    let ca = TestCa::new("llm-sidecar test CA");
+    let m = mock(MockOptions {
+        tls: Some(ca.server_config(&["127.0.0.1"], &[b"h2", b"http/1.1"])),
+        interval: Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(dir.path());
+    let s = TestSidecar::start(&tls_provider(
+        &m.url(),
+        &format!("ca_file: {}", ca_file.display()),
+        "max_h2_streams: 50",
+    ))
+    .await;
+
+    // Sequential requests, then 20 concurrent streams.
+    for _ in 0..5 {
+        let r = s
+            .client
+            .post(s.url("/openai/v1/chat/completions"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let c = s.client.clone();
+        let url = s.url("/openai/v1/chat/completions");
+        set.spawn(async move {
+            let r = c.post(url).json(&chat_body(true)).send().await.unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            (status, text)
+        });
+    }
+    while let Some(res) = set.join_next().await {
+        let (status, text) = res.unwrap();
+        assert_eq!(status, 200);
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    let rec = m.recorded();
+    assert_eq!(rec.len(), 25);
+    assert!(
+        rec.iter().all(|r| r.version == http::Version::HTTP_2),
+        "all requests used HTTP/2"
+    );
+    assert_eq!(
+        m.connection_count(),
+        1,
+        "one multiplexed connection carried everything"
+    );
+    let metrics = s.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"llm_sidecar_upstream_connections_total{provider="secure",reused="false"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"llm_sidecar_upstream_connections_total{provider="secure",reused="true"}"#
+        ),
+        24.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upstream_connections_are_pooled() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    for _ in 0..10 {
+        let r = s
+            .client
+            .get(s.url("/openai/v1/models"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(m.connection_count(), 1, "keep-alive reuse");
+    assert_eq!(
+        s.metric(r#"llm_sidecar_upstream_connections_total{provider="mock",reused="true"}"#)
+            .await,
+        9.0
+    );
+}
