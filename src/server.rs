@@ -1,9 +1,11 @@
 //! Listeners, connection tasks and graceful shutdown.
 //!
-//! The sidecar runs Pingora's HTTP proxy (`HttpProxy`) in its own accept loop instead of
-//! Pingora's `Server`: it binds the sockets itself (so port 0 works and the real address is
-//! known), reports readiness only once they are bound, and shuts down gracefully on its
-//! own terms:
+//! The sidecar runs Pingora's listening service and HTTP proxy inside its own runtime
+//! instead of Pingora's `Server`. It binds the sockets itself (so port 0 works, the real
+//! address is known and a bind error is a clear start-up error) and hands them to Pingora
+//! through its inherited-socket table; Pingora accepts, buffers and drives the
+//! connections. The sidecar reports readiness once everything is bound and shuts down
+//! gracefully on its own terms:
 //!
 //! 1. `/readyz` turns 503 and the listeners close: new connections are refused;
 //! 2. HTTP/1 keep-alive connections are closed after their current request, idle ones at
@@ -19,13 +21,16 @@ use crate::config::watch::{self, ReloadHandle};
 use crate::config::{ConfigStore, ReloadOutcome};
 use crate::proxy::SidecarProxy;
 use crate::upstream::dns::Resolver;
+use async_trait::async_trait;
 use pingora::apps::{HttpServerOptions, ServerApp};
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::protocols::Stream;
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
+use pingora::server::{Fds, ShutdownWatch};
+use pingora::services::listening::Service as ListeningService;
+use pingora::services::Service as _;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,8 +105,7 @@ pub struct Sidecar {
     store: Arc<ConfigStore>,
     reload: ReloadHandle,
     ready: Arc<Readiness>,
-    proxy: Arc<Proxy>,
-    stop_accept: CancellationToken,
+    service_done: tokio::task::JoinHandle<()>,
     shutdown_tx: tokio_watch::Sender<bool>,
     hard_stop: CancellationToken,
     background_stop: CancellationToken,
@@ -152,7 +156,6 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
     let proxy = Arc::new(proxy);
 
     let ready = Arc::new(Readiness::default());
-    let stop_accept = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
     let (shutdown_tx, shutdown_rx) = tokio_watch::channel(false);
@@ -165,14 +168,33 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         ready.clone(),
         background_stop.clone(),
     ));
-    tokio::spawn(accept_loop(
-        reverse,
-        proxy.clone(),
-        shutdown_rx,
-        stop_accept.clone(),
-        hard_stop.clone(),
-        connections.clone(),
-    ));
+    // Pingora takes the bound socket over through its inherited-socket table.
+    let key = reverse_addr.to_string();
+    let mut fds = Fds::new();
+    fds.add(
+        key.clone(),
+        reverse
+            .into_std()
+            .map_err(|source| StartError::Bind {
+                which: "listeners.reverse",
+                addr: reverse_addr,
+                source,
+            })?
+            .into_raw_fd(),
+    );
+    let mut service = ListeningService::new(
+        "llm-sidecar reverse".to_string(),
+        Front {
+            proxy: proxy.clone(),
+            connections: connections.clone(),
+            hard_stop: hard_stop.clone(),
+        },
+    );
+    service.add_tcp(&key);
+    let fds = Arc::new(parking_lot::Mutex::new(fds));
+    let service_done = tokio::spawn(async move {
+        service.start_service(Some(fds), shutdown_rx, 1).await;
+    });
 
     let signal_shutdown = Arc::new(Notify::new());
     if opts.handle_signals {
@@ -199,8 +221,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         store,
         reload,
         ready,
-        proxy,
-        stop_accept,
+        service_done,
         shutdown_tx,
         hard_stop,
         background_stop,
@@ -244,45 +265,33 @@ fn spawn_signal_handlers(
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Pingora's HTTP proxy plus connection accounting: counts open client connections (the
+/// drain waits for them) and can cut them all at once when the grace period runs out.
+struct Front {
     proxy: Arc<Proxy>,
-    shutdown: tokio_watch::Receiver<bool>,
-    stop: CancellationToken,
-    hard_stop: CancellationToken,
     connections: Arc<Connections>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let mut stream: L4Stream = tcp.into();
-        let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-        let _ = digest.peer_addr.set(Some(peer.into()));
-        stream.set_socket_digest(digest);
-        let guard = connections.enter();
-        let proxy = proxy.clone();
-        let shutdown = shutdown.clone();
-        let hard_stop = hard_stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = proxy.process_new(Box::new(stream), &shutdown) => {}
-                _ = hard_stop.cancelled() => {}
-            }
-            drop(guard);
-        });
+    hard_stop: CancellationToken,
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _guard = self.connections.enter();
+        tokio::select! {
+            reuse = self.proxy.process_new(stream, shutdown) => reuse,
+            _ = self.hard_stop.cancelled() => None,
+        }
     }
-    // The listener is dropped here: the port refuses new connections from now on.
+
+    /// Runs once the listener stopped: wakes keep-alive connections idling for their
+    /// next request so they close now.
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
 }
 
 impl Sidecar {
@@ -324,10 +333,11 @@ impl Sidecar {
 
     pub async fn shutdown_with_grace(self, grace: Duration) -> ShutdownReport {
         self.ready.set(false);
-        self.stop_accept.cancel();
+        // Pingora's listener stops accepting (the port then refuses connections), h1
+        // keep-alive ends after the current request, h2 clients get GOAWAY; then
+        // `Front::cleanup` wakes idle keep-alive connections so they close.
         let _ = self.shutdown_tx.send(true);
-        // Wakes keep-alive connections waiting for their next request so they close now.
-        self.proxy.cleanup().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.service_done).await;
         let open = self.connections.count();
         if open > 0 {
             tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");

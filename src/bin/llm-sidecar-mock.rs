@@ -1,6 +1,11 @@
 //! `llm-sidecar-mock`: an OpenAI- and Anthropic-compatible mock provider.
 //! See `llm_sidecar::mock` for the per-request `x-mock-*` headers.
 
+/// mimalloc: fewer cycles per allocation than glibc's malloc on the request path
+/// (measured with benches/load.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use llm_sidecar::config::units::parse_duration;
 use llm_sidecar::mock::{self, MockOptions};

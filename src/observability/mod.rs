@@ -12,10 +12,11 @@
 pub mod metrics;
 
 use crate::config::schema::LogFormat;
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Filter, Layer, SubscriberExt};
+use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -44,7 +45,34 @@ pub fn log_filter(level: &str) -> impl Filter<Registry> + Send + Sync + 'static 
         format!("{base},pingora_core=warn,pingora_proxy=warn")
     };
     let env = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
-    env.and(filter_fn(|meta| !is_wire_dump(meta)))
+    NoWireDumps(env)
+}
+
+/// The operator's filter minus wire dumps. A hand-written filter rather than a
+/// `FilterExt::and` combinator because it keeps the inner filter's max-level hint: without
+/// a hint the `log` bridge lets every `debug!`/`trace!` inside Pingora build and dispatch a
+/// record on the request path.
+struct NoWireDumps(EnvFilter);
+
+impl<S> Filter<S> for NoWireDumps
+where
+    EnvFilter: Filter<S>,
+{
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        !is_wire_dump(meta) && Filter::enabled(&self.0, meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if is_wire_dump(meta) {
+            Interest::never()
+        } else {
+            Filter::<S>::callsite_enabled(&self.0, meta)
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Filter::<S>::max_level_hint(&self.0)
+    }
 }
 
 /// Installs the global subscriber writing to stderr. Call once, before the runtime starts.

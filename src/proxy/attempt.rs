@@ -115,9 +115,13 @@ pub async fn run(
     let mut response_done = false;
     let mut client_open = true;
 
+    // One lazy timer: armed at the earliest moment any limit could expire, and on expiry
+    // either fires or is pushed later. Activity only updates `last_activity`; moving a
+    // Tokio timer *earlier* on every chunk would wake the timer driver each time.
     let started = Instant::now();
     let first_byte_at = (started + t.first_byte).min(deadline);
-    let timer = tokio::time::sleep_until(first_byte_at);
+    let mut last_activity = started;
+    let timer = tokio::time::sleep_until(first_byte_at.min(started + t.idle));
     tokio::pin!(timer);
 
     loop {
@@ -161,35 +165,45 @@ pub async fn run(
                 }
             }
             Event::Task(None) => rx_closed = true,
-            Event::Task(Some(task)) => {
+            Event::Task(Some(first)) => {
                 if response_done {
                     continue;
                 }
-                let task = match task {
-                    HttpTask::Header(h, end) => {
-                        if h.status.is_informational() {
-                            // 1xx from the provider: the client's 100-continue was already
-                            // answered by the exchange.
-                            continue;
+                // Write everything already waiting in one go (a small response's header
+                // and body become one write); never wait for more.
+                let mut batch = Vec::with_capacity(4);
+                let mut next = Some(first);
+                while let Some(task) = next.take() {
+                    match task {
+                        HttpTask::Header(h, _) if h.status.is_informational() => {
+                            // 1xx from the provider: the client's 100-continue was
+                            // already answered by the exchange.
                         }
-                        status = Some(h.status.as_u16());
-                        timer.as_mut().reset(next_idle(t, deadline));
-                        HttpTask::Header(h, end)
+                        HttpTask::Failed(e) => {
+                            proxy_error.get_or_insert(e);
+                        }
+                        HttpTask::Header(h, end) => {
+                            status = Some(h.status.as_u16());
+                            batch.push(HttpTask::Header(h, end));
+                        }
+                        // Body before header cannot happen; be safe.
+                        other if status.is_some() => batch.push(other),
+                        _ => {}
                     }
-                    HttpTask::Failed(e) => {
-                        proxy_error.get_or_insert(e);
-                        continue;
-                    }
-                    other => {
-                        timer.as_mut().reset(next_idle(t, deadline));
-                        other
-                    }
-                };
-                if status.is_none() {
-                    // Body before header cannot happen; be safe.
+                    next = match rx.try_recv() {
+                        Ok(t) => Some(t),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            rx_closed = true;
+                            None
+                        }
+                    };
+                }
+                if batch.is_empty() {
                     continue;
                 }
-                match session.write_response_tasks(vec![task]).await {
+                last_activity = Instant::now();
+                match session.write_response_tasks(batch).await {
                     Ok(done) => response_done |= done,
                     Err(_) => return Outcome::ClientGone { status },
                 }
@@ -208,7 +222,20 @@ pub async fn run(
                     // connection to the pool and should have finished by now.
                     break;
                 }
-                let cause = if Instant::now() >= deadline {
+                // Which limit applies now: the first byte before the response header,
+                // the idle gap after it; the total always.
+                let limit = if status.is_some() {
+                    last_activity + t.idle
+                } else {
+                    first_byte_at
+                };
+                let due = limit.min(deadline);
+                let now = Instant::now();
+                if due > now {
+                    timer.as_mut().reset(due);
+                    continue;
+                }
+                let cause = if now >= deadline {
                     Cause::TotalTimeout
                 } else if status.is_some() {
                     Cause::IdleTimeout
@@ -240,10 +267,6 @@ pub async fn run(
         },
         (None, None) => internal("the upstream attempt ended without a response"),
     }
-}
-
-fn next_idle(t: &Timeouts, deadline: Instant) -> Instant {
-    (Instant::now() + t.idle).min(deadline)
 }
 
 fn internal(msg: &str) -> Outcome {

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up the machine, builds llm-sidecar and runs it. With no arguments it runs on
+# conf/sidecar.yaml (or $LLM_SIDECAR_CONFIG); pass `-c FILE` for another config.
+# Provider keys come from the environment: see conf/sidecar.yaml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked --bins
+exec target/release/llm-sidecar run "$@"
