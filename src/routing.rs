@@ -198,10 +198,28 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// A `.` or `..` path segment, literal or percent-encoded. Such paths are refused rather
 /// than forwarded, so a route's prefix is a real boundary upstream too.
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let decoded_dots = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded_dots == "." || decoded_dots == ".."
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e`/`%2E`. No allocation: this runs on every
+/// request.
+fn is_dot_segment(seg: &str) -> bool {
+    let mut rest = seg.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && (rest[2] | 0x20) == b'e' {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 
 /// Bytes of the request line and headers, as they would appear in HTTP/1.1.
 pub fn header_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
     line + req
         .headers
         .iter()
@@ -43,14 +43,16 @@ pub fn check(
         ));
     }
     let has_te = req.headers.contains_key(TRANSFER_ENCODING);
-    let cls: Vec<&http::HeaderValue> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
-    if has_te && (!cls.is_empty() || raw_h1.is_some_and(raw_has_content_length)) {
+    let mut cls = req.headers.get_all(CONTENT_LENGTH).iter();
+    let first_cl = cls.next();
+    let repeated_cl = cls.next().is_some();
+    if has_te && (first_cl.is_some() || raw_h1.is_some_and(raw_has_content_length)) {
         return Err(SidecarError::new(
             Cause::BadFraming,
             "request has both Transfer-Encoding and Content-Length; send only one",
         ));
     }
-    if cls.len() > 1 || cls.first().is_some_and(|v| v.as_bytes().contains(&b',')) {
+    if repeated_cl || first_cl.is_some_and(|v| v.as_bytes().contains(&b',')) {
         // Pingora already collapses identical repeats and refuses differing ones; this
         // catches what reaches us another way (HTTP/2, say).
         return Err(SidecarError::new(
@@ -58,7 +60,7 @@ pub fn check(
             "request has more than one Content-Length; send exactly one",
         ));
     }
-    if let Some(v) = cls.first() {
+    if let Some(v) = first_cl {
         let n = std::str::from_utf8(v.as_bytes())
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
