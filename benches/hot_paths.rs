@@ -1,4 +1,5 @@
 //! Micro-benchmarks of per-request work, each beside a naive way of doing the same:
+
 //!
 //! - route lookup in the compiled table (pre-lowercased patterns, no allocation) vs. a
 //!   lookup that lowercases and splits per request;
@@ -6,6 +7,8 @@
 //! - building the upstream path.
 //!
 //! `cargo bench --bench hot_paths`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use llm_sidecar::config::compile::{compile, LoadContext};
