@@ -19,10 +19,12 @@
 use crate::admin::{self, Readiness};
 use crate::config::watch::{self, ReloadHandle};
 use crate::config::{ConfigStore, ReloadOutcome};
-use crate::proxy::SidecarProxy;
+use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
@@ -273,6 +275,77 @@ struct Front {
     hard_stop: CancellationToken,
 }
 
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum FirstBytes {
+    Http1(Stream),
+    Http2(Stream),
+}
+
+impl Front {
+    /// Waits for the client's first bytes and tells HTTP/1 from HTTP/2 (prior knowledge).
+    ///
+    /// Pingora's own check reads exactly 24 bytes with no timeout: an HTTP/1 request
+    /// shorter than that (`GET / HTTP/1.0` + CRLFs is 18) would wait forever, and so
+    /// does a connection that sends nothing, holding up shutdown. This reads only until
+    /// the bytes stop matching the HTTP/2 preface, gives up after
+    /// [`CLIENT_READ_TIMEOUT`] or at shutdown, and puts the bytes back.
+    async fn first_bytes(stream: Stream, shutdown: &ShutdownWatch) -> Option<FirstBytes> {
+        use tokio::io::AsyncReadExt;
+        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(s) => s,
+            // Not a plain TCP stream (none today): nothing to rewind, assume HTTP/1.
+            Err(_) => return None,
+        };
+        let mut buf = [0u8; 24];
+        let mut n = 0;
+        let mut shutdown = shutdown.clone();
+        let deadline = tokio::time::Instant::now() + CLIENT_READ_TIMEOUT;
+        let is_h2 = loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            let read = tokio::select! {
+                r = l4.read(&mut buf[n..]) => r.ok()?,
+                _ = shutdown.changed() => continue,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            };
+            if read == 0 {
+                return None;
+            }
+            n += read;
+            if buf[..n] != H2_PREFACE[..n] {
+                break false;
+            }
+            if n == H2_PREFACE.len() {
+                break true;
+            }
+        };
+        l4.rewind(&buf[..n]);
+        let stream: Stream = l4;
+        Some(if is_h2 {
+            FirstBytes::Http2(stream)
+        } else {
+            FirstBytes::Http1(stream)
+        })
+    }
+
+    /// Pingora's HTTP/1 keep-alive loop (as in its `ServerApp` for HTTP apps), entered
+    /// after the sidecar's own protocol check.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let mut reused = self.proxy.process_new_http(session, shutdown).await;
+        while let Some((stream, persistent)) = reused.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(p) = persistent {
+                p.apply_to_session(&mut session);
+            }
+            reused = self.proxy.process_new_http(session, shutdown).await;
+        }
+    }
+}
+
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(
@@ -281,10 +354,22 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _guard = self.connections.enter();
+        let serve = async {
+            match Self::first_bytes(stream, shutdown).await {
+                Some(FirstBytes::Http1(s)) => self.serve_http1(s, shutdown).await,
+                // h2c is on in Pingora's options; its 24-byte check now returns at once
+                // from the rewound bytes and it runs its HTTP/2 loop.
+                Some(FirstBytes::Http2(s)) => {
+                    self.proxy.process_new(s, shutdown).await;
+                }
+                None => {}
+            }
+        };
         tokio::select! {
-            reuse = self.proxy.process_new(stream, shutdown) => reuse,
-            _ = self.hard_stop.cancelled() => None,
+            _ = serve => {}
+            _ = self.hard_stop.cancelled() => {}
         }
+        None
     }
 
     /// Runs once the listener stopped: wakes keep-alive connections idling for their

@@ -153,3 +153,16 @@ async fn expect_continue_is_answered_by_the_sidecar() {
         "Expect is not forwarded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_shorter_than_the_http2_preface_is_answered() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    // 18 bytes: shorter than the 24-byte HTTP/2 preface the server checks for.
+    let resp = raw_request(s.sidecar().reverse_addr(), b"GET / HTTP/1.0\r\n\r\n", b"").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 404") || resp.starts_with("HTTP/1.0 404"),
+        "{resp}"
+    );
+    assert!(resp.contains("no_route"));
+}

@@ -191,7 +191,7 @@ async fn sigterm_drains_and_sighup_reloads() {
         ))
     };
     std::fs::write(&path, cfg("one")).unwrap();
-    let (mut child, reverse, _admin, _logs) = spawn_binary(&path);
+    let (mut child, reverse, _admin, logs) = spawn_binary(&path);
     let client = http_client();
     let url = format!("http://{reverse}/openai/v1/models");
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
@@ -231,7 +231,43 @@ async fn sigterm_drains_and_sighup_reloads() {
         tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
             .await
             .unwrap();
-    let status = status.expect("the sidecar exits once drained, well within the grace period");
-    assert!(status.success(), "{status:?}");
+    let log: Vec<String> = logs.try_iter().collect();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the sidecar did not exit after draining:\n{}",
+            log.join("\n")
+        )
+    });
+    assert!(status.success(), "{status:?}:\n{}", log.join("\n"));
     assert!(tokio::net::TcpStream::connect(&reverse).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_hold_up_shutdown() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    // Connected, never sends a byte (a TCP health check, a slow client).
+    let _silent = tokio::net::TcpStream::connect(s.sidecar().reverse_addr())
+        .await
+        .unwrap();
+    eventually(
+        "the connection is accepted",
+        Duration::from_secs(5),
+        || async { s.sidecar().open_connections() == 1 },
+    )
+    .await;
+    let mut s = s;
+    let start = Instant::now();
+    let report = s
+        .sidecar
+        .take()
+        .unwrap()
+        .shutdown_with_grace(Duration::from_secs(10))
+        .await;
+    assert!(report.drained, "{report:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "shutdown waited {:?}",
+        start.elapsed()
+    );
 }

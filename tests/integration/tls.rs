@@ -133,7 +133,7 @@ async fn http2_upstream_connections_are_reused() {
     ))
     .await;
 
-    // Sequential requests, then 20 concurrent streams.
+    // Sequential requests share one connection...
     for _ in 0..5 {
         let r = s
             .client
@@ -144,6 +144,12 @@ async fn http2_upstream_connections_are_reused() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    assert_eq!(
+        m.connection_count(),
+        1,
+        "sequential requests reuse one connection"
+    );
+
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let c = s.client.clone();
@@ -167,27 +173,34 @@ async fn http2_upstream_connections_are_reused() {
         rec.iter().all(|r| r.version == http::Version::HTTP_2),
         "all requests used HTTP/2"
     );
-    assert_eq!(
-        m.connection_count(),
-        1,
-        "one multiplexed connection carried everything"
-    );
+    // ...and 20 concurrent streams are multiplexed. Pingora's HTTP/2 pool takes a
+    // connection out while it opens a stream on it, and callers arriving in that window
+    // open another (a false negative its source accepts), so a burst may use a few
+    // connections; without multiplexing (Pingora's default of 1 stream) it would be ~20.
+    let conns = m.connection_count();
+    assert!(conns <= 8, "20 concurrent streams used {conns} connections");
     let metrics = s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"llm_sidecar_upstream_connections_total{provider="secure",reused="false"}"#
-        ),
-        1.0,
-        "{metrics}"
+    let opened = metric_value(
+        &metrics,
+        r#"llm_sidecar_upstream_connections_total{provider="secure",reused="false"}"#,
     );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"llm_sidecar_upstream_connections_total{provider="secure",reused="true"}"#
-        ),
-        24.0
+    let reused = metric_value(
+        &metrics,
+        r#"llm_sidecar_upstream_connections_total{provider="secure",reused="true"}"#,
     );
+    assert_eq!(opened as u64, conns, "{metrics}");
+    assert_eq!(opened + reused, 25.0, "{metrics}");
+    // Afterwards, sequential requests again open nothing new.
+    for _ in 0..5 {
+        let r = s
+            .client
+            .get(s.url("/openai/v1/models"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(m.connection_count(), conns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
