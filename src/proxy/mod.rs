@@ -604,10 +604,15 @@ impl ProxyHttp for SidecarProxy {
         let req = session.req_header();
         let ms = elapsed.as_secs_f64() * 1000.0;
         match x.cause {
-            Some(cause) if cause.status() >= 500 || x.aborted => tracing::warn!(
-                route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
-                attempts = x.attempts, duration_ms = ms, "request failed"
-            ),
+            // A disabled provider was reported at load; per request it is a refusal.
+            Some(cause)
+                if (cause.status() >= 500 && cause != Cause::ProviderDisabled) || x.aborted =>
+            {
+                tracing::warn!(
+                    route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                    attempts = x.attempts, duration_ms = ms, "request failed"
+                )
+            }
             Some(cause) => tracing::info!(
                 route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                 duration_ms = ms, "request refused"

@@ -387,3 +387,42 @@ async fn http2_cleartext_clients_are_served() {
     );
     assert_eq!(m.recorded()[0].body.as_ref(), body.as_slice());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pooled_connection_is_retried_with_the_whole_body() {
+    let (addr, bodies) = crate::support::upstreams::closes_reused_connections().await;
+    let s = TestSidecar::start(&openai_to(&format!("http://{addr}"), "k")).await;
+    // 1 MiB: far beyond Pingora's 64 KiB replay buffer.
+    let big = serde_json::to_vec(
+        &json!({"model": "m", "messages": [{"role": "user", "content": "z".repeat(1 << 20)}]}),
+    )
+    .unwrap();
+    for body in [
+        serde_json::to_vec(&chat_body(false)).unwrap(),
+        big.clone(),
+        big,
+    ] {
+        // Each request after the first finds a pooled connection the upstream drops on
+        // use; the sidecar must retry on a fresh one, not answer 502.
+        let r = s
+            .client
+            .post(s.url("/openai/v1/chat/completions"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            bodies.lock().unwrap().last().unwrap(),
+            &hex::encode(Sha256::digest(&body))
+        );
+    }
+    assert_eq!(bodies.lock().unwrap().len(), 3);
+    let reused = s
+        .metric(r#"llm_sidecar_upstream_connections_total{provider="mock",reused="true"}"#)
+        .await;
+    assert!(
+        reused >= 2.0,
+        "the dead connections were really reused first ({reused})"
+    );
+}

@@ -240,3 +240,35 @@ async fn an_unchanged_file_is_a_no_op() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_change_waits_for_a_restart_while_the_rest_applies() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&cfg(&m.url(), "one")).await;
+    let before = s.sidecar().reverse_addr();
+    let elsewhere = crate::support::upstreams::closed_port();
+    std::fs::write(
+        &s.config_path,
+        format!(
+            "version: 1\nlisteners: {{ reverse: \"{elsewhere}\", admin: \"127.0.0.1:0\" }}\n{}",
+            cfg(&m.url(), "two")
+        ),
+    )
+    .unwrap();
+    assert!(matches!(s.reload().await, ReloadOutcome::Applied { .. }));
+    assert_eq!(s.sidecar().reverse_addr(), before);
+    assert_eq!(
+        tenant_seen(&s, &m).await.as_deref(),
+        Some("two"),
+        "the rest of the change applied"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(elsewhere).await.is_err(),
+        "nothing listens on the new address"
+    );
+    assert_eq!(
+        s.sidecar().store().applied_startup().reverse.port(),
+        0,
+        "the running listener is what was applied at start"
+    );
+}

@@ -117,3 +117,75 @@ pub fn closed_port() -> SocketAddr {
     drop(l);
     a
 }
+
+/// An HTTP/1.1 upstream that answers the first request on each connection (keeping it
+/// alive) and closes the connection, unanswered, when a second request arrives on it: a
+/// provider that dropped an idle keep-alive connection just as the proxy reused it.
+/// Returns the address and the sha256 of every request body it answered.
+pub async fn closes_reused_connections() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tokio::time::sleep_until(deadline) => return,
+            };
+            let Ok((mut tcp, _)) = accepted else { continue };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                for nth in 0.. {
+                    // Read one request: head, then Content-Length bytes.
+                    let (head_end, len) = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap())
+                                })
+                                .unwrap_or(0);
+                            break (i + 4, len);
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if nth > 0 {
+                        return; // drop the connection without answering
+                    }
+                    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                    seen.lock()
+                        .unwrap()
+                        .push(hex::encode(Sha256::digest(&body)));
+                    let answer = br#"{"object":"chat.completion","choices":[]}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    if tcp.write_all(head.as_bytes()).await.is_err()
+                        || tcp.write_all(answer).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, bodies)
+}
