@@ -33,10 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pin() { # pin CPU command...
-  local cpu=$1; shift
-  if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then taskset -c "$cpu" "$@"; else "$@"; fi
-}
+# Pinning prefixes; taskset execs its command, so `$!` of a backgrounded one is the
+# pinned process itself.
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then CPU0=(taskset -c 0); CPU1=(taskset -c 1); else CPU0=(); CPU1=(); fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADMIN=$(free_port)
@@ -105,9 +104,9 @@ wrk.headers["Authorization"] = "Bearer sk-app-placeholder"
 wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello there, how are you today?"}]}'
 EOF
 
-pin 1 nginx -c "$work/up.conf"
-pin 0 nginx -c "$work/px.conf"
-pin 0 target/release/llm-sidecar run -c "$work/sidecar.yaml" 2>"$work/logs/sidecar.err" &
+"${CPU1[@]}" nginx -c "$work/up.conf"
+"${CPU0[@]}" nginx -c "$work/px.conf"
+"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar.yaml" 2>"$work/logs/sidecar.err" &
 pids+=($!)
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$UP/v1/x" && break
@@ -121,8 +120,8 @@ done
 # run NAME URL -> "rps p50_ms p99_ms"
 run() {
   local url=$1 out
-  pin 1 wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$work/post.lua" "$url" >/dev/null
-  out=$(pin 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/post.lua" "$url")
+  "${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$work/post.lua" "$url" >/dev/null
+  out=$("${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/post.lua" "$url")
   if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "non-2xx responses from $url" >&2; exit 1; fi
   local rps p50 p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')

@@ -223,3 +223,70 @@ async fn http1_upstream_connections_are_pooled() {
         9.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_on_http2_cuts_only_its_own_stream() {
+    use futures_util::StreamExt;
+    let ca = TestCa::new("llm-sidecar test CA");
+    let m = mock(MockOptions {
+        tls: Some(ca.server_config(&["127.0.0.1"], &[b"h2"])),
+        interval: Duration::from_millis(100),
+        chunks: 15,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(dir.path());
+    let yaml = tls_provider(&m.url(), &format!("ca_file: {}", ca_file.display()), "").replace(
+        "    pool: {  }\n",
+        "    pool: {  }\n    timeouts: { idle: 400ms }\n",
+    );
+    let s = TestSidecar::start(&yaml).await;
+    // Warm one HTTP/2 connection so both streams below share it.
+    assert_eq!(
+        s.client
+            .get(s.url("/openai/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let read_all = |stall: Option<&'static str>| {
+        let c = s.client.clone();
+        let url = s.url("/openai/v1/chat/completions");
+        async move {
+            let mut req = c.post(url).json(&chat_body(true));
+            if let Some(n) = stall {
+                req = req.header("x-mock-stall-after", n);
+            }
+            let mut body = req.send().await.unwrap().bytes_stream();
+            let mut text = String::new();
+            while let Some(c) = body.next().await {
+                match c {
+                    Ok(b) => text.push_str(std::str::from_utf8(&b).unwrap()),
+                    Err(_) => return (text, false),
+                }
+            }
+            (text, true)
+        }
+    };
+    let (stalled, healthy) = tokio::join!(read_all(Some("2")), read_all(None));
+    assert!(!stalled.1, "the stalled stream is cut");
+    assert_eq!(stalled.0.matches("data: ").count(), 2);
+    assert!(
+        healthy.1,
+        "the healthy stream on the same connection completes"
+    );
+    assert!(healthy.0.ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        m.connection_count(),
+        1,
+        "one connection carried both; resetting a stream did not close it"
+    );
+    assert!(m
+        .recorded()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_2));
+}
