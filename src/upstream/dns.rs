@@ -50,6 +50,7 @@ pub struct DnsError {
 enum Backend {
     Hickory(Box<TokioResolver>),
     System,
+    Fixed(HashMap<String, Vec<IpAddr>>),
 }
 
 /// The process-wide resolver.
@@ -77,6 +78,18 @@ impl Resolver {
         })
     }
 
+    /// Fixed answers, for tests that need a name with several addresses. Other names do
+    /// not resolve.
+    pub fn fixed(answers: impl IntoIterator<Item = (String, Vec<IpAddr>)>) -> Arc<Resolver> {
+        let map = answers
+            .into_iter()
+            .map(|(h, a)| (h.to_ascii_lowercase(), a))
+            .collect();
+        Arc::new(Resolver {
+            backend: Backend::Fixed(map),
+        })
+    }
+
     async fn lookup(
         &self,
         host: &str,
@@ -99,6 +112,13 @@ impl Resolver {
                     .collect();
                 Ok((addrs, None))
             }
+            Backend::Fixed(map) => match map.get(host) {
+                Some(ips) => Ok((
+                    ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
+                    None,
+                )),
+                None => Err("no such host".into()),
+            },
         }
     }
 }

@@ -426,3 +426,50 @@ async fn a_dead_pooled_connection_is_retried_with_the_whole_body() {
         "the dead connections were really reused first ({reused})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_address_moves_on_to_the_next_one() {
+    let m = default_mock().await;
+    let port = m.addr().port();
+    // multi.test has two addresses; nothing listens on the first.
+    let resolver = llm_sidecar::upstream::dns::Resolver::fixed([(
+        "multi.test".to_string(),
+        vec!["127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+    )]);
+    let s = TestSidecar::start_with_resolver(
+        &openai_to(&format!("http://multi.test:{port}"), "k"),
+        resolver,
+    )
+    .await;
+    for _ in 0..4 {
+        let r = s
+            .client
+            .get(s.url("/openai/v1/models"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let rec = m.recorded();
+    assert_eq!(rec.len(), 4);
+    assert_eq!(
+        rec[0].header("host"),
+        Some(format!("multi.test:{port}").as_str()),
+        "Host is the configured name"
+    );
+
+    // A name that does not resolve is a 502 naming DNS.
+    let s = TestSidecar::start_with_resolver(
+        &openai_to("http://nowhere.test", "k"),
+        llm_sidecar::upstream::dns::Resolver::fixed([]),
+    )
+    .await;
+    let r = s
+        .client
+        .get(s.url("/openai/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_dns");
+}

@@ -160,39 +160,17 @@ async fn a_stalled_stream_is_cut_after_idle_and_a_long_one_after_total() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let start = Instant::now();
-    let mut stream = r.bytes_stream();
-    let mut text = String::new();
-    let mut failed = false;
-    while let Some(c) = stream.next().await {
-        match c {
-            Ok(b) => text.push_str(std::str::from_utf8(&b).unwrap()),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
+    let (text, completed) = read_stream(r).await;
+    let failed = !completed;
     assert!(failed, "a cut stream must not look complete to the client");
     assert_eq!(text.matches("data: ").count(), 3);
     assert!(start.elapsed() < Duration::from_secs(3));
 
     // Never stalls but takes 5 s in all: cut at total (1.5 s).
     let start = Instant::now();
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
-    let mut stream = r.bytes_stream();
-    let mut failed = false;
-    while let Some(c) = stream.next().await {
-        if c.is_err() {
-            failed = true;
-            break;
-        }
-    }
+    let r = s.chat("/openai/v1/chat/completions", true).await;
+    let (_, completed) = read_stream(r).await;
+    let failed = !completed;
     let took = start.elapsed();
     assert!(failed);
     assert!(
@@ -253,4 +231,39 @@ async fn a_client_hang_up_cancels_the_upstream_request() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_hangs_is_a_504() {
+    // A listener that never accepts, with its accept queue full: Linux drops further SYNs,
+    // so a new connect hangs (all on loopback).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(c);
+        }
+    }
+    let s = TestSidecar::start(&timeouts_yaml(&format!("http://{addr}"), "connect: 300ms")).await;
+    let start = Instant::now();
+    let r = s.chat("/openai/v1/chat/completions", false).await;
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.headers()["x-llm-sidecar-error"],
+        "upstream_timeout_connect"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(listener);
 }

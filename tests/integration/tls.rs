@@ -226,7 +226,6 @@ async fn http1_upstream_connections_are_pooled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_timeout_on_http2_cuts_only_its_own_stream() {
-    use futures_util::StreamExt;
     let ca = TestCa::new("llm-sidecar test CA");
     let m = mock(MockOptions {
         tls: Some(ca.server_config(&["127.0.0.1"], &[b"h2"])),
@@ -261,15 +260,7 @@ async fn an_idle_timeout_on_http2_cuts_only_its_own_stream() {
             if let Some(n) = stall {
                 req = req.header("x-mock-stall-after", n);
             }
-            let mut body = req.send().await.unwrap().bytes_stream();
-            let mut text = String::new();
-            while let Some(c) = body.next().await {
-                match c {
-                    Ok(b) => text.push_str(std::str::from_utf8(&b).unwrap()),
-                    Err(_) => return (text, false),
-                }
-            }
-            (text, true)
+            read_stream(req.send().await.unwrap()).await
         }
     };
     let (stalled, healthy) = tokio::join!(read_all(Some("2")), read_all(None));

@@ -167,6 +167,23 @@ impl TestSidecar {
         config_path: PathBuf,
         env: config::EnvSource,
     ) -> TestSidecar {
+        Self::start_full(dir, config_path, env, Resolver::system()).await
+    }
+
+    /// With a given DNS resolver (e.g. `Resolver::fixed` for names with several addresses).
+    pub async fn start_with_resolver(yaml: &str, resolver: Arc<Resolver>) -> TestSidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("sidecar.yaml");
+        std::fs::write(&config_path, with_listeners(yaml)).unwrap();
+        Self::start_full(dir, config_path, config::process_env(), resolver).await
+    }
+
+    async fn start_full(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: config::EnvSource,
+        resolver: Arc<Resolver>,
+    ) -> TestSidecar {
         let store = match ConfigStore::open(&config_path, env, Metrics::new()) {
             Ok(s) => s,
             Err(e) => panic!("test config is invalid:\n{e}"),
@@ -175,7 +192,7 @@ impl TestSidecar {
             store,
             llm_sidecar::Options {
                 handle_signals: false,
-                resolver: Some(Resolver::system()),
+                resolver: Some(resolver),
             },
         )
         .await
@@ -281,4 +298,31 @@ pub fn chat_body(stream: bool) -> serde_json::Value {
         "stream": stream,
         "messages": [{"role": "user", "content": "Say hello"}]
     })
+}
+
+/// Reads a response body to its end: the text, and whether it ended cleanly (false when
+/// the connection or stream was cut).
+pub async fn read_stream(r: reqwest::Response) -> (String, bool) {
+    use futures_util::StreamExt;
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => text.push_str(&String::from_utf8_lossy(&b)),
+            Err(_) => return (text, false),
+        }
+    }
+    (text, true)
+}
+
+impl TestSidecar {
+    /// POSTs the standard chat body to `path`, streaming or not.
+    pub async fn chat(&self, path: &str, stream: bool) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap()
+    }
 }
