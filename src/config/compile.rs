@@ -54,7 +54,7 @@ pub struct Guards {
 #[derive(Clone, Debug)]
 pub enum Target {
     Ready(Arc<Provider>),
-    Disabled { reason: Arc<str> },
+    Disabled { reason: Arc<str>, style: ErrorStyle },
 }
 
 /// One immutable, fully compiled config. Requests hold an `Arc` to the snapshot they
@@ -513,7 +513,6 @@ impl<'a> Compiler<'a> {
             trust_list = Some(trust::trust_list(&extra, p.tls.public_roots));
         }
 
-        let style = style_for(p.kind);
         let mut defaults = Vec::new();
         if p.kind == ProviderKind::Anthropic {
             defaults.push((
@@ -522,6 +521,7 @@ impl<'a> Compiler<'a> {
             ));
         }
 
+        let style = style_for(p.kind);
         if !missing.is_empty() {
             let reason = missing.join("; ");
             self.warnings.push(format!(
@@ -529,12 +529,14 @@ impl<'a> Compiler<'a> {
             ));
             return Target::Disabled {
                 reason: Arc::from(format!("provider \"{name}\" is not configured on this sidecar (its credentials are missing)")),
+                style,
             };
         }
         let (Some(b), Some(signer)) = (parsed, signer) else {
             // errors already recorded; the load will fail
             return Target::Disabled {
                 reason: Arc::from("invalid"),
+                style,
             };
         };
 
@@ -562,6 +564,7 @@ impl<'a> Compiler<'a> {
                 );
                 return Target::Disabled {
                     reason: Arc::from("invalid"),
+                    style,
                 };
             }
         };

@@ -149,6 +149,7 @@ impl SidecarProxy {
         session: &mut Session,
         snap: &Arc<Snapshot>,
         x: &mut ExchangeState,
+        started: Instant,
     ) -> Result<bool> {
         let raw_h1 = match session.downstream_session.as_http1() {
             Some(_) if session.req_header().headers.contains_key(TRANSFER_ENCODING) => {
@@ -182,9 +183,8 @@ impl SidecarProxy {
         x.route = Some(route.index);
         let provider = match snap.target(route) {
             Target::Ready(p) => p.clone(),
-            Target::Disabled { reason } => {
-                let keep = session.is_body_empty();
-                let style = ErrorStyle::guess(session.req_header());
+            Target::Disabled { reason, style } => {
+                let (keep, style) = (session.is_body_empty(), *style);
                 let e = SidecarError::new(Cause::ProviderDisabled, reason.to_string());
                 return self.answer(session, x, style, e, keep).await;
             }
@@ -235,7 +235,8 @@ impl SidecarProxy {
                 .insert_header(CONTENT_LENGTH, body.len().to_string())?;
         }
 
-        let deadline = tokio::time::Instant::now() + provider.timeouts.total;
+        // `total` counts from the request's arrival: upload time included.
+        let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
         let mut stale_retries = 0;
         loop {
             x.attempts += 1;
@@ -390,9 +391,10 @@ impl ProxyHttp for SidecarProxy {
         let Some(snap) = ctx.snapshot.clone() else {
             return Ok(false); // attempt
         };
+        let started = ctx.started;
         match &mut ctx.role {
             Role::Attempt(_) => Ok(false),
-            Role::Exchange(x) => self.exchange(session, &snap, x).await,
+            Role::Exchange(x) => self.exchange(session, &snap, x, started).await,
         }
     }
 
