@@ -7,12 +7,12 @@
 
 use super::errors::{did_you_mean, ConfigErrors};
 use super::schema::{self, ConfigFile, ProviderKind};
-use super::secret::{EnvLookup, Secret, Template};
-use crate::auth::{NoAuth, Signer, StaticHeader};
+use super::secret::{EnvLookup, Template};
+use crate::auth::Auth;
 use crate::observability::metrics::Metrics;
 use crate::proxy::errors::ErrorStyle;
 use crate::routing::{self, HostPattern, Route, RouteTable};
-use crate::tenant::{self, Tenant};
+use crate::tenant::Tenants;
 use crate::upstream::dns::{DnsRegistry, DnsSettings};
 use crate::upstream::{self, trust, PeerSettings, Provider, Timeouts};
 use bytes::Bytes;
@@ -24,6 +24,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod auth;
+mod tenants;
 
 /// What a load needs from the running process.
 pub struct LoadContext<'a> {
@@ -73,7 +76,7 @@ pub struct Snapshot {
     /// Route index → target, parallel to `routes`.
     pub targets: Vec<Target>,
     pub providers: IndexMap<String, Target>,
-    pub tenant: Tenant,
+    pub tenants: Tenants,
     /// The effective config as JSON, secrets shown as `[redacted]`.
     pub effective: Bytes,
     /// Secret and CA files read by this load; their directories are watched too.
@@ -143,13 +146,26 @@ impl<'a> Compiler<'a> {
         let guards = self.guards(&file.request);
         let credential_headers =
             self.header_names("request.strip_credentials", &file.request.strip_credentials);
-        let tenant = self.tenant(&file.tenant);
+        let (tenants, tenant_defs) = self.tenants(&file);
         let dns = self.dns(&file.dns);
 
         let mut providers = IndexMap::new();
         for (name, p) in &file.providers {
-            let target = self.provider(name, p, dns, &credential_headers, &tenant);
+            let target = self.provider(name, p, dns, &credential_headers, &tenants, &tenant_defs);
             providers.insert(name.clone(), target);
+        }
+        for (id, def) in &file.tenants {
+            for (provider, _) in &def.provider_keys {
+                if !file.providers.contains_key(provider) {
+                    let hint = did_you_mean(provider, file.providers.keys().map(String::as_str))
+                        .map(|s| format!("; did you mean \"{s}\"?"))
+                        .unwrap_or_default();
+                    self.errs.push(
+                        format!("tenants.{id}.provider_keys.{provider}"),
+                        format!("unknown provider \"{provider}\"{hint}"),
+                    );
+                }
+            }
         }
 
         let (routes, targets) = self.routes(&file, &providers);
@@ -193,7 +209,7 @@ impl<'a> Compiler<'a> {
             routes,
             targets,
             providers,
-            tenant,
+            tenants,
             effective,
             files,
             warnings,
@@ -303,33 +319,6 @@ impl<'a> Compiler<'a> {
         out
     }
 
-    fn tenant(&mut self, t: &schema::Tenant) -> Tenant {
-        if let Err(e) = tenant::validate_id(&t.id) {
-            self.errs.push("tenant.id", e);
-        }
-        let mut inject = Vec::new();
-        for (name, template) in &t.headers {
-            let path = format!("tenant.headers.{name}");
-            let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
-                self.errs.push(path, "not a valid header name");
-                continue;
-            };
-            match HeaderValue::from_str(&tenant::expand(template, &t.id)) {
-                Ok(v) => inject.push((hn, v)),
-                Err(_) => self
-                    .errs
-                    .push(path, "value has characters not allowed in a header"),
-            }
-        }
-        let mut strip = self.header_names("tenant.strip", &t.strip);
-        strip.extend(inject.iter().map(|(n, _)| n.clone()));
-        Tenant {
-            id: Arc::from(t.id.as_str()),
-            inject: inject.into(),
-            strip: strip.into(),
-        }
-    }
-
     fn dns(&mut self, d: &schema::Dns) -> DnsSettings {
         if d.min_ttl > d.max_ttl {
             self.errs.push(
@@ -369,13 +358,39 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// [`Self::resolve`] for a value that must be there: a missing reference of an
+    /// optional provider goes to `missing`.
+    fn secret(
+        &mut self,
+        path: &str,
+        t: &Template,
+        optional: bool,
+        missing: &mut Vec<String>,
+    ) -> Option<String> {
+        match self.resolve(path, t, optional) {
+            Ok(v) => Some(v),
+            Err(Some(reason)) => {
+                missing.push(reason);
+                None
+            }
+            Err(None) => None,
+        }
+    }
+
+    /// Counts a secret read outside templates (AWS credentials) in the fingerprint, so a
+    /// rotated value is a change.
+    fn fingerprint_secret(&mut self, value: &str) {
+        self.fingerprint.update(value.as_bytes());
+    }
+
     fn provider(
         &mut self,
         name: &str,
         p: &schema::Provider,
         dns: DnsSettings,
         credential_headers: &[HeaderName],
-        tenant: &Tenant,
+        tenants: &Tenants,
+        tenant_defs: &[Option<&schema::TenantDef>],
     ) -> Target {
         let base = format!("providers.{name}");
         if name.is_empty()
@@ -389,23 +404,14 @@ impl<'a> Compiler<'a> {
             );
         }
         let mut missing: Vec<String> = Vec::new();
-        let record =
-            |r: Result<String, Option<String>>, missing: &mut Vec<String>| -> Option<String> {
-                match r {
-                    Ok(v) => Some(v),
-                    Err(Some(reason)) => {
-                        missing.push(reason);
-                        None
-                    }
-                    Err(None) => None,
-                }
-            };
 
         // base URL
-        let url = {
-            let r = self.resolve(&format!("{base}.base_url"), &p.base_url.0, p.optional);
-            record(r, &mut missing)
-        };
+        let url = self.secret(
+            &format!("{base}.base_url"),
+            &p.base_url.0,
+            p.optional,
+            &mut missing,
+        );
         let parsed = url.and_then(|u| match parse_base_url(&u) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -414,34 +420,16 @@ impl<'a> Compiler<'a> {
             }
         });
 
-        // credential
-        let signer: Option<Box<dyn Signer>> = match &p.auth {
-            schema::Auth::None => Some(Box::new(NoAuth)),
-            schema::Auth::Bearer { token } => {
-                let path = format!("{base}.auth.token");
-                let r = self.resolve(&path, &token.0, p.optional);
-                record(r, &mut missing).and_then(|v| match StaticHeader::bearer(&Secret::new(v)) {
-                    Ok(s) => Some(Box::new(s) as Box<dyn Signer>),
-                    Err(e) => {
-                        self.errs.push(path, e);
-                        None
-                    }
-                })
-            }
-            schema::Auth::Header { name: hname, value } => {
-                let path = format!("{base}.auth.value");
-                let r = self.resolve(&path, &value.0, p.optional);
-                record(r, &mut missing).and_then(|v| {
-                    match StaticHeader::header(hname, &Secret::new(v)) {
-                        Ok(s) => Some(Box::new(s) as Box<dyn Signer>),
-                        Err(e) => {
-                            self.errs.push(format!("{base}.auth"), e);
-                            None
-                        }
-                    }
-                })
-            }
-        };
+        // credential, and tenants' own keys
+        let auth = self.auth(name, &base, p, &mut missing);
+        let mut tenant_auth: Vec<Option<Arc<Auth>>> = Vec::with_capacity(tenants.list.len());
+        for (t, def) in tenants.list.iter().zip(tenant_defs) {
+            let own = def.and_then(|d| d.provider_keys.get(name));
+            tenant_auth.push(own.and_then(|key| {
+                let path = format!("tenants.{}.provider_keys.{name}", t.id);
+                self.tenant_key_auth(&path, p, key).map(Arc::new)
+            }));
+        }
 
         // static headers
         let mut headers = Vec::new();
@@ -451,8 +439,7 @@ impl<'a> Compiler<'a> {
                 self.errs.push(path, "not a valid header name");
                 continue;
             };
-            let r = self.resolve(&path, &value.0, p.optional);
-            if let Some(v) = record(r, &mut missing) {
+            if let Some(v) = self.secret(&path, &value.0, p.optional, &mut missing) {
                 match HeaderValue::from_str(&v) {
                     Ok(mut hv) => {
                         hv.set_sensitive(true);
@@ -532,7 +519,7 @@ impl<'a> Compiler<'a> {
                 style,
             };
         }
-        let (Some(b), Some(signer)) = (parsed, signer) else {
+        let (Some(b), Some(auth)) = (parsed, auth) else {
             // errors already recorded; the load will fail
             return Target::Disabled {
                 reason: Arc::from("invalid"),
@@ -546,8 +533,7 @@ impl<'a> Compiler<'a> {
         let mut seen = BTreeSet::new();
         for h in credential_headers
             .iter()
-            .chain(tenant.strip.iter())
-            .chain(signer.header_names().iter())
+            .chain(auth.signer.header_names().iter())
             .chain(headers.iter().map(|(n, _)| n))
         {
             if seen.insert(h.as_str().to_string()) {
@@ -588,7 +574,8 @@ impl<'a> Compiler<'a> {
             dns,
             peer_options,
             timeouts,
-            signer,
+            auth: Arc::new(auth),
+            tenant_auth,
             headers,
             defaults,
             strip: strip.into(),

@@ -75,6 +75,50 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
     let request: schema::RequestGuards = section(&mut map, "request", &mut errs);
     let tenant: schema::Tenant = section(&mut map, "tenant", &mut errs);
 
+    let mut tenants = IndexMap::new();
+    match map.remove("tenants") {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                let Some(name) = k.as_str().map(str::to_string) else {
+                    errs.push(
+                        "tenants",
+                        format!("tenant ids must be strings, found {}", yaml_brief(&k)),
+                    );
+                    continue;
+                };
+                let path = join("tenants", &name);
+                if let Some(t) = value::<schema::TenantDef>(v, &path, &mut errs) {
+                    tenants.insert(name, t);
+                }
+            }
+        }
+        Some(other) => errs.push(
+            "tenants",
+            format!(
+                "must be a mapping of tenant id to its settings, found {}",
+                yaml_kind(&other)
+            ),
+        ),
+    }
+    let mut virtual_keys = Vec::new();
+    match map.remove("virtual_keys") {
+        None | Some(Value::Null) => {}
+        Some(Value::Sequence(seq)) => {
+            for (i, v) in seq.into_iter().enumerate() {
+                if let Some(k) =
+                    value::<schema::VirtualKey>(v, &format!("virtual_keys[{i}]"), &mut errs)
+                {
+                    virtual_keys.push(k);
+                }
+            }
+        }
+        Some(other) => errs.push(
+            "virtual_keys",
+            format!("must be a list, found {}", yaml_kind(&other)),
+        ),
+    }
+
     let mut providers = IndexMap::new();
     match map.remove("providers") {
         None | Some(Value::Null) => {}
@@ -129,6 +173,8 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
         dns,
         request,
         tenant,
+        tenants,
+        virtual_keys,
         providers,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
     })

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub dns: Dns,
     pub request: RequestGuards,
     pub tenant: Tenant,
+    pub tenants: IndexMap<String, TenantDef>,
+    pub virtual_keys: Vec<VirtualKey>,
     pub providers: IndexMap<String, Provider>,
     pub routes: Vec<Route>,
 }
@@ -37,6 +39,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "dns",
     "request",
     "tenant",
+    "tenants",
+    "virtual_keys",
     "providers",
     "routes",
 ];
@@ -220,14 +224,36 @@ pub fn default_strip_credentials() -> Vec<String> {
     .collect()
 }
 
+/// How the sidecar knows which tenant a request belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSource {
+    /// One app per sidecar: every request is tenant `tenant.id`.
+    #[default]
+    Static,
+    /// A trusted inbound header names the tenant (several apps share one sidecar).
+    Header,
+    /// The app presents a sidecar-issued key (`virtual_keys`) that maps to a tenant.
+    VirtualKey,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
-    /// The tenant this sidecar's app belongs to.
+    #[serde(default)]
+    pub source: TenantSource,
+    /// `static`: the tenant (may be `${env:...}`).
     #[serde(default = "default_tenant_id")]
-    pub id: String,
-    /// Headers added to every upstream request. `{tenant}` is replaced by the tenant id.
-    /// Client-sent headers with these names are removed first, so they cannot be forged.
+    pub id: PlainTemplate,
+    /// `header`: the inbound header that names the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// `header`: client addresses (CIDRs) allowed to name a tenant.
+    #[serde(default = "default_trusted_sources")]
+    pub trusted_sources: Vec<String>,
+    /// Headers added to every upstream request. `{tenant}` (or `{tenant.id}`) is the tenant
+    /// id, `{tenant.NAME}` one of its `attributes`. Client-sent headers with these names are
+    /// removed first, so they cannot be forged.
     #[serde(default)]
     pub headers: IndexMap<String, String>,
     /// More client headers to remove before forwarding.
@@ -238,15 +264,44 @@ pub struct Tenant {
 impl Default for Tenant {
     fn default() -> Self {
         Tenant {
+            source: TenantSource::Static,
             id: default_tenant_id(),
+            header: None,
+            trusted_sources: default_trusted_sources(),
             headers: IndexMap::new(),
             strip: Vec::new(),
         }
     }
 }
 
-fn default_tenant_id() -> String {
-    "default".into()
+fn default_tenant_id() -> PlainTemplate {
+    // A literal without references always parses.
+    PlainTemplate(super::secret::Template::literal("default"))
+}
+
+fn default_trusted_sources() -> Vec<String> {
+    vec!["127.0.0.1/32".into(), "::1/128".into()]
+}
+
+/// A known tenant.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDef {
+    /// Values for `{tenant.NAME}` in tenant headers.
+    #[serde(default)]
+    pub attributes: IndexMap<String, String>,
+    /// This tenant's own key for a provider (by provider name), used instead of the
+    /// provider's keys. For `bearer`, `header` and `hmac` auth.
+    #[serde(default)]
+    pub provider_keys: IndexMap<String, SecretTemplate>,
+}
+
+/// A sidecar-issued key an app presents instead of a provider key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualKey {
+    pub key: SecretTemplate,
+    pub tenant: String,
 }
 
 /// The providers llm-sidecar knows. The kind decides the error shape the sidecar answers
@@ -261,6 +316,8 @@ pub enum ProviderKind {
     Dashscope,
     Ark,
     Ollama,
+    Bedrock,
+    VertexAi,
     OpenaiCompatible,
 }
 
@@ -295,10 +352,206 @@ pub enum Auth {
     /// Send no credential (e.g. a local Ollama).
     #[default]
     None,
-    /// `Authorization: Bearer <token>`.
-    Bearer { token: SecretTemplate },
-    /// `<name>: <value>`, e.g. Anthropic's `x-api-key` or Azure's `api-key`.
-    Header { name: String, value: SecretTemplate },
+    /// `Authorization: Bearer <token>`: one `token`, or a pool of `keys`.
+    Bearer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<SecretTemplate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keys: Option<Vec<PoolKey>>,
+        #[serde(default)]
+        strategy: KeyStrategy,
+        #[serde(default = "default_cooldown")]
+        cooldown: HumanDuration,
+    },
+    /// `<name>: <value>` (Anthropic's `x-api-key`, Azure's `api-key`): one `value`, or a
+    /// pool of `keys`.
+    Header {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<SecretTemplate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keys: Option<Vec<PoolKey>>,
+        #[serde(default)]
+        strategy: KeyStrategy,
+        #[serde(default = "default_cooldown")]
+        cooldown: HumanDuration,
+    },
+    /// HMAC-SHA256 request signature (see `docs/config.md#hmac`): one `key_id` + `secret`,
+    /// or a pool of `keys` (each with its `key_id`).
+    Hmac {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<SecretTemplate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keys: Option<Vec<PoolKey>>,
+        #[serde(default)]
+        strategy: KeyStrategy,
+        #[serde(default = "default_cooldown")]
+        cooldown: HumanDuration,
+        #[serde(default)]
+        headers: HmacHeaderNames,
+        #[serde(default)]
+        timestamp_unit: TimestampUnit,
+    },
+    /// AWS Signature Version 4 (Amazon Bedrock).
+    AwsSigv4 {
+        region: String,
+        #[serde(default = "default_aws_service")]
+        service: String,
+        #[serde(default)]
+        credentials: AwsCredentials,
+    },
+    /// OAuth2 access tokens (client credentials, or a Google service account).
+    Oauth2 {
+        flow: OAuthFlow,
+        /// Token endpoint. Default for `google_service_account`: the key file's `token_uri`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<PlainTemplate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_secret: Option<SecretTemplate>,
+        /// `google_service_account`: the key file's JSON, usually `${file:/path/key.json}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_account: Option<SecretTemplate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        #[serde(default)]
+        client_auth: OAuthClientAuth,
+        /// More form parameters for the token request (e.g. `audience`).
+        #[serde(default)]
+        extra_params: IndexMap<String, String>,
+        /// Refresh this long before the token expires.
+        #[serde(default = "default_refresh_before")]
+        refresh_before: HumanDuration,
+        /// Extra CA for the token endpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// One key of a pool.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolKey {
+    /// Used in metrics and logs (never the key itself).
+    pub name: String,
+    pub key: SecretTemplate,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// `hmac` only: the id sent in the key-id header. Default: the key's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStrategy {
+    #[default]
+    RoundRobin,
+    Weighted,
+}
+
+fn default_cooldown() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacHeaderNames {
+    #[serde(default = "default_sig_header")]
+    pub signature: String,
+    #[serde(default = "default_ts_header")]
+    pub timestamp: String,
+    #[serde(default = "default_nonce_header")]
+    pub nonce: String,
+    #[serde(default = "default_key_id_header")]
+    pub key_id: String,
+}
+
+impl Default for HmacHeaderNames {
+    fn default() -> Self {
+        HmacHeaderNames {
+            signature: default_sig_header(),
+            timestamp: default_ts_header(),
+            nonce: default_nonce_header(),
+            key_id: default_key_id_header(),
+        }
+    }
+}
+
+fn default_sig_header() -> String {
+    "X-Signature".into()
+}
+fn default_ts_header() -> String {
+    "X-Timestamp".into()
+}
+fn default_nonce_header() -> String {
+    "X-Nonce".into()
+}
+fn default_key_id_header() -> String {
+    "X-Key-Id".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    #[default]
+    Ms,
+    S,
+}
+
+fn default_aws_service() -> String {
+    "bedrock".into()
+}
+
+/// Where AWS credentials come from. Read again on every reload.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AwsCredentials {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    #[default]
+    Env,
+    Static {
+        access_key_id: PlainTemplate,
+        secret_access_key: SecretTemplate,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_token: Option<SecretTemplate>,
+    },
+    /// An AWS shared credentials file.
+    File {
+        path: PathBuf,
+        #[serde(default = "default_profile")]
+        profile: String,
+    },
+}
+
+fn default_profile() -> String {
+    "default".into()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthFlow {
+    ClientCredentials,
+    GoogleServiceAccount,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthClientAuth {
+    #[default]
+    Basic,
+    Body,
+}
+
+fn default_refresh_before() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -57,6 +57,18 @@ pub struct Resolved {
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 impl Template {
+    /// A template with no references (`$` is taken literally).
+    pub fn literal(value: &str) -> Template {
+        Template {
+            raw: value.replace('$', "$$"),
+            parts: if value.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Lit(value.to_string())]
+            },
+        }
+    }
+
     pub fn parse(raw: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut lit = String::new();

@@ -38,6 +38,12 @@ pub struct Metrics {
     config_last_success: IntGauge,
     in_flight: IntGauge,
     unrouted: OnceLock<RouteMetrics>,
+    key_requests: IntCounterVec,
+    key_events: IntCounterVec,
+    key_ejected: IntGaugeVec,
+    key_cooldown_until: IntGaugeVec,
+    token_fetches: IntCounterVec,
+    token_expiry: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -94,7 +100,55 @@ impl Metrics {
             "llm_sidecar_requests_in_flight",
             "Requests being proxied right now.",
         ));
+        let key_requests = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_upstream_key_requests_total",
+                "Requests sent with each pooled key, by its configured name.",
+            ),
+            &["provider", "key"],
+        ));
+        let key_events = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_upstream_key_events_total",
+                "Pooled key state changes: ejected (after 401/403, until reload) or cooldown (after 429).",
+            ),
+            &["provider", "key", "event"],
+        ));
+        let key_ejected = must(IntGaugeVec::new(
+            Opts::new(
+                "llm_sidecar_upstream_key_ejected",
+                "1 while a pooled key is ejected.",
+            ),
+            &["provider", "key"],
+        ));
+        let key_cooldown_until = must(IntGaugeVec::new(
+            Opts::new(
+                "llm_sidecar_upstream_key_cooldown_until_timestamp_seconds",
+                "Unix time a pooled key's current cooldown ends (0: none since the last reload).",
+            ),
+            &["provider", "key"],
+        ));
+        let token_fetches = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_oauth_token_fetches_total",
+                "Calls to OAuth2 token endpoints, by result.",
+            ),
+            &["provider", "result"],
+        ));
+        let token_expiry = must(IntGaugeVec::new(
+            Opts::new(
+                "llm_sidecar_oauth_token_expiry_timestamp_seconds",
+                "Unix time the current access token expires.",
+            ),
+            &["provider"],
+        ));
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(key_requests.clone()),
+            Box::new(key_events.clone()),
+            Box::new(key_ejected.clone()),
+            Box::new(key_cooldown_until.clone()),
+            Box::new(token_fetches.clone()),
+            Box::new(token_expiry.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_connections.clone()),
@@ -124,7 +178,36 @@ impl Metrics {
             config_last_success,
             in_flight,
             unrouted: OnceLock::new(),
+            key_requests,
+            key_events,
+            key_ejected,
+            key_cooldown_until,
+            token_fetches,
+            token_expiry,
         })
+    }
+
+    /// Handles for one key of a pool (named by its configured name, never its value).
+    pub fn key(&self, provider: &str, key: &str) -> crate::auth::keys::KeyMetrics {
+        crate::auth::keys::KeyMetrics {
+            requests: self.key_requests.with_label_values(&[provider, key]),
+            ejected: self
+                .key_events
+                .with_label_values(&[provider, key, "ejected"]),
+            cooldowns: self
+                .key_events
+                .with_label_values(&[provider, key, "cooldown"]),
+            ejected_now: self.key_ejected.with_label_values(&[provider, key]),
+            cooldown_until: self.key_cooldown_until.with_label_values(&[provider, key]),
+        }
+    }
+
+    pub fn token(&self, provider: &str) -> crate::auth::oauth2::TokenMetrics {
+        crate::auth::oauth2::TokenMetrics {
+            fetched: self.token_fetches.with_label_values(&[provider, "success"]),
+            failed: self.token_fetches.with_label_values(&[provider, "failure"]),
+            expires: self.token_expiry.with_label_values(&[provider]),
+        }
     }
 
     pub fn route(&self, route: &str, provider: &str) -> RouteMetrics {

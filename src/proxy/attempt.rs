@@ -50,6 +50,9 @@ pub enum Outcome {
     Broken { status: u16, cause: Cause },
     /// The client went away.
     ClientGone { status: Option<u16> },
+    /// The provider answered 401 to a token the exchange will refresh; nothing was
+    /// forwarded.
+    HeldBack { status: u16 },
 }
 
 enum Event {
@@ -183,7 +186,15 @@ pub async fn run(
                             proxy_error.get_or_insert(e);
                         }
                         HttpTask::Header(h, end) => {
-                            status = Some(h.status.as_u16());
+                            let code = h.status.as_u16();
+                            plan.report
+                                .set_answer(code, crate::auth::retry_after(&h.headers));
+                            if code == 401 && plan.hold_back_401 {
+                                // Dropping the subrequest closes this upstream connection;
+                                // the exchange refreshes the token and replays.
+                                return Outcome::HeldBack { status: code };
+                            }
+                            status = Some(code);
                             batch.push(HttpTask::Header(h, end));
                         }
                         // Body before header cannot happen; be safe.
@@ -297,12 +308,15 @@ fn timed_out(cause: Cause, status: Option<u16>, t: &Timeouts) -> Outcome {
 
 /// The error code name the DNS step of an attempt uses.
 pub const DNS_ERROR: &str = "dns";
+/// ... and signing.
+pub const SIGNING_ERROR: &str = "signing";
 
 /// Maps a Pingora error from the attempt to why the exchange failed.
 pub fn classify(e: &Error, after_header: bool) -> Cause {
     use ErrorType::*;
     match e.etype() {
         Custom(DNS_ERROR) => Cause::UpstreamDns,
+        Custom(SIGNING_ERROR) => Cause::SigningFailed,
         ConnectTimedout => Cause::ConnectTimeout,
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
         | ConnectProxyFailure => Cause::UpstreamConnect,
@@ -334,6 +348,7 @@ fn describe(e: &Error, plan: &AttemptPlan) -> String {
         Cause::UpstreamTls => format!("TLS with provider \"{name}\" ({host}) failed: its certificate is not trusted or the handshake was refused"),
         Cause::FirstByteTimeout => format!("provider \"{name}\" did not answer in time"),
         Cause::UpstreamReset => format!("provider \"{name}\" closed the connection before answering"),
+        Cause::SigningFailed => format!("the request to provider \"{name}\" could not be signed"),
         _ => format!("provider \"{name}\" sent an invalid response"),
     }
 }

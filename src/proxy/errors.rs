@@ -50,6 +50,14 @@ pub enum Cause {
     IdleTimeout,
     TotalTimeout,
     ShuttingDown,
+    KeysUnavailable,
+    TokenUnavailable,
+    TenantMissing,
+    TenantUntrusted,
+    TenantUnknown,
+    KeyMissing,
+    KeyUnknown,
+    SigningFailed,
     Internal,
 }
 
@@ -73,6 +81,14 @@ impl Cause {
             Cause::IdleTimeout => "upstream_timeout_idle",
             Cause::TotalTimeout => "upstream_timeout_total",
             Cause::ShuttingDown => "shutting_down",
+            Cause::KeysUnavailable => "keys_unavailable",
+            Cause::TokenUnavailable => "token_unavailable",
+            Cause::TenantMissing => "tenant_missing",
+            Cause::TenantUntrusted => "tenant_untrusted",
+            Cause::TenantUnknown => "tenant_unknown",
+            Cause::KeyMissing => "key_missing",
+            Cause::KeyUnknown => "key_unknown",
+            Cause::SigningFailed => "signing_failed",
             Cause::Internal => "internal",
         }
     }
@@ -80,7 +96,14 @@ impl Cause {
     pub fn status(self) -> u16 {
         match self {
             Cause::NoRoute => 404,
-            Cause::ProviderDisabled | Cause::ShuttingDown => 503,
+            Cause::ProviderDisabled
+            | Cause::ShuttingDown
+            | Cause::KeysUnavailable
+            | Cause::TokenUnavailable => 503,
+            Cause::TenantMissing => 400,
+            Cause::KeyMissing | Cause::KeyUnknown => 401,
+            Cause::TenantUntrusted | Cause::TenantUnknown => 403,
+            Cause::SigningFailed => 500,
             Cause::HeadersTooLarge => 431,
             Cause::BodyTooLarge => 413,
             Cause::BadFraming | Cause::BadPath | Cause::BadRequest => 400,

@@ -29,11 +29,12 @@ pub mod attempt;
 pub mod errors;
 pub mod guards;
 
+use crate::auth::{AcquireError, Auth, Credential, SignContext, Verdict};
 use crate::config::compile::Target;
 use crate::config::{ConfigStore, Snapshot};
 use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
 use crate::routing;
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, TenantError};
 use crate::upstream::dns::{Candidates, Resolver};
 use crate::upstream::Provider;
 use async_trait::async_trait;
@@ -51,10 +52,19 @@ use std::time::{Duration, Instant};
 /// What an exchange hands to each of its attempts.
 pub struct AttemptPlan {
     pub provider: Arc<Provider>,
+    /// The credentials in use (the tenant's own, or the provider's).
+    pub auth: Arc<Auth>,
+    /// What this attempt signs with (a key of the pool, a token).
+    pub credential: Credential,
     pub tenant: Tenant,
     /// Path and query to request upstream.
     pub uri: http::Uri,
-    pub body_len: usize,
+    /// The whole request body (shared, not copied, between attempts).
+    pub body: Bytes,
+    /// Lowercase hex SHA-256 of `body` when the signer needs it, else empty.
+    pub body_sha256: Arc<str>,
+    /// Do not forward a 401: the exchange refreshes the token and tries once more.
+    pub hold_back_401: bool,
     pub report: AttemptReport,
 }
 
@@ -62,11 +72,21 @@ pub struct AttemptPlan {
 #[derive(Default)]
 pub struct AttemptReport {
     stale_connection: AtomicBool,
+    /// The provider's status and `Retry-After`, once its response header arrived.
+    answer: std::sync::OnceLock<(u16, Option<Duration>)>,
 }
 
 impl AttemptReport {
     pub fn stale_connection(&self) -> bool {
         self.stale_connection.load(Ordering::Relaxed)
+    }
+
+    pub fn set_answer(&self, status: u16, retry_after: Option<Duration>) {
+        let _ = self.answer.set((status, retry_after));
+    }
+
+    pub fn answer(&self) -> Option<(u16, Option<Duration>)> {
+        self.answer.get().copied()
     }
 }
 
@@ -93,6 +113,9 @@ pub struct ExchangeState {
     aborted: bool,
     in_flight: bool,
     attempts: u32,
+    tenant: Option<Arc<str>>,
+    /// Name of the pooled key used last (never its value).
+    key: Option<Arc<str>>,
 }
 
 pub struct AttemptState {
@@ -195,6 +218,19 @@ impl SidecarProxy {
             return self.answer(session, x, style, e, false).await;
         }
 
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tenant = match snap.tenants.resolve(session.req_header(), peer) {
+            Ok(t) => t.clone(),
+            Err(e) => {
+                let keep = session.is_body_empty();
+                return self.answer(session, x, style, tenant_error(e), keep).await;
+            }
+        };
+        x.tenant = Some(tenant.id.clone());
+
         let uri = {
             let req = session.req_header();
             let up = route.upstream_path(req.uri.path(), req.uri.query());
@@ -236,21 +272,81 @@ impl SidecarProxy {
         }
 
         // `total` counts from the request's arrival: upload time included.
+        let auth = provider.auth_for(tenant.index).clone();
+        let body_sha256: Arc<str> = if auth.signer.needs_body_hash() {
+            Arc::from(body_sha256_hex(&body).await)
+        } else {
+            Arc::from("")
+        };
+
+        // `total` counts from the request's arrival: upload time included.
         let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
         let mut stale_retries = 0;
+        let mut token_replayed = false;
         loop {
             x.attempts += 1;
+            let credential = match auth.acquire().await {
+                Ok(c) => c,
+                Err(AcquireError::KeysUnavailable {
+                    detail,
+                    retry_after,
+                    ..
+                }) => {
+                    let mut e = SidecarError::new(
+                        Cause::KeysUnavailable,
+                        format!("every key for provider \"{}\" is unavailable ({detail}); try again later", provider.name),
+                    );
+                    e.retry_after_secs = Some(retry_after.as_secs_f64().ceil() as u64);
+                    return self.answer(session, x, style, e, true).await;
+                }
+                Err(AcquireError::Token { reason, .. }) => {
+                    tracing::warn!(provider = %provider.name, %reason, "no access token");
+                    let mut e = SidecarError::new(
+                        Cause::TokenUnavailable,
+                        format!(
+                            "cannot get an access token for provider \"{}\" right now",
+                            provider.name
+                        ),
+                    );
+                    e.retry_after_secs = Some(1);
+                    return self.answer(session, x, style, e, true).await;
+                }
+            };
+            x.key = auth.key_name(&credential);
             let plan = Arc::new(AttemptPlan {
                 provider: provider.clone(),
-                tenant: snap.tenant.clone(),
+                auth: auth.clone(),
+                hold_back_401: matches!(credential, Credential::Token(_)) && !token_replayed,
+                credential: credential.clone(),
+                tenant: tenant.clone(),
                 uri: uri.clone(),
-                body_len: body.len(),
+                body: body.clone(),
+                body_sha256: body_sha256.clone(),
                 report: AttemptReport::default(),
             });
-            match attempt::run(session, plan, &body, &provider.timeouts, deadline).await {
+            let outcome =
+                attempt::run(session, plan.clone(), &body, &provider.timeouts, deadline).await;
+            if let Some((status, retry_after)) = plan.report.answer() {
+                let verdict = auth.feedback(&credential, status, retry_after);
+                if verdict == Verdict::TokenRejected
+                    && matches!(outcome, attempt::Outcome::HeldBack { .. })
+                {
+                    token_replayed = true;
+                    continue;
+                }
+            }
+            match outcome {
                 attempt::Outcome::Complete { status } => {
                     x.status = status;
                     return Ok(true);
+                }
+                attempt::Outcome::HeldBack { status } => {
+                    // Only 401s with a token are held back, and those always replay above.
+                    let e = SidecarError::new(
+                        Cause::Internal,
+                        format!("the provider answered {status} and the retry was not possible"),
+                    );
+                    return self.answer(session, x, style, e, true).await;
                 }
                 attempt::Outcome::NotStarted {
                     error,
@@ -285,6 +381,40 @@ impl SidecarProxy {
                 }
             }
         }
+    }
+}
+
+/// Hex SHA-256 of a body, computed once per exchange. Large bodies are hashed on the
+/// blocking pool so a 32 MiB upload does not stall the worker thread for ~20 ms.
+async fn body_sha256_hex(body: &Bytes) -> String {
+    use sha2::{Digest, Sha256};
+    const INLINE_LIMIT: usize = 256 * 1024;
+    if body.len() <= INLINE_LIMIT {
+        return hex::encode(Sha256::digest(body));
+    }
+    let b = body.clone();
+    match tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&b))).await {
+        Ok(h) => h,
+        Err(_) => hex::encode(Sha256::digest(body)),
+    }
+}
+
+fn tenant_error(e: TenantError) -> SidecarError {
+    match e {
+        TenantError::MissingHeader(name) => SidecarError::new(
+            Cause::TenantMissing,
+            format!("this sidecar serves several tenants: send the {name} header"),
+        ),
+        TenantError::UntrustedSource => SidecarError::new(
+            Cause::TenantUntrusted,
+            "the tenant header is not accepted from this client address",
+        ),
+        TenantError::UnknownTenant => SidecarError::new(Cause::TenantUnknown, "unknown tenant"),
+        TenantError::MissingKey => SidecarError::new(
+            Cause::KeyMissing,
+            "send the API key this sidecar issued to your app (as Authorization: Bearer, x-api-key or api-key)",
+        ),
+        TenantError::UnknownKey => SidecarError::new(Cause::KeyUnknown, "the API key is not valid for this sidecar"),
     }
 }
 
@@ -462,8 +592,19 @@ impl ProxyHttp for SidecarProxy {
         let plan = &a.plan;
         let p = &plan.provider;
         req.set_uri(plan.uri.clone());
-        for name in p.strip.iter() {
+        for name in p.strip.iter().chain(plan.tenant.strip.iter()) {
             req.remove_header(name);
+        }
+        if let Some(prefix) = plan.auth.signer.strip_prefix() {
+            let doomed: Vec<http::HeaderName> = req
+                .headers
+                .keys()
+                .filter(|n| n.as_str().starts_with(prefix))
+                .cloned()
+                .collect();
+            for name in doomed {
+                req.remove_header(&name);
+            }
         }
         req.remove_header(&EXPECT);
         req.remove_header(&TRANSFER_ENCODING);
@@ -471,8 +612,8 @@ impl ProxyHttp for SidecarProxy {
             req.method,
             http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
         );
-        if plan.body_len > 0 || method_has_body {
-            req.insert_header(CONTENT_LENGTH, plan.body_len.to_string())?;
+        if !plan.body.is_empty() || method_has_body {
+            req.insert_header(CONTENT_LENGTH, plan.body.len().to_string())?;
         } else {
             req.remove_header(&CONTENT_LENGTH);
         }
@@ -488,9 +629,21 @@ impl ProxyHttp for SidecarProxy {
         for (n, v) in &p.headers {
             req.insert_header(n.clone(), v.clone())?;
         }
-        p.signer
-            .sign(req)
-            .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        // Signing comes last: SigV4 covers content-type and x-amzn-* as finally sent.
+        let method = req.method.clone();
+        let cx = SignContext {
+            method: method.as_str(),
+            path_and_query: plan.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            host: p.authority.to_str().unwrap_or_default(),
+            body: &plan.body,
+            body_sha256: &plan.body_sha256,
+            now: std::time::SystemTime::now(),
+            credential: &plan.credential,
+        };
+        plan.auth.signer.sign(req, &cx).map_err(|e| {
+            tracing::error!(provider = %p.name, error = %e, "signing failed");
+            Error::explain(ErrorType::Custom(attempt::SIGNING_ERROR), e.to_string())
+        })?;
         Ok(())
     }
 
@@ -603,6 +756,8 @@ impl ProxyHttp for SidecarProxy {
             None => self.metrics.unrouted().record(status, elapsed),
         }
         let route_name = route.map_or("-", |r| &r.name);
+        let tenant = x.tenant.as_deref().unwrap_or("-");
+        let key = x.key.as_deref().unwrap_or("-");
         let req = session.req_header();
         let ms = elapsed.as_secs_f64() * 1000.0;
         match x.cause {
@@ -611,16 +766,16 @@ impl ProxyHttp for SidecarProxy {
                 if (cause.status() >= 500 && cause != Cause::ProviderDisabled) || x.aborted =>
             {
                 tracing::warn!(
-                    route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                    route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                     attempts = x.attempts, duration_ms = ms, "request failed"
                 )
             }
             Some(cause) => tracing::info!(
-                route = route_name, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                 duration_ms = ms, "request refused"
             ),
             None => tracing::debug!(
-                route = route_name, method = %req.method, path = req.uri.path(), status,
+                route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status,
                 attempts = x.attempts, duration_ms = ms, "request"
             ),
         }

@@ -9,7 +9,7 @@
 pub mod dns;
 pub mod trust;
 
-use crate::auth::Signer;
+use crate::auth::Auth;
 use crate::config::schema::ProviderKind;
 use crate::observability::metrics::ProviderMetrics;
 use crate::proxy::errors::ErrorStyle;
@@ -45,7 +45,9 @@ pub struct Provider {
     pub dns: DnsSettings,
     pub peer_options: PeerOptions,
     pub timeouts: Timeouts,
-    pub signer: Box<dyn Signer>,
+    pub auth: Arc<Auth>,
+    /// A tenant's own credentials for this provider, by tenant index.
+    pub tenant_auth: Vec<Option<Arc<Auth>>>,
     /// Provider-specific headers, always set (values may be secrets: marked sensitive).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Headers set only when the client did not send them (e.g. `anthropic-version`).
@@ -64,7 +66,7 @@ impl std::fmt::Debug for Provider {
             .field("endpoint", &self.endpoint)
             .field("tls", &self.tls)
             .field("sni", &self.sni)
-            .field("signer", &self.signer)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +112,14 @@ pub fn peer_options(s: PeerSettings<'_>) -> PeerOptions {
 }
 
 impl Provider {
+    /// The credentials for a tenant: its own, or the provider's.
+    pub fn auth_for(&self, tenant: usize) -> &Arc<Auth> {
+        self.tenant_auth
+            .get(tenant)
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.auth)
+    }
+
     /// The Pingora peer for one connection try to `addr`.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut p = HttpPeer::new(addr, self.tls, self.sni.clone());

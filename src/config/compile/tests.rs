@@ -57,9 +57,10 @@ fn compiles_and_redacts() {
     assert!(p.tls);
     assert!(p.strip.iter().any(|h| h == "authorization"));
     assert!(
-        p.strip.iter().any(|h| h == "x-tenant"),
+        s.tenants.list[0].strip.iter().any(|h| h == "x-tenant"),
         "tenant headers are stripped from clients"
     );
+    assert_eq!(&*s.tenants.list[0].id, "team-a");
     assert!(matches!(s.providers["anthropic"], Target::Disabled { .. }));
     assert!(s
         .warnings
