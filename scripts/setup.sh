@@ -47,8 +47,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ $want_test -eq 1 ]; then
-  if ! python3 -c 'import openai, anthropic' >/dev/null 2>&1; then
-    echo "setup: installing the openai and anthropic Python SDKs"
+  if ! python3 -c 'import openai, anthropic, botocore' >/dev/null 2>&1; then
+    echo "setup: installing the Python packages the tests use (openai, anthropic, botocore)"
     python3 -m pip install -q --disable-pip-version-check -r tests/integration/clients/requirements.txt \
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages -r tests/integration/clients/requirements.txt
   fi

@@ -200,18 +200,16 @@ impl KeyPool {
     pub fn feedback(&self, i: usize, status: u16, retry_after: Option<Duration>) {
         let Some(s) = self.slots.get(i) else { return };
         match status {
-            401 | 403 => {
-                if !s.ejected.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        provider = %self.provider,
-                        key = %s.name,
-                        status,
-                        "key ejected: the provider refused it; it stays out until the config is reloaded"
-                    );
-                    if let Some(m) = &s.metrics {
-                        m.ejected.inc();
-                        m.ejected_now.set(1);
-                    }
+            401 | 403 if !s.ejected.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(
+                    provider = %self.provider,
+                    key = %s.name,
+                    status,
+                    "key ejected: the provider refused it; it stays out until the config is reloaded"
+                );
+                if let Some(m) = &s.metrics {
+                    m.ejected.inc();
+                    m.ejected_now.set(1);
                 }
             }
             429 => {

@@ -69,7 +69,7 @@ pub enum Flow {
         token_url: String,
         client_email: String,
         key_id: Option<String>,
-        key: ring::signature::RsaKeyPair,
+        key: Box<ring::signature::RsaKeyPair>,
         scope: String,
     },
 }
@@ -127,7 +127,7 @@ pub fn service_account(json: &str, scope: &str, token_url: Option<&str>) -> Resu
             .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string()),
         client_email: k.client_email,
         key_id: k.private_key_id,
-        key,
+        key: Box::new(key),
         scope: scope.to_string(),
     })
 }

@@ -377,6 +377,10 @@ async fn handle(
                 }),
             )
         }
+        (&Method::POST, r) if r.starts_with("/model/") => {
+            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            bedrock(r, &req, n, chunks, interval, stall_after)
+        }
         (&Method::GET, r) if r.ends_with("/models") => json_response(
             StatusCode::OK,
             &json!({"object": "list", "data": [
@@ -681,9 +685,183 @@ fn messages(
     sse_response(events, interval, stall_after)
 }
 
+/// Amazon Bedrock: `/model/{id}/converse`, `/converse-stream`, `/invoke` and
+/// `/invoke-with-response-stream` (the streaming ones in AWS event-stream framing).
+fn bedrock(
+    route: &str,
+    req: &Value,
+    n: u64,
+    chunks: usize,
+    interval: Duration,
+    stall_after: Option<usize>,
+) -> Response<Body> {
+    let rest = &route["/model/".len()..];
+    let Some((model, op)) = rest.rsplit_once('/') else {
+        return error(Api::OpenAi, 404, "Unknown Bedrock operation.");
+    };
+    let model = percent_decode(model);
+    let input = estimate_tokens(&req["messages"]) + req.get("system").map_or(0, estimate_tokens);
+    let cap = req["inferenceConfig"]["maxTokens"]
+        .as_u64()
+        .or_else(|| req["max_tokens"].as_u64());
+    let tokens = cap.map_or(chunks, |c| (c as usize).min(chunks));
+    let stop = if cap.is_some_and(|c| (c as usize) < chunks) {
+        "max_tokens"
+    } else {
+        "end_turn"
+    };
+    let text: String = (0..tokens).map(word).collect();
+    match op {
+        "converse" => json_response(
+            StatusCode::OK,
+            &json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+                "stopReason": stop,
+                "usage": {"inputTokens": input, "outputTokens": tokens, "totalTokens": input + tokens as u64},
+                "metrics": {"latencyMs": 42}
+            }),
+        ),
+        "converse-stream" => {
+            let mut events = vec![event_stream_message(
+                "messageStart",
+                &json!({"role": "assistant"}),
+            )];
+            for i in 0..tokens {
+                events.push(event_stream_message(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": 0, "delta": {"text": word(i)}}),
+                ));
+            }
+            events.push(event_stream_message(
+                "contentBlockStop",
+                &json!({"contentBlockIndex": 0}),
+            ));
+            events.push(event_stream_message(
+                "messageStop",
+                &json!({"stopReason": stop}),
+            ));
+            events.push(event_stream_message(
+                "metadata",
+                &json!({"usage": {"inputTokens": input, "outputTokens": tokens, "totalTokens": input + tokens as u64}, "metrics": {"latencyMs": 42}}),
+            ));
+            event_stream_response(events, interval, stall_after)
+        }
+        // Anthropic models on Bedrock take and return the Messages API shape.
+        "invoke" => json_response(
+            StatusCode::OK,
+            &json!({
+                "id": format!("msg_bdrk_mock{n}"), "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": stop, "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": tokens}
+            }),
+        ),
+        "invoke-with-response-stream" => {
+            use base64::Engine;
+            let chunk = |v: Value| {
+                let b = base64::engine::general_purpose::STANDARD.encode(v.to_string());
+                event_stream_message("chunk", &json!({"bytes": b}))
+            };
+            let mut events = vec![chunk(json!({"type": "message_start", "message": {
+                "id": format!("msg_bdrk_mock{n}"), "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1}}}))];
+            for i in 0..tokens {
+                events.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word(i)}})));
+            }
+            events.push(chunk(json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": tokens}})));
+            events.push(chunk(json!({"type": "message_stop",
+                "amazon-bedrock-invocationMetrics": {"inputTokenCount": input, "outputTokenCount": tokens}})));
+            event_stream_response(events, interval, stall_after)
+        }
+        _ => error(Api::OpenAi, 404, "Unknown Bedrock operation."),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One message in AWS event-stream framing: prelude (total length, headers length, CRC),
+/// headers (`:event-type`, `:content-type`, `:message-type`), JSON payload, message CRC.
+pub fn event_stream_message(event_type: &str, payload: &Value) -> Bytes {
+    let payload = payload.to_string().into_bytes();
+    let mut headers = Vec::new();
+    for (name, value) in [
+        (":event-type", event_type),
+        (":content-type", "application/json"),
+        (":message-type", "event"),
+    ] {
+        headers.push(name.len() as u8);
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(7); // string
+        headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let total = 12 + headers.len() + payload.len() + 4;
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_be_bytes());
+    msg.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&msg);
+    msg.extend_from_slice(&prelude_crc.to_be_bytes());
+    msg.extend_from_slice(&headers);
+    msg.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&msg);
+    msg.extend_from_slice(&crc.to_be_bytes());
+    Bytes::from(msg)
+}
+
+fn event_stream_response(
+    events: Vec<Bytes>,
+    interval: Duration,
+    stall_after: Option<usize>,
+) -> Response<Body> {
+    let mut r = sse_response(events, interval, stall_after);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    r.headers_mut().remove(http::header::CACHE_CONTROL);
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_stream_framing() {
+        let m = event_stream_message("messageStop", &json!({"stopReason": "end_turn"}));
+        let total = u32::from_be_bytes(m[0..4].try_into().unwrap()) as usize;
+        assert_eq!(total, m.len());
+        assert_eq!(
+            u32::from_be_bytes(m[8..12].try_into().unwrap()),
+            crc32fast::hash(&m[0..8])
+        );
+        assert_eq!(
+            u32::from_be_bytes(m[total - 4..].try_into().unwrap()),
+            crc32fast::hash(&m[..total - 4])
+        );
+        assert_eq!(
+            percent_decode("anthropic.claude-v1%3A0"),
+            "anthropic.claude-v1:0"
+        );
+    }
 
     #[test]
     fn token_estimates_and_budgets() {

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod auth;
 mod clients;
 mod conf_files;
 mod proxy;

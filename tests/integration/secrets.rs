@@ -4,43 +4,12 @@
 use crate::support::*;
 use llm_sidecar::config::ReloadOutcome;
 use llm_sidecar::mock::MockOptions;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_secret_never_leaks() {
-    let logs = Capture::default();
     // The sidecar's own log setup at its most verbose: everything, from every crate
     // (Pingora's `log` output included), at TRACE.
-    assert!(
-        llm_sidecar::observability::init_logging_to(
-            "trace",
-            llm_sidecar::config::schema::LogFormat::Json,
-            logs.clone(),
-            false
-        ),
-        "this test owns the global subscriber"
-    );
+    let logs = capture_logs();
 
     let canary = format!("sk-canary-{}", std::process::id());
     let header_canary = format!("org-canary-{}", std::process::id());
@@ -159,7 +128,7 @@ routes:
     assert!(config.contains("[redacted]"));
     s.shutdown().await;
 
-    let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let log_text = logs.text();
     assert!(
         log_text.contains("llm-sidecar listening"),
         "the capture works"

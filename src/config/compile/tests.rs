@@ -210,3 +210,143 @@ fn fingerprint_tracks_secret_files() {
     assert_ne!(a.fingerprint, c.fingerprint, "a rotated secret is a change");
     assert_eq!(a.hash, c.hash, "the public hash covers the file only");
 }
+
+fn provider_errors(auth: &str) -> String {
+    errors(&format!(
+        "version: 1\nproviders:\n  p:\n    kind: openai\n    base_url: https://api.example.com\n    auth: {auth}\nroutes:\n  - match: {{ path_prefix: / }}\n    provider: p\n"
+    ))
+}
+
+#[test]
+fn key_pool_and_signer_mistakes() {
+    let e = provider_errors("{ type: bearer, token: a, keys: [{ name: k, key: b }] }");
+    assert!(
+        e.contains("providers.p.auth: give either `token` or `keys`, not both"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: bearer }");
+    assert!(
+        e.contains("providers.p.auth: needs `token` (one key) or `keys` (a pool)"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: header, name: x-api-key, keys: [] }");
+    assert!(
+        e.contains("providers.p.auth.keys: must list at least one key"),
+        "{e}"
+    );
+    let e = provider_errors(
+        "{ type: bearer, keys: [{ name: k, key: a }, { name: k, key: b, weight: 0 }] }",
+    );
+    assert!(
+        e.contains("providers.p.auth.keys[1].name: duplicate key name \"k\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("providers.p.auth.keys[1].weight: must be at least 1"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: bearer, keys: [{ name: k, key: \"${env:NOPE_KEY}\" }] }");
+    assert!(
+        e.contains("providers.p.auth.keys[0].key: ${env:NOPE_KEY} is not set"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: hmac, secret: s }");
+    assert!(
+        e.contains("providers.p.auth.key_id: needed with a single `secret`"),
+        "{e}"
+    );
+    let e =
+        provider_errors("{ type: hmac, key_id: a, secret: s, headers: { nonce: \"bad header\" } }");
+    assert!(e.contains("providers.p.auth.headers.nonce"), "{e}");
+    let e = provider_errors("{ type: aws_sigv4, region: \"us east\" }");
+    assert!(e.contains("providers.p.auth.region"), "{e}");
+    let e = provider_errors("{ type: aws_sigv4, region: us-east-1, credentials: { from: env } }");
+    assert!(
+        e.contains("providers.p.auth.credentials: ${env:AWS_ACCESS_KEY_ID} is not set"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: oauth2, flow: client_credentials }");
+    assert!(
+        e.contains("providers.p.auth.token_url: needed for the client_credentials flow"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: oauth2, flow: client_credentials, token_url: \"ftp://x\" }");
+    assert!(
+        e.contains("providers.p.auth.token_url: \"ftp://x\" is not an http(s) URL"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: oauth2, flow: google_service_account }");
+    assert!(
+        e.contains("providers.p.auth.service_account: needed"),
+        "{e}"
+    );
+    let e = provider_errors("{ type: oauth2, flow: google_service_account, service_account: \"{\\\"private_key\\\": \\\"x\\\"}\" }");
+    assert!(
+        e.contains("providers.p.auth.service_account: not a service-account key file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tenancy_mistakes() {
+    let base = "providers:\n  p: { kind: openai, base_url: \"https://x.example.com\", auth: { type: bearer, token: t } }\nroutes:\n  - match: { path_prefix: / }\n    provider: p\n";
+    let e = errors(&format!("version: 1\ntenant: {{ source: header }}\n{base}"));
+    assert!(
+        e.contains("tenant.header: `tenant.source: header` needs the header"),
+        "{e}"
+    );
+    assert!(
+        e.contains("tenants: `tenant.source: header` accepts only the tenants listed here"),
+        "{e}"
+    );
+    let e = errors(&format!("version: 1\ntenant: {{ source: header, header: x-t, trusted_sources: [\"10.0.0.0/40\"] }}\ntenants: {{ a: {{}} }}\n{base}"));
+    assert!(e.contains("tenant.trusted_sources[0]"), "{e}");
+    let e = errors(&format!(
+        "version: 1\ntenant: {{ source: virtual_key }}\n{base}"
+    ));
+    assert!(
+        e.contains("virtual_keys: `tenant.source: virtual_key` needs at least one virtual key"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "version: 1\ntenant: {{ source: virtual_key }}\nvirtual_keys:\n  - {{ key: short, tenant: a }}\n  - {{ key: long-enough-key-123, tenant: a }}\n  - {{ key: long-enough-key-123, tenant: b }}\n{base}"
+    ));
+    assert!(
+        e.contains("virtual_keys[0].key: virtual keys must be at least 16 characters"),
+        "{e}"
+    );
+    assert!(
+        e.contains("virtual_keys[2].key: the same key is listed twice"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("long-enough-key"),
+        "errors never quote keys: {e}"
+    );
+    let e = errors(&format!(
+        "version: 1\ntenant: {{ id: a, headers: {{ x-cc: \"{{tenant.cost_center}}\" }} }}\ntenants: {{ a: {{ provider_keys: {{ nope: k }} }} }}\n{base}"
+    ));
+    assert!(
+        e.contains("tenant.headers.x-cc: {tenant.cost_center} is not an attribute of tenant \"a\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("tenants.a.provider_keys.nope: unknown provider \"nope\""),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "version: 1\nvirtual_keys:\n  - {{ key: long-enough-key-123, tenant: a }}\n{base}"
+    ));
+    assert!(
+        e.contains("virtual_keys: used only with `tenant.source: virtual_key`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tenant_keys_need_key_based_auth() {
+    let e = errors(
+        "version: 1\ntenant: { id: a }\ntenants: { a: { provider_keys: { p: k } } }\nproviders:\n  p: { kind: openai, base_url: \"https://x.example.com\" }\nroutes:\n  - match: { path_prefix: / }\n    provider: p\n",
+    );
+    assert!(e.contains("tenants.a.provider_keys.p: a tenant key needs the provider's auth to be bearer, header or hmac"), "{e}");
+}

@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod leaks;
+pub mod token_server;
 pub mod upstreams;
+
+pub use leaks::{assert_no_leak, capture_logs};
 
 use llm_sidecar::config::{self, ConfigStore, ReloadOutcome};
 use llm_sidecar::mock::{self, MockOptions, MockServer};

@@ -189,3 +189,72 @@ pub async fn closes_reused_connections() -> (SocketAddr, Arc<std::sync::Mutex<Ve
     });
     (addr, bodies)
 }
+
+/// An upstream whose answer depends on the credential presented (`Authorization` or
+/// `x-api-key`): `answers` maps a credential to a status and an optional `Retry-After`;
+/// anything else gets a 200 chat completion. Returns the address and, in order, the
+/// credential of every request it received.
+pub async fn by_credential(
+    answers: Vec<(String, u16, Option<String>)>,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answers = Arc::new(answers);
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tokio::time::sleep_until(deadline) => return,
+            };
+            let Ok((tcp, _)) = accepted else { continue };
+            let (answers, log) = (answers.clone(), log.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                    let (answers, log) = (answers.clone(), log.clone());
+                    async move {
+                        let cred = req
+                            .headers()
+                            .get("authorization")
+                            .or_else(|| req.headers().get("x-api-key"))
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let _ = req.into_body().collect().await;
+                        log.lock().unwrap().push(cred.clone());
+                        let (status, retry_after) = answers
+                            .iter()
+                            .find(|(c, _, _)| *c == cred)
+                            .map_or((200, None), |(_, s, r)| (*s, r.clone()));
+                        let body = if status == 200 {
+                            r#"{"object":"chat.completion","choices":[]}"#.to_string()
+                        } else {
+                            format!(
+                                r#"{{"error":{{"message":"status {status}","type":"test","code":null}}}}"#
+                            )
+                        };
+                        let mut resp = hyper::Response::new(BodyExt::boxed(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        resp.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        if let Some(r) = retry_after {
+                            resp.headers_mut()
+                                .insert("retry-after", http::HeaderValue::from_str(&r).unwrap());
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
