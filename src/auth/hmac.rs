@@ -112,29 +112,50 @@ impl HmacSigner {
     }
 }
 
-/// 16 characters from `[a-z0-9]`, from the OS random source.
+/// Random bytes from the OS, fetched 4 KiB at a time per thread: one syscall serves
+/// about 250 nonces.
+fn random_bytes(out: &mut [u8]) {
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(Box<[u8; 4096]>, usize)> = RefCell::new((Box::new([0u8; 4096]), 4096));
+    }
+    POOL.with(|pool| {
+        let (buf, used) = &mut *pool.borrow_mut();
+        let mut filled = 0;
+        while filled < out.len() {
+            if *used == buf.len() {
+                if getrandom::fill(&mut buf[..]).is_err() {
+                    // The OS source does not fail on Linux once booted; never stall a
+                    // request over it: fall back to the clock, mixed.
+                    let t = std::time::SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    for (i, b) in buf.iter_mut().enumerate() {
+                        *b = (t.rotate_left((i % 128) as u32) as u8) ^ (i as u8).wrapping_mul(31);
+                    }
+                }
+                *used = 0;
+            }
+            let n = (out.len() - filled).min(buf.len() - *used);
+            out[filled..filled + n].copy_from_slice(&buf[*used..*used + n]);
+            *used += n;
+            filled += n;
+        }
+    });
+}
+
+/// 16 characters from `[a-z0-9]`, uniformly, from the OS random source.
 pub fn nonce() -> [u8; 16] {
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = [0u8; 16];
     let mut filled = 0;
-    let mut buf = [0u8; 32];
+    let mut b = [0u8; 1];
     while filled < out.len() {
-        // The OS random source does not fail on Linux once the system has booted; fall back
-        // to the clock if it somehow does, rather than refusing the request.
-        if getrandom::fill(&mut buf).is_err() {
-            let t = std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            buf.iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8);
-        }
-        for b in buf {
-            // 252 = 7 * 36: rejecting the rest keeps the characters uniform.
-            if b < 252 && filled < out.len() {
-                out[filled] = ALPHABET[usize::from(b % 36)];
-                filled += 1;
-            }
+        random_bytes(&mut b);
+        // 252 = 7 * 36: rejecting the rest keeps the characters uniform.
+        if b[0] < 252 {
+            out[filled] = ALPHABET[usize::from(b[0] % 36)];
+            filled += 1;
         }
     }
     out
@@ -263,6 +284,28 @@ mod tests {
         let sig = base64::engine::general_purpose::STANDARD
             .encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
         assert_eq!(sig, "XG5PZIrd3FMAyLX6e0ZKtK3Joxt9JW6dUuOoSM2IrnQ=");
+    }
+
+    /// The worked example in docs/config.md#hmac, so the documentation cannot drift.
+    #[test]
+    fn the_documented_example() {
+        let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+        let hash = hex::encode(sha2::Sha256::digest(body));
+        assert_eq!(
+            hash,
+            "c0d337f2f8840199018ef48c91537b37c6fb1636594bb1bd3692a2b8ee83ac00"
+        );
+        let to_sign = canonical(
+            "POST",
+            "/v1/chat/completions",
+            "1700000000000",
+            "k3j9x0q2m5p7a1b4",
+            &hash,
+        );
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+        assert_eq!(sig, "58T+/klf/aJ0u1t0uijfLnOHS5hOsEKUBbsTorf7V0I=");
     }
 
     #[test]

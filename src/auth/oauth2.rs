@@ -253,6 +253,19 @@ impl TokenSource {
         &self.provider
     }
 
+    /// Installs a token as if fetched (benchmarks and tools; never used on a request path).
+    #[doc(hidden)]
+    pub fn preload(&self, token: &str, lifetime: Duration) {
+        if let Ok(mut header) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            header.set_sensitive(true);
+            self.current.store(Some(Arc::new(AccessToken {
+                header,
+                expires_at: Instant::now() + lifetime,
+                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            })));
+        }
+    }
+
     /// A valid token; waits (for one shared fetch) only when there is none.
     pub async fn get(self: &Arc<Self>) -> Result<Arc<AccessToken>, TokenError> {
         let now = Instant::now();
