@@ -557,6 +557,14 @@ impl Compiler<'_> {
 
     fn check_url(&mut self, path: &str, url: &str) -> Option<()> {
         match url.parse::<http::Uri>() {
+            Ok(u) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                // Never echo the URL: it holds a credential.
+                self.errs.push(
+                    path,
+                    "credentials in the URL are not allowed; use client_id and client_secret",
+                );
+                None
+            }
             Ok(u)
                 if matches!(u.scheme_str(), Some("https") | Some("http")) && u.host().is_some() =>
             {

@@ -275,6 +275,11 @@ fn key_pool_and_signer_mistakes() {
         e.contains("providers.p.auth.token_url: \"ftp://x\" is not an http(s) URL"),
         "{e}"
     );
+    let e = provider_errors("{ type: oauth2, flow: client_credentials, token_url: \"https://u:pw-canary@idp.example.com/t\" }");
+    assert!(
+        e.contains("credentials in the URL are not allowed") && !e.contains("pw-canary"),
+        "{e}"
+    );
     let e = provider_errors("{ type: oauth2, flow: google_service_account }");
     assert!(
         e.contains("providers.p.auth.service_account: needed"),
