@@ -33,6 +33,16 @@ pub(super) struct Keys {
 
 const SINGLE_KEY_NAME: &str = "default";
 
+impl Keys {
+    /// (name, secret) of every key, in order.
+    fn pairs(&self) -> Vec<(Arc<str>, Secret)> {
+        self.keys
+            .iter()
+            .map(|k| (k.name.clone(), k.secret.clone()))
+            .collect()
+    }
+}
+
 impl Compiler<'_> {
     /// `token`/`value`/`secret` (one key) or `keys` (a pool), exactly one of them.
     #[allow(clippy::too_many_arguments)]
@@ -138,6 +148,14 @@ impl Compiler<'_> {
         }
     }
 
+    /// A key-based auth: the signer, with a pool when several keys were configured.
+    fn keyed(&self, provider: &str, keys: &Keys, signer: Box<dyn Signer>) -> Auth {
+        Auth {
+            keys: self.pool(provider, keys),
+            ..Auth::new(signer)
+        }
+    }
+
     fn pool(&self, provider: &str, keys: &Keys) -> Option<KeyPool> {
         keys.pooled.then(|| {
             let specs = keys
@@ -182,16 +200,9 @@ impl Compiler<'_> {
                     optional,
                     missing,
                 )?;
-                let pairs: Vec<(Arc<str>, Secret)> = keys
-                    .keys
-                    .iter()
-                    .map(|k| (k.name.clone(), k.secret.clone()))
-                    .collect();
+                let pairs = keys.pairs();
                 let signer = self.check(&base, StaticHeader::bearer(&pairs))?;
-                Some(Auth {
-                    keys: self.pool(name, &keys),
-                    ..Auth::new(Box::new(signer))
-                })
+                Some(self.keyed(name, &keys, Box::new(signer)))
             }
             schema::Auth::Header {
                 name: header,
@@ -210,16 +221,9 @@ impl Compiler<'_> {
                     optional,
                     missing,
                 )?;
-                let pairs: Vec<(Arc<str>, Secret)> = keys
-                    .keys
-                    .iter()
-                    .map(|k| (k.name.clone(), k.secret.clone()))
-                    .collect();
+                let pairs = keys.pairs();
                 let signer = self.check(&base, StaticHeader::header(header, &pairs))?;
-                Some(Auth {
-                    keys: self.pool(name, &keys),
-                    ..Auth::new(Box::new(signer))
-                })
+                Some(self.keyed(name, &keys, Box::new(signer)))
             }
             schema::Auth::Hmac {
                 key_id,
@@ -273,10 +277,7 @@ impl Compiler<'_> {
                     schema::TimestampUnit::S => TimestampUnit::Seconds,
                 };
                 let signer = self.check(&base, HmacSigner::new(hmac_headers, unit, specs))?;
-                Some(Auth {
-                    keys: self.pool(name, &keys),
-                    ..Auth::new(Box::new(signer))
-                })
+                Some(self.keyed(name, &keys, Box::new(signer)))
             }
             schema::Auth::AwsSigv4 {
                 region,
