@@ -58,7 +58,6 @@ fn benches(c: &mut Criterion) {
         HmacHeaders::default(),
         TimestampUnit::Millis,
         vec![HmacKeySpec {
-            name: Arc::from("main"),
             key_id: "app-1".into(),
             secret: Secret::new("a-fairly-long-shared-hmac-secret-value"),
         }],

@@ -20,7 +20,6 @@ use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::fmt;
-use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +49,6 @@ impl Default for HmacHeaders {
 }
 
 struct HmacKey {
-    name: Arc<str>,
     key_id: HeaderValue,
     key: ring::hmac::Key,
 }
@@ -69,9 +67,8 @@ impl fmt::Debug for HmacSigner {
     }
 }
 
-/// One signing key: its pool name, the id sent in `X-Key-Id`, and the secret.
+/// One signing key: the id sent in `X-Key-Id`, and the secret.
 pub struct HmacKeySpec {
-    pub name: Arc<str>,
     pub key_id: String,
     pub secret: Secret,
 }
@@ -88,7 +85,6 @@ impl HmacSigner {
                 let key_id = HeaderValue::from_str(&k.key_id)
                     .map_err(|_| format!("key id \"{}\" is not valid in a header", k.key_id))?;
                 Ok(HmacKey {
-                    name: k.name,
                     key_id,
                     key: ring::hmac::Key::new(
                         ring::hmac::HMAC_SHA256,
@@ -193,9 +189,6 @@ impl Signer for HmacSigner {
     }
     fn needs_body_hash(&self) -> bool {
         true
-    }
-    fn key_names(&self) -> Vec<Arc<str>> {
-        self.keys.iter().map(|k| k.name.clone()).collect()
     }
     fn sign(&self, req: &mut RequestHeader, cx: &SignContext<'_>) -> Result<(), SignError> {
         let key = match cx.credential {
@@ -314,7 +307,6 @@ mod tests {
             HmacHeaders::default(),
             TimestampUnit::Seconds,
             vec![HmacKeySpec {
-                name: Arc::from("main"),
                 key_id: "app-1".into(),
                 secret: Secret::new("s3cret"),
             }],

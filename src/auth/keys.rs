@@ -38,7 +38,6 @@ pub struct KeyMetrics {
 
 struct Slot {
     name: Arc<str>,
-    weight: u64,
     ejected: AtomicBool,
     /// Milliseconds since the pool's epoch until which the key rests.
     resting_until_ms: AtomicU64,
@@ -98,7 +97,6 @@ impl KeyPool {
                 cumulative.push(total);
                 Slot {
                     name: k.name,
-                    weight: u64::from(k.weight.max(1)),
                     ejected: AtomicBool::new(false),
                     resting_until_ms: AtomicU64::new(0),
                     metrics: k.metrics,
@@ -125,14 +123,6 @@ impl KeyPool {
 
     pub fn provider(&self) -> &Arc<str> {
         &self.provider
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     pub fn name(&self, i: usize) -> Arc<str> {
@@ -229,11 +219,6 @@ impl KeyPool {
             }
             _ => {}
         }
-    }
-
-    /// The weight of key `i` (for `/config`-style introspection and tests).
-    pub fn weight(&self, i: usize) -> u64 {
-        self.slots[i].weight
     }
 }
 

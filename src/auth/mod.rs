@@ -86,10 +86,6 @@ pub trait Signer: Send + Sync + fmt::Debug {
     fn needs_body_hash(&self) -> bool {
         false
     }
-    /// Names of the keys this signer can use, in pool order (empty when it has none).
-    fn key_names(&self) -> Vec<Arc<str>> {
-        Vec::new()
-    }
     /// Writes the credential into `req`, replacing any value already there.
     fn sign(&self, req: &mut RequestHeader, cx: &SignContext<'_>) -> Result<(), SignError>;
 }

@@ -13,7 +13,6 @@ pub struct StaticHeader {
     names: [HeaderName; 1],
     /// Pre-encoded value per key, marked sensitive.
     values: Vec<HeaderValue>,
-    key_names: Vec<Arc<str>>,
 }
 
 fn encode(value: &str) -> Result<HeaderValue, String> {
@@ -36,7 +35,6 @@ impl StaticHeader {
             scheme: "bearer",
             names: [http::header::AUTHORIZATION],
             values,
-            key_names: keys.iter().map(|(n, _)| n.clone()).collect(),
         })
     }
 
@@ -51,7 +49,6 @@ impl StaticHeader {
             scheme: "header",
             names: [name],
             values,
-            key_names: keys.iter().map(|(n, _)| n.clone()).collect(),
         })
     }
 }
@@ -73,9 +70,6 @@ impl Signer for StaticHeader {
     }
     fn header_names(&self) -> &[HeaderName] {
         &self.names
-    }
-    fn key_names(&self) -> Vec<Arc<str>> {
-        self.key_names.clone()
     }
     fn sign(&self, req: &mut RequestHeader, cx: &SignContext<'_>) -> Result<(), SignError> {
         let value = match cx.credential {

@@ -388,7 +388,7 @@ async fn oauth2_concurrent_requests_across_expiry_share_one_refresh() {
     });
     let m = default_mock().await;
     let s = TestSidecar::start(&oauth_yaml(&m.url(), &ts.url(), "      refresh_before: 0s")).await;
-    let r = s.client.get(s.url("/v1/models")).send().await.unwrap();
+    let r = s.get("/v1/models").await;
     assert_eq!(r.status(), 200);
     assert_eq!(ts.calls(), 1);
     assert_eq!(
@@ -476,7 +476,7 @@ async fn oauth2_a_401_refreshes_once_and_replays_once() {
     .await;
     let ts2 = token_server::start(3600).await;
     let s2 = TestSidecar::start(&oauth_yaml(&m2.url(), &ts2.url(), "")).await;
-    let r = s2.client.get(s2.url("/v1/models")).send().await.unwrap();
+    let r = s2.get("/v1/models").await;
     assert_eq!(r.status(), 401);
     assert_eq!(ts2.calls(), 2);
     assert_eq!(m2.recorded().len(), 2);
@@ -490,19 +490,11 @@ async fn oauth2_failed_refreshes_back_off_and_keep_the_valid_token() {
     let m = default_mock().await;
     // Tokens live 6 s and are refreshed in their last 5 s: right away.
     let s = TestSidecar::start(&oauth_yaml(&m.url(), &ts.url(), "      refresh_before: 5s")).await;
-    assert_eq!(
-        s.client
-            .get(s.url("/v1/models"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.get("/v1/models").await.status(), 200);
     ts.set(|b| b.fail = true);
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(1800) {
-        let r = s.client.get(s.url("/v1/models")).send().await.unwrap();
+        let r = s.get("/v1/models").await;
         assert_eq!(r.status(), 200, "the still-valid token keeps serving");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -518,7 +510,7 @@ async fn oauth2_failed_refreshes_back_off_and_keep_the_valid_token() {
         "a refresh succeeds and the new token is used",
         Duration::from_secs(10),
         || async {
-            s.client.get(s.url("/v1/models")).send().await.unwrap();
+            s.get("/v1/models").await;
             m.recorded().last().unwrap().header("authorization") != Some("Bearer tok-1")
         },
     )
@@ -920,12 +912,7 @@ print("VK-OK")
         rec[1].header("authorization"),
         Some("Bearer shared-key-canary")
     );
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["x-llm-sidecar-error"], "key_missing");
     assert_no_leak(

@@ -185,7 +185,7 @@ routes:
     );
     let s = TestSidecar::start(&yaml).await;
 
-    let r = s.client.get(s.url("/nope/v1/models")).send().await.unwrap();
+    let r = s.get("/nope/v1/models").await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-llm-sidecar-error"], "no_route");
     let v: Value = r.json().await.unwrap();
@@ -248,12 +248,7 @@ routes:
 
     // Nothing of the above reached the provider; a normal request still works.
     assert_eq!(m.request_count(), 0);
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 200);
     assert_eq!(m.request_count(), 1);
 
@@ -327,7 +322,7 @@ routes:
         live = m.url()
     );
     let s = TestSidecar::start(&yaml).await;
-    let r = s.client.get(s.url("/v1/models")).send().await.unwrap();
+    let r = s.get("/v1/models").await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_connect");
     let v: Value = r.json().await.unwrap();
@@ -442,12 +437,7 @@ async fn a_refused_address_moves_on_to_the_next_one() {
     )
     .await;
     for _ in 0..4 {
-        let r = s
-            .client
-            .get(s.url("/openai/v1/models"))
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/openai/v1/models").await;
         assert_eq!(r.status(), 200);
     }
     let rec = m.recorded();
@@ -464,12 +454,7 @@ async fn a_refused_address_moves_on_to_the_next_one() {
         llm_sidecar::upstream::dns::Resolver::fixed([]),
     )
     .await;
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_dns");
 }

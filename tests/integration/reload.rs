@@ -101,11 +101,7 @@ async fn a_rotated_secret_file_is_picked_up() {
     );
     let s = TestSidecar::start(&yaml).await;
     let auth = || async {
-        s.client
-            .get(s.url("/openai/v1/models"))
-            .send()
-            .await
-            .unwrap();
+        s.get("/openai/v1/models").await;
         m.recorded()
             .last()
             .and_then(|r| r.header("authorization").map(str::to_string))

@@ -11,12 +11,7 @@ async fn assert_still_serves(s: &TestSidecar, m: &llm_sidecar::mock::MockServer,
         before,
         "the hostile request must not reach the provider"
     );
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 200);
 }
 

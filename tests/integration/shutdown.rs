@@ -6,6 +6,22 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Spawns a chat request that the mock holds for `latency_ms` before answering.
+fn slow_chat(
+    url: String,
+    latency_ms: u64,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::StatusCode>> {
+    let c = http_client();
+    tokio::spawn(async move {
+        c.post(url)
+            .header("x-mock-latency-ms", latency_ms.to_string())
+            .json(&chat_body(false))
+            .send()
+            .await
+            .map(|r| r.status())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_and_new_connections_are_refused() {
     let m = mock(MockOptions {
@@ -21,16 +37,7 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     // Three slow requests in flight.
     let mut inflight = Vec::new();
     for _ in 0..3 {
-        let c = http_client();
-        let url = s.url("/openai/v1/chat/completions");
-        inflight.push(tokio::spawn(async move {
-            c.post(url)
-                .header("x-mock-latency-ms", "800")
-                .json(&chat_body(false))
-                .send()
-                .await
-                .map(|r| r.status())
-        }));
+        inflight.push(slow_chat(s.url("/openai/v1/chat/completions"), 800));
     }
     eventually(
         "three requests in flight",
@@ -66,16 +73,7 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
 async fn requests_past_the_grace_period_are_cut() {
     let m = default_mock().await;
     let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
-    let c = http_client();
-    let url = s.url("/openai/v1/chat/completions");
-    let slow = tokio::spawn(async move {
-        c.post(url)
-            .header("x-mock-latency-ms", "10000")
-            .json(&chat_body(false))
-            .send()
-            .await
-            .map(|r| r.status())
-    });
+    let slow = slow_chat(s.url("/openai/v1/chat/completions"), 10_000);
     eventually(
         "the request is in flight",
         Duration::from_secs(5),
@@ -209,17 +207,7 @@ async fn sigterm_drains_and_sighup_reloads() {
     )
     .await;
 
-    let slow_client = http_client();
-    let slow_url = format!("http://{reverse}/openai/v1/chat/completions");
-    let slow = tokio::spawn(async move {
-        slow_client
-            .post(slow_url)
-            .header("x-mock-latency-ms", "1000")
-            .json(&chat_body(false))
-            .send()
-            .await
-            .map(|r| r.status())
-    });
+    let slow = slow_chat(format!("http://{reverse}/openai/v1/chat/completions"), 1000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&child, libc::SIGTERM);
     assert_eq!(

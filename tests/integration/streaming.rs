@@ -12,13 +12,7 @@ async fn sse_is_not_buffered_upstream_waits_for_client_acks() {
     const EVENTS: usize = 20;
     let up = gated_sse(EVENTS).await;
     let s = TestSidecar::start(&openai_to(&format!("http://{}", up.addr), "k")).await;
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = s.chat("/openai/v1/chat/completions", true).await;
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut buf = String::new();
@@ -113,13 +107,7 @@ async fn upstream_silence_before_headers_is_504() {
     ))
     .await;
     let start = Instant::now();
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = s.chat("/openai/v1/chat/completions", false).await;
     let took = start.elapsed();
     assert_eq!(r.status(), 504);
     assert_eq!(
@@ -198,13 +186,7 @@ async fn a_client_hang_up_cancels_the_upstream_request() {
     })
     .await;
     let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = s.chat("/openai/v1/chat/completions", true).await;
     let mut stream = r.bytes_stream();
     let _ = stream.next().await;
     drop(stream);

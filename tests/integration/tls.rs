@@ -1,7 +1,7 @@
 //! TLS upstreams: verification against a private CA, SNI override, HTTP/2 pooling.
 
 use crate::support::*;
-use llm_sidecar::mock::MockOptions;
+use llm_sidecar::mock::{MockOptions, MockServer};
 use std::time::Duration;
 
 fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
@@ -10,31 +10,37 @@ fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verifies_upstream_certificates_against_the_configured_ca() {
+/// A TLS mock upstream whose certificate (for `names`, offering `alpn`) is issued by a
+/// fresh test CA; returns the mock, the `ca_file: PATH` setting that trusts it, and the
+/// directory holding the PEM (keep it alive for the test).
+async fn tls_mock(
+    names: &[&str],
+    alpn: &[&[u8]],
+    opts: MockOptions,
+) -> (MockServer, String, tempfile::TempDir) {
     let ca = TestCa::new("llm-sidecar test CA");
     let m = mock(MockOptions {
-        tls: Some(ca.server_config(&["127.0.0.1", "upstream.test"], &[b"http/1.1"])),
-        ..Default::default()
+        tls: Some(ca.server_config(names, alpn)),
+        ..opts
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_pem(dir.path());
+    let trust = format!("ca_file: {}", ca.write_pem(dir.path()).display());
+    (m, trust, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_upstream_certificates_against_the_configured_ca() {
+    let (m, trust, _dir) = tls_mock(
+        &["127.0.0.1", "upstream.test"],
+        &[b"http/1.1"],
+        MockOptions::default(),
+    )
+    .await;
 
     // Trusted through tls.ca_file (on top of the public roots).
-    let s = TestSidecar::start(&tls_provider(
-        &m.url(),
-        &format!("ca_file: {}", ca_file.display()),
-        "",
-    ))
-    .await;
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let s = TestSidecar::start(&tls_provider(&m.url(), &trust, "")).await;
+    let r = s.chat("/openai/v1/chat/completions", false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         m.recorded()[0].header("authorization"),
@@ -43,12 +49,7 @@ async fn verifies_upstream_certificates_against_the_configured_ca() {
 
     // Without the CA the certificate is not trusted: 502, and nothing reaches the mock.
     let s2 = TestSidecar::start(&tls_provider(&m.url(), "", "")).await;
-    let r = s2
-        .client
-        .get(s2.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s2.get("/openai/v1/models").await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_tls");
     assert_eq!(m.request_count(), 1);
@@ -56,43 +57,22 @@ async fn verifies_upstream_certificates_against_the_configured_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_override_is_verified_against_the_certificate() {
-    let ca = TestCa::new("llm-sidecar test CA");
     // The certificate names only upstream.test, not the IP we connect to.
-    let m = mock(MockOptions {
-        tls: Some(ca.server_config(&["upstream.test"], &[b"http/1.1"])),
-        ..Default::default()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_pem(dir.path());
+    let (m, trust, _dir) =
+        tls_mock(&["upstream.test"], &[b"http/1.1"], MockOptions::default()).await;
 
-    let s = TestSidecar::start(&tls_provider(
-        &m.url(),
-        &format!("ca_file: {}", ca_file.display()),
-        "",
-    ))
-    .await;
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let s = TestSidecar::start(&tls_provider(&m.url(), &trust, "")).await;
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 502, "hostname mismatch must fail");
     assert_eq!(r.headers()["x-llm-sidecar-error"], "upstream_tls");
 
     let s = TestSidecar::start(&tls_provider(
         &m.url(),
-        &format!("ca_file: {}, sni: upstream.test", ca_file.display()),
+        &format!("{trust}, sni: upstream.test"),
         "",
     ))
     .await;
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 200);
     // SNI and Host are separate: Host stays the base URL's authority.
     assert_eq!(
@@ -102,46 +82,30 @@ async fn sni_override_is_verified_against_the_certificate() {
 
     let s = TestSidecar::start(&tls_provider(
         &m.url(),
-        &format!("ca_file: {}, sni: other.test", ca_file.display()),
+        &format!("{trust}, sni: other.test"),
         "",
     ))
     .await;
-    let r = s
-        .client
-        .get(s.url("/openai/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/openai/v1/models").await;
     assert_eq!(r.status(), 502);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_upstream_connections_are_reused() {
-    let ca = TestCa::new("llm-sidecar test CA");
-    let m = mock(MockOptions {
-        tls: Some(ca.server_config(&["127.0.0.1"], &[b"h2", b"http/1.1"])),
-        interval: Duration::from_millis(5),
-        ..Default::default()
-    })
+    let (m, trust, _dir) = tls_mock(
+        &["127.0.0.1"],
+        &[b"h2", b"http/1.1"],
+        MockOptions {
+            interval: Duration::from_millis(5),
+            ..Default::default()
+        },
+    )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_pem(dir.path());
-    let s = TestSidecar::start(&tls_provider(
-        &m.url(),
-        &format!("ca_file: {}", ca_file.display()),
-        "max_h2_streams: 50",
-    ))
-    .await;
+    let s = TestSidecar::start(&tls_provider(&m.url(), &trust, "max_h2_streams: 50")).await;
 
     // Sequential requests share one connection...
     for _ in 0..5 {
-        let r = s
-            .client
-            .post(s.url("/openai/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let r = s.chat("/openai/v1/chat/completions", false).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(
@@ -192,12 +156,7 @@ async fn http2_upstream_connections_are_reused() {
     assert_eq!(opened + reused, 25.0, "{metrics}");
     // Afterwards, sequential requests again open nothing new.
     for _ in 0..5 {
-        let r = s
-            .client
-            .get(s.url("/openai/v1/models"))
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/openai/v1/models").await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(m.connection_count(), conns);
@@ -208,12 +167,7 @@ async fn http1_upstream_connections_are_pooled() {
     let m = default_mock().await;
     let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
     for _ in 0..10 {
-        let r = s
-            .client
-            .get(s.url("/openai/v1/models"))
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/openai/v1/models").await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(m.connection_count(), 1, "keep-alive reuse");
@@ -226,31 +180,23 @@ async fn http1_upstream_connections_are_pooled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_timeout_on_http2_cuts_only_its_own_stream() {
-    let ca = TestCa::new("llm-sidecar test CA");
-    let m = mock(MockOptions {
-        tls: Some(ca.server_config(&["127.0.0.1"], &[b"h2"])),
-        interval: Duration::from_millis(100),
-        chunks: 15,
-        ..Default::default()
-    })
+    let (m, trust, _dir) = tls_mock(
+        &["127.0.0.1"],
+        &[b"h2"],
+        MockOptions {
+            interval: Duration::from_millis(100),
+            chunks: 15,
+            ..Default::default()
+        },
+    )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = ca.write_pem(dir.path());
-    let yaml = tls_provider(&m.url(), &format!("ca_file: {}", ca_file.display()), "").replace(
+    let yaml = tls_provider(&m.url(), &trust, "").replace(
         "    pool: {  }\n",
         "    pool: {  }\n    timeouts: { idle: 400ms }\n",
     );
     let s = TestSidecar::start(&yaml).await;
     // Warm one HTTP/2 connection so both streams below share it.
-    assert_eq!(
-        s.client
-            .get(s.url("/openai/v1/models"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.get("/openai/v1/models").await.status(), 200);
 
     let read_all = |stall: Option<&'static str>| {
         let c = s.client.clone();

@@ -263,7 +263,6 @@ impl Compiler<'_> {
                     .keys
                     .iter()
                     .map(|k| HmacKeySpec {
-                        name: k.name.clone(),
                         key_id: k
                             .key_id
                             .clone()
@@ -272,10 +271,7 @@ impl Compiler<'_> {
                         secret: k.secret.clone(),
                     })
                     .collect();
-                let unit = match timestamp_unit {
-                    schema::TimestampUnit::Ms => TimestampUnit::Millis,
-                    schema::TimestampUnit::S => TimestampUnit::Seconds,
-                };
+                let unit = TimestampUnit::from(*timestamp_unit);
                 let signer = self.check(&base, HmacSigner::new(hmac_headers, unit, specs))?;
                 Some(self.keyed(name, &keys, Box::new(signer)))
             }
@@ -432,13 +428,9 @@ impl Compiler<'_> {
                             .map(|k| k.key_id.clone().unwrap_or_else(|| k.name.clone()))
                     })
                     .unwrap_or_else(|| SINGLE_KEY_NAME.to_string());
-                let unit = match timestamp_unit {
-                    schema::TimestampUnit::Ms => TimestampUnit::Millis,
-                    schema::TimestampUnit::S => TimestampUnit::Seconds,
-                };
+                let unit = TimestampUnit::from(*timestamp_unit);
                 let h = self.hmac_headers(path, headers)?;
                 let spec = HmacKeySpec {
-                    name: Arc::from(SINGLE_KEY_NAME),
                     key_id: id,
                     secret: pair[0].1.clone(),
                 };
@@ -637,6 +629,15 @@ impl Compiler<'_> {
                 self.errs.push(path, e);
                 None
             }
+        }
+    }
+}
+
+impl From<schema::TimestampUnit> for TimestampUnit {
+    fn from(unit: schema::TimestampUnit) -> TimestampUnit {
+        match unit {
+            schema::TimestampUnit::Ms => TimestampUnit::Millis,
+            schema::TimestampUnit::S => TimestampUnit::Seconds,
         }
     }
 }

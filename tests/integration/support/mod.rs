@@ -320,6 +320,11 @@ pub async fn read_stream(r: reqwest::Response) -> (String, bool) {
 }
 
 impl TestSidecar {
+    /// GETs `path` on the proxy listener.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// POSTs the standard chat body to `path`, streaming or not.
     pub async fn chat(&self, path: &str, stream: bool) -> reqwest::Response {
         self.client
