@@ -3,13 +3,15 @@
 //!
 //! See `DESIGN.md`-style overviews at the top of each module:
 //! [`config`] (YAML → snapshot, hot reload), [`proxy`] (the request path),
-//! [`routing`], [`auth`], [`tenant`], [`upstream`] (peers, DNS, TLS trust),
+//! [`routing`], [`auth`], [`tenant`], [`upstream`] (peers, DNS, TLS trust), [`forward`]
+//! (the HTTPS_PROXY listener, interception and its CA),
 //! [`observability`], [`admin`], [`server`] (listeners, shutdown), and [`mock`] (the
 //! mock provider used by the quickstart, tests and benchmarks).
 
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod forward;
 pub mod mock;
 pub mod observability;
 pub mod proxy;

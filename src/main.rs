@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use llm_sidecar::config::{self, ConfigStore};
+use llm_sidecar::forward::ca;
 use llm_sidecar::observability::{self, metrics::Metrics};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,37 @@ enum Command {
     Run,
     /// Validate a config file: print every error with its path; exit 1 if there are any.
     Check,
+    /// The local CA for HTTPS_PROXY interception.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root CA and a signing intermediate, name-constrained to the intercepted
+    /// domains. An existing root in DIR is kept (apps need not trust anything new).
+    Init {
+        /// Where to write ca.pem, root.key, intermediate.pem and intermediate.key
+        /// [default: the config's forward.ca.dir]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A domain the intermediate may sign for (repeatable; `*.example.com` allowed)
+        /// [default: every host the config's routes match]
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// How long the intermediate is valid
+        #[arg(long, default_value = "365d")]
+        validity: humantime::Duration,
+        /// Replace the root too (apps must then trust the new ca.pem)
+        #[arg(long)]
+        new_root: bool,
+    },
+    /// Print the root certificate (PEM) that apps must trust.
+    Print {
+        /// The CA directory [default: the config's forward.ca]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -46,7 +78,112 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&path),
         Command::Run => run(&path),
+        Command::Ca(c) => ca(&path, c),
     }
+}
+
+/// The config file's schema (not compiled: the CA it names may not exist yet).
+fn read_schema(path: &std::path::Path) -> Result<config::schema::ConfigFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    config::parse::parse(&text).map_err(|errs| format!("{}: {errs}", path.display()))
+}
+
+fn ca_files(path: &std::path::Path, dir: Option<PathBuf>) -> Result<ca::CaFiles, String> {
+    if let Some(d) = dir {
+        return Ok(ca::CaFiles::in_dir(&d));
+    }
+    let file = read_schema(path)?;
+    let c = file
+        .forward
+        .ca
+        .ok_or_else(|| format!("{} has no forward.ca; pass --dir DIR", path.display()))?;
+    let d = c.dir.as_deref().map(ca::CaFiles::in_dir);
+    let pick = |own: Option<PathBuf>, from_dir: Option<PathBuf>| own.or(from_dir);
+    match (
+        pick(c.root_file, d.as_ref().map(|d| d.root.clone())),
+        pick(c.cert_file, d.as_ref().map(|d| d.cert.clone())),
+        pick(c.key_file, d.as_ref().map(|d| d.key.clone())),
+    ) {
+        (Some(root), Some(cert), Some(key)) => Ok(ca::CaFiles { root, cert, key }),
+        _ => Err("forward.ca is incomplete; pass --dir DIR".into()),
+    }
+}
+
+fn ca(path: &std::path::Path, cmd: CaCommand) -> ExitCode {
+    let result = match cmd {
+        CaCommand::Init {
+            dir,
+            domains,
+            validity,
+            new_root,
+        } => ca_init(path, dir, domains, validity.into(), new_root),
+        CaCommand::Print { dir } => ca_files(path, dir).and_then(|f| {
+            let pem = std::fs::read_to_string(&f.root)
+                .map_err(|e| format!("cannot read {}: {}", f.root.display(), e.kind()))?;
+            print!("{pem}");
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llm-sidecar ca: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ca_init(
+    path: &std::path::Path,
+    dir: Option<PathBuf>,
+    mut domains: Vec<String>,
+    validity: std::time::Duration,
+    new_root: bool,
+) -> Result<(), String> {
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let file = read_schema(path)?;
+            file.forward.ca.and_then(|c| c.dir).ok_or_else(|| {
+                format!("{} has no forward.ca.dir; pass --dir DIR", path.display())
+            })?
+        }
+    };
+    if domains.is_empty() {
+        domains = config::compile::intercepted_domains(&read_schema(path)?);
+        if domains.is_empty() {
+            return Err(format!(
+                "no routes in {} match a host; pass --domain (e.g. --domain api.openai.com)",
+                path.display()
+            ));
+        }
+    }
+    let report = ca::init(&ca::InitOptions {
+        dir: &dir,
+        domains: &domains,
+        intermediate_validity: validity,
+        new_root,
+    })
+    .map_err(|e| e.to_string())?;
+    if report.reused_root {
+        println!(
+            "kept the root CA {} (apps that trust it need no change)",
+            report.root.display()
+        );
+    } else {
+        println!("created the root CA {}", report.root.display());
+    }
+    println!(
+        "issued a new intermediate for: {}",
+        report.permitted.join(", ")
+    );
+    println!(
+        "apps must trust {}; keep {} offline once you are done issuing",
+        report.root.display(),
+        dir.join(ca::ROOT_KEY).display()
+    );
+    Ok(())
 }
 
 fn open(path: &std::path::Path) -> Result<std::sync::Arc<ConfigStore>, ExitCode> {

@@ -119,6 +119,8 @@ pub struct Route {
     prefix: Option<String>,
     /// Provider base path + rewrite prefix, without trailing `/` ("" for none).
     mount: String,
+    /// Send the request path unchanged (`keep_path`).
+    keep_path: bool,
     pub metrics: RouteMetrics,
 }
 
@@ -137,8 +139,20 @@ impl Route {
             host,
             prefix,
             mount,
+            keep_path: false,
             metrics,
         }
+    }
+
+    /// Sends request paths upstream unchanged.
+    pub fn keeping_path(mut self, keep: bool) -> Route {
+        self.keep_path = keep;
+        self
+    }
+
+    /// The host this route matches, if it matches by host.
+    pub fn host(&self) -> Option<&HostPattern> {
+        self.host.as_ref()
     }
 
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
@@ -157,12 +171,14 @@ impl Route {
     /// The path and query sent upstream for a request path and query.
     pub fn upstream_path(&self, path: &str, query: Option<&str>) -> String {
         let rest = match &self.prefix {
+            _ if self.keep_path => path,
             Some(p) => &path[p.len().min(path.len())..],
             None => path,
         };
+        let mount = if self.keep_path { "" } else { &self.mount };
         let mut out =
-            String::with_capacity(self.mount.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
-        out.push_str(&self.mount);
+            String::with_capacity(mount.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+        out.push_str(mount);
         out.push_str(rest);
         if out.is_empty() {
             out.push('/');
@@ -236,6 +252,14 @@ impl RouteTable {
     /// The first route matching `host` (without port) and `path` (without query).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// The first route that matches by host `host` (a request that arrived through the
+    /// forward proxy for that host) and `path`. Routes without a host never match.
+    pub fn find_intercepted(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.host.is_some() && r.matches(Some(host), path))
     }
 
     pub fn get(&self, index: usize) -> Option<&Route> {

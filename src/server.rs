@@ -19,6 +19,7 @@
 use crate::admin::{self, Readiness};
 use crate::config::watch::{self, ReloadHandle};
 use crate::config::{ConfigStore, ReloadOutcome};
+use crate::forward::ForwardFront;
 use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
@@ -64,15 +65,15 @@ pub enum StartError {
 
 /// Counts open client connections and wakes whoever waits for zero.
 #[derive(Default)]
-struct Connections {
+pub struct Connections {
     open: AtomicUsize,
     idle: Notify,
 }
 
-struct ConnectionGuard(Arc<Connections>);
+pub struct ConnectionGuard(Arc<Connections>);
 
 impl Connections {
-    fn enter(self: &Arc<Self>) -> ConnectionGuard {
+    pub fn enter(self: &Arc<Self>) -> ConnectionGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard(self.clone())
     }
@@ -103,6 +104,7 @@ type Proxy = HttpProxy<SidecarProxy>;
 /// A running sidecar.
 pub struct Sidecar {
     reverse_addr: SocketAddr,
+    forward_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     store: Arc<ConfigStore>,
     reload: ReloadHandle,
@@ -141,7 +143,23 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
             addr: startup.admin,
             source,
         })?;
+    let forward = match startup.forward {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    which: "listeners.forward",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let reverse_addr = reverse.local_addr().unwrap_or(startup.reverse);
+    let forward_addr = forward.as_ref().map(|l| {
+        l.local_addr()
+            .unwrap_or_else(|_| startup.forward.unwrap_or(reverse_addr))
+    });
     let admin_addr = admin.local_addr().unwrap_or(startup.admin);
 
     let resolver = opts.resolver.unwrap_or_else(Resolver::from_system);
@@ -151,7 +169,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
     conf.upstream_keepalive_pool_size = startup.upstream_pool_size.div_ceil(conf.threads);
     conf.max_retries = 16;
     let conf = Arc::new(conf);
-    let mut proxy = http_proxy(&conf, SidecarProxy::new(store.clone(), resolver));
+    let mut proxy = http_proxy(&conf, SidecarProxy::new(store.clone(), resolver.clone()));
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     proxy.server_options = Some(server_options);
@@ -193,9 +211,43 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         },
     );
     service.add_tcp(&key);
+    let mut forward_service = None;
+    if let (Some(listener), Some(addr)) = (forward, forward_addr) {
+        let key = addr.to_string();
+        fds.add(
+            key.clone(),
+            listener
+                .into_std()
+                .map_err(|source| StartError::Bind {
+                    which: "listeners.forward",
+                    addr,
+                    source,
+                })?
+                .into_raw_fd(),
+        );
+        let mut svc = ListeningService::new(
+            "llm-sidecar forward".to_string(),
+            ForwardFront {
+                proxy: proxy.clone(),
+                store: store.clone(),
+                resolver,
+                connections: connections.clone(),
+                hard_stop: hard_stop.clone(),
+            },
+        );
+        svc.add_tcp(&key);
+        forward_service = Some(svc);
+    }
     let fds = Arc::new(parking_lot::Mutex::new(fds));
     let service_done = tokio::spawn(async move {
-        service.start_service(Some(fds), shutdown_rx, 1).await;
+        let reverse = service.start_service(Some(fds.clone()), shutdown_rx.clone(), 1);
+        match forward_service {
+            Some(mut f) => {
+                let forward = f.start_service(Some(fds), shutdown_rx, 1);
+                tokio::join!(reverse, forward);
+            }
+            None => reverse.await,
+        }
     });
 
     let signal_shutdown = Arc::new(Notify::new());
@@ -209,6 +261,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
     }
     tracing::info!(
         reverse = %reverse_addr,
+        forward = forward_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         admin = %admin_addr,
         config = %store.path().display(),
         hash = %snap.hash,
@@ -219,6 +272,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
     ready.set(true);
     Ok(Sidecar {
         reverse_addr,
+        forward_addr,
         admin_addr,
         store,
         reload,
@@ -329,20 +383,20 @@ impl Front {
             FirstBytes::Http1(stream)
         })
     }
+}
 
-    /// Pingora's HTTP/1 keep-alive loop (as in its `ServerApp` for HTTP apps), entered
-    /// after the sidecar's own protocol check.
-    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+/// Pingora's HTTP/1 keep-alive loop (as in its `ServerApp` for HTTP apps), entered after
+/// the sidecar's own protocol check (reverse listener) or TLS interception (forward).
+pub(crate) async fn serve_http1(proxy: &Arc<Proxy>, stream: Stream, shutdown: &ShutdownWatch) {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+    let mut reused = proxy.process_new_http(session, shutdown).await;
+    while let Some((stream, persistent)) = reused.map(|r| r.consume()) {
         let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let mut reused = self.proxy.process_new_http(session, shutdown).await;
-        while let Some((stream, persistent)) = reused.map(|r| r.consume()) {
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(p) = persistent {
-                p.apply_to_session(&mut session);
-            }
-            reused = self.proxy.process_new_http(session, shutdown).await;
+        if let Some(p) = persistent {
+            p.apply_to_session(&mut session);
         }
+        reused = proxy.process_new_http(session, shutdown).await;
     }
 }
 
@@ -356,7 +410,7 @@ impl ServerApp for Front {
         let _guard = self.connections.enter();
         let serve = async {
             match Self::first_bytes(stream, shutdown).await {
-                Some(FirstBytes::Http1(s)) => self.serve_http1(s, shutdown).await,
+                Some(FirstBytes::Http1(s)) => serve_http1(&self.proxy, s, shutdown).await,
                 // h2c is on in Pingora's options; its 24-byte check now returns at once
                 // from the rewound bytes and it runs its HTTP/2 loop.
                 Some(FirstBytes::Http2(s)) => {
@@ -383,6 +437,11 @@ impl Sidecar {
     /// Where apps send requests (the actual port when the config said 0).
     pub fn reverse_addr(&self) -> SocketAddr {
         self.reverse_addr
+    }
+
+    /// The HTTPS_PROXY listener's address, when `listeners.forward` is set.
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.forward_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -165,6 +165,11 @@ impl Tenants {
         }
     }
 
+    /// The tenant with this id (forward-proxy users name theirs).
+    pub fn by_id(&self, id: &str) -> Option<&Tenant> {
+        self.list.iter().find(|t| &*t.id == id)
+    }
+
     pub fn resolve(
         &self,
         req: &RequestHeader,

@@ -26,7 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod auth;
+mod forward;
 mod tenants;
+
+pub use forward::intercepted_domains;
 
 /// What a load needs from the running process.
 pub struct LoadContext<'a> {
@@ -40,6 +43,8 @@ pub struct LoadContext<'a> {
 pub struct StartupSettings {
     pub reverse: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS_PROXY listener, when on.
+    pub forward: Option<SocketAddr>,
     pub threads: usize,
     pub upstream_pool_size: usize,
     pub log_level: String,
@@ -77,6 +82,10 @@ pub struct Snapshot {
     pub targets: Vec<Target>,
     pub providers: IndexMap<String, Target>,
     pub tenants: Tenants,
+    /// The HTTPS_PROXY mode's rules and CA.
+    pub forward: Arc<crate::forward::ForwardSettings>,
+    /// `dns.overrides`.
+    pub dns_overrides: crate::upstream::dns::Overrides,
     /// The effective config as JSON, secrets shown as `[redacted]`.
     pub effective: Bytes,
     /// Secret and CA files read by this load; their directories are watched too.
@@ -125,6 +134,8 @@ struct Compiler<'a> {
     warnings: Vec<String>,
     files: Vec<PathBuf>,
     fingerprint: Sha256,
+    /// `dns.overrides`, needed while compiling providers.
+    overrides: crate::upstream::dns::Overrides,
 }
 
 impl<'a> Compiler<'a> {
@@ -138,6 +149,7 @@ impl<'a> Compiler<'a> {
             warnings: Vec::new(),
             files: Vec::new(),
             fingerprint,
+            overrides: Default::default(),
         }
     }
 
@@ -148,6 +160,7 @@ impl<'a> Compiler<'a> {
             self.header_names("request.strip_credentials", &file.request.strip_credentials);
         let (tenants, tenant_defs) = self.tenants(&file);
         let dns = self.dns(&file.dns);
+        self.overrides = self.overrides(&file.dns);
 
         let mut providers = IndexMap::new();
         for (name, p) in &file.providers {
@@ -169,6 +182,12 @@ impl<'a> Compiler<'a> {
         }
 
         let (routes, targets) = self.routes(&file, &providers);
+        let forward = self.forward(
+            &file,
+            &routes,
+            &tenants,
+            startup.as_ref().is_some_and(|s| s.forward.is_some()),
+        );
 
         for (name, _) in &file.providers {
             if !file.routes.iter().any(|r| &r.provider == name) {
@@ -192,6 +211,7 @@ impl<'a> Compiler<'a> {
             warnings,
             files,
             fingerprint,
+            overrides: dns_overrides,
             ..
         } = self;
         let fingerprint: [u8; 32] = fingerprint.finalize().into();
@@ -210,6 +230,8 @@ impl<'a> Compiler<'a> {
             targets,
             providers,
             tenants,
+            forward,
+            dns_overrides,
             effective,
             files,
             warnings,
@@ -219,18 +241,24 @@ impl<'a> Compiler<'a> {
     fn startup(&mut self, file: &ConfigFile) -> Option<StartupSettings> {
         let reverse = self.addr("listeners.reverse", &file.listeners.reverse);
         let admin = self.addr("listeners.admin", &file.listeners.admin);
-        if file.listeners.forward.is_some() {
-            self.errs.push(
-                "listeners.forward",
-                "reserved for the HTTPS_PROXY (CONNECT) mode, which this version does not implement yet; remove it",
-            );
-        }
-        if let (Some(r), Some(a)) = (reverse, admin) {
-            if r == a && r.port() != 0 {
-                self.errs.push(
-                    "listeners.admin",
-                    format!("same address as listeners.reverse ({r})"),
-                );
+        let forward = file
+            .listeners
+            .forward
+            .as_ref()
+            .map(|f| self.addr("listeners.forward", f));
+        let listeners = [
+            ("listeners.reverse", reverse),
+            ("listeners.admin", admin),
+            ("listeners.forward", forward.flatten()),
+        ];
+        for (i, (name, a)) in listeners.iter().enumerate() {
+            for (earlier, e) in &listeners[..i] {
+                if let (Some(a), Some(e)) = (a, e) {
+                    if a == e && a.port() != 0 {
+                        self.errs
+                            .push(*name, format!("same address as {earlier} ({a})"));
+                    }
+                }
             }
         }
         let threads = match file.server.threads {
@@ -260,6 +288,10 @@ impl<'a> Compiler<'a> {
         Some(StartupSettings {
             reverse: reverse?,
             admin: admin?,
+            forward: match forward {
+                Some(f) => Some(f?),
+                None => None,
+            },
             threads,
             upstream_pool_size: file.server.upstream_pool_size,
             log_level: file.log.level.clone(),
@@ -570,7 +602,12 @@ impl<'a> Compiler<'a> {
             authority,
             sni,
             base_path: b.path.clone(),
-            endpoint: self.ctx.dns.entry(&b.host, b.port),
+            endpoint: match self.overrides.lookup(&b.host, b.port) {
+                Some(addr) => Arc::new(crate::upstream::dns::HostEntry::fixed(
+                    &b.host, b.port, addr,
+                )),
+                None => self.ctx.dns.entry(&b.host, b.port),
+            },
             dns,
             peer_options,
             timeouts,
@@ -686,10 +723,26 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
-            let (provider_name, base_path) = match target {
-                Target::Ready(p) => (p.name.clone(), p.base_path.as_str()),
-                Target::Disabled { .. } => (Arc::from(r.provider.as_str()), ""),
+            let (provider_name, base_path, provider_host) = match target {
+                Target::Ready(p) => (
+                    p.name.clone(),
+                    p.base_path.as_str(),
+                    Some(p.endpoint.host()),
+                ),
+                Target::Disabled { .. } => (Arc::from(r.provider.as_str()), "", None),
             };
+            // A route for the provider's own host serves apps that already use the
+            // provider's paths (HTTPS_PROXY interception): keep them by default.
+            let keep_path = match r.keep_path {
+                Some(k) => k,
+                None => matches!((&host, provider_host), (Some(h), Some(ph)) if h.matches(ph)),
+            };
+            if keep_path && r.rewrite_prefix.is_some() {
+                self.errs.push(
+                    format!("{base}.keep_path"),
+                    "cannot be combined with rewrite_prefix",
+                );
+            }
             let mount = routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or(""));
             let metrics = self.ctx.metrics.route(&name, &provider_name);
             let route = Route::new(
@@ -699,7 +752,8 @@ impl<'a> Compiler<'a> {
                 prefix,
                 mount,
                 metrics,
-            );
+            )
+            .keeping_path(keep_path);
             if let Some(earlier) = routes.iter().find(|e| e.shadows(&route)) {
                 self.errs.push(
                     base.clone(),

@@ -119,6 +119,8 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
         ),
     }
 
+    let forward: schema::Forward = section(&mut map, "forward", &mut errs);
+
     let mut providers = IndexMap::new();
     match map.remove("providers") {
         None | Some(Value::Null) => {}
@@ -175,6 +177,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
         tenant,
         tenants,
         virtual_keys,
+        forward,
         providers,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
     })
@@ -188,6 +191,7 @@ fn placeholder_route() -> schema::Route {
         matcher: schema::RouteMatch::default(),
         provider: String::new(),
         rewrite_prefix: None,
+        keep_path: None,
     }
 }
 

@@ -26,6 +26,7 @@ pub struct ConfigFile {
     pub tenant: Tenant,
     pub tenants: IndexMap<String, TenantDef>,
     pub virtual_keys: Vec<VirtualKey>,
+    pub forward: Forward,
     pub providers: IndexMap<String, Provider>,
     pub routes: Vec<Route>,
 }
@@ -41,6 +42,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "tenant",
     "tenants",
     "virtual_keys",
+    "forward",
     "providers",
     "routes",
 ];
@@ -54,9 +56,10 @@ pub struct Listeners {
     /// `/healthz`, `/readyz`, `/metrics`, `/config`.
     #[serde(default = "default_admin")]
     pub admin: String,
-    /// Reserved for the HTTPS_PROXY (CONNECT) mode.
+    /// HTTPS_PROXY mode: apps set `HTTPS_PROXY=http://THIS`. Off when absent; the
+    /// conventional address is 127.0.0.1:3128 (see the `forward` section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forward: Option<serde_yaml::Value>,
+    pub forward: Option<String>,
 }
 
 impl Default for Listeners {
@@ -157,6 +160,12 @@ pub struct Dns {
     /// A failed lookup is remembered this long before it is tried again.
     #[serde(default = "default_negative_ttl")]
     pub negative_ttl: HumanDuration,
+    /// Fixed answers that bypass DNS: `"api.openai.com": "127.0.0.1:8443"`. A key may
+    /// carry a port (`"host:443"`) to apply to that port only; a value without a port
+    /// keeps the port being dialled. TLS still uses the real name (SNI, certificate
+    /// check, `Host`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub overrides: IndexMap<String, String>,
 }
 
 impl Default for Dns {
@@ -165,6 +174,7 @@ impl Default for Dns {
             min_ttl: default_min_ttl(),
             max_ttl: default_max_ttl(),
             negative_ttl: default_negative_ttl(),
+            overrides: IndexMap::new(),
         }
     }
 }
@@ -301,6 +311,128 @@ pub struct TenantDef {
 #[serde(deny_unknown_fields)]
 pub struct VirtualKey {
     pub key: SecretTemplate,
+    pub tenant: String,
+}
+
+/// The HTTPS_PROXY (forward proxy) mode: which CONNECT targets are intercepted, tunnelled
+/// or refused, and the local CA that signs intercepted hosts' certificates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// The CA made by `llm-sidecar ca init`. Needed when `listeners.forward` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<ForwardCa>,
+    /// Lifetime of the leaf certificates minted for intercepted hosts.
+    #[serde(default = "default_leaf_validity")]
+    pub leaf_validity: HumanDuration,
+    /// Ports a CONNECT (or an `http://` absolute-form request) may name.
+    #[serde(default = "default_forward_ports")]
+    pub ports: Vec<u16>,
+    /// Hosts tunnelled byte for byte, never decrypted: `"*.github.com"`, `"example.com"`,
+    /// or `"example.com:8443"` to allow that one port instead of `ports`.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+    /// Destinations the address guard would refuse (private, loopback, link-local, ...)
+    /// that may be reached anyway: host names, IP addresses or CIDRs.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    #[serde(default)]
+    pub tunnel: TunnelSettings,
+    /// `Proxy-Authorization: Basic` users, each mapped to a tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_auth: Option<ProxyAuth>,
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Forward {
+            ca: None,
+            leaf_validity: default_leaf_validity(),
+            ports: default_forward_ports(),
+            passthrough: Vec::new(),
+            allow_private: Vec::new(),
+            tunnel: TunnelSettings::default(),
+            proxy_auth: None,
+        }
+    }
+}
+
+fn default_leaf_validity() -> HumanDuration {
+    HumanDuration::from_secs(24 * 3600)
+}
+fn default_forward_ports() -> Vec<u16> {
+    vec![443]
+}
+
+/// Where the interception CA's files are. `dir` holds the files `ca init` writes; the
+/// `*_file` keys override single files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardCa {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The signing intermediate's certificate (default `DIR/intermediate.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (default `DIR/intermediate.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The root clients trust (default `DIR/ca.pem`); used to check the chain at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// Connecting to a pass-through host.
+    #[serde(default = "default_tunnel_connect")]
+    pub connect: HumanDuration,
+    /// A tunnel with no bytes either way for this long is closed.
+    #[serde(default = "default_tunnel_idle")]
+    pub idle: HumanDuration,
+    /// A tunnel is closed after this long, busy or not.
+    #[serde(default = "default_tunnel_total")]
+    pub total: HumanDuration,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        TunnelSettings {
+            connect: default_tunnel_connect(),
+            idle: default_tunnel_idle(),
+            total: default_tunnel_total(),
+        }
+    }
+}
+
+fn default_tunnel_connect() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_tunnel_idle() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+fn default_tunnel_total() -> HumanDuration {
+    HumanDuration::from_secs(3600)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyAuth {
+    /// Refuse (407) clients without valid proxy credentials. When false, a client without
+    /// `Proxy-Authorization` gets the usual tenant resolution; wrong credentials are
+    /// still refused.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    pub users: Vec<ProxyUser>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyUser {
+    pub user: String,
+    pub password: SecretTemplate,
+    /// The tenant this user's requests belong to.
     pub tenant: String,
 }
 
@@ -674,6 +806,11 @@ pub struct Route {
     /// is always put in front.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_prefix: Option<String>,
+    /// Send the request's path upstream unchanged (no base path, no prefix rewrite), for
+    /// apps that already use the provider's own paths. Default: true when `match.host`
+    /// names the provider's own host (an intercepted provider), else false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_path: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -44,6 +44,46 @@ pub struct Metrics {
     key_cooldown_until: IntGaugeVec,
     token_fetches: IntCounterVec,
     token_expiry: IntGaugeVec,
+    forward: ForwardMetrics,
+}
+
+/// Forward-proxy (HTTPS_PROXY) metrics. Labels are closed sets.
+#[derive(Clone)]
+pub struct ForwardMetrics {
+    decisions: IntCounterVec,
+    tunnel_bytes_up: IntCounter,
+    tunnel_bytes_down: IntCounter,
+    tunnels_open: IntGauge,
+    leaf_hit: IntCounter,
+    leaf_miss: IntCounter,
+    handshake_failures: IntCounter,
+}
+
+impl ForwardMetrics {
+    /// One proxy request decided: `kind` is connect or http, `decision` intercept,
+    /// passthrough or refuse, `reason` a fixed cause string (empty unless refused).
+    pub fn decision(&self, kind: &str, decision: &str, reason: &str) {
+        self.decisions
+            .with_label_values(&[kind, decision, reason])
+            .inc();
+    }
+    pub fn leaf(&self, cache_hit: bool) {
+        if cache_hit {
+            self.leaf_hit.inc()
+        } else {
+            self.leaf_miss.inc()
+        }
+    }
+    pub fn handshake_failed(&self) {
+        self.handshake_failures.inc();
+    }
+    pub fn tunnel_bytes(&self, upstream: u64, downstream: u64) {
+        self.tunnel_bytes_up.inc_by(upstream);
+        self.tunnel_bytes_down.inc_by(downstream);
+    }
+    pub fn tunnels_open(&self) -> &IntGauge {
+        &self.tunnels_open
+    }
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -142,7 +182,50 @@ impl Metrics {
             ),
             &["provider"],
         ));
+        let decisions = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_forward_requests_total",
+                "HTTPS_PROXY listener: CONNECTs (kind=\"connect\") and absolute-form requests (kind=\"http\") by decision (intercept, passthrough, refuse) and the reason of a refusal.",
+            ),
+            &["kind", "decision", "reason"],
+        ));
+        let tunnel_bytes = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_forward_tunnel_bytes_total",
+                "Bytes copied through pass-through tunnels: direction=\"upstream\" from the app, \"downstream\" to it.",
+            ),
+            &["direction"],
+        ));
+        let tunnels_open = must(IntGauge::new(
+            "llm_sidecar_forward_tunnels_open",
+            "Pass-through tunnels open right now.",
+        ));
+        let leaf_certs = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_forward_leaf_certificates_total",
+                "TLS certificates for intercepted hosts: cache=\"hit\" reused, \"miss\" minted.",
+            ),
+            &["cache"],
+        ));
+        let handshake_failures = must(IntCounter::new(
+            "llm_sidecar_forward_tls_handshake_failures_total",
+            "Intercepted connections whose TLS handshake with the app failed (e.g. the app does not trust the CA).",
+        ));
+        let forward = ForwardMetrics {
+            decisions: decisions.clone(),
+            tunnel_bytes_up: tunnel_bytes.with_label_values(&["upstream"]),
+            tunnel_bytes_down: tunnel_bytes.with_label_values(&["downstream"]),
+            tunnels_open: tunnels_open.clone(),
+            leaf_hit: leaf_certs.with_label_values(&["hit"]),
+            leaf_miss: leaf_certs.with_label_values(&["miss"]),
+            handshake_failures: handshake_failures.clone(),
+        };
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(decisions),
+            Box::new(tunnel_bytes),
+            Box::new(tunnels_open),
+            Box::new(leaf_certs),
+            Box::new(handshake_failures),
             Box::new(key_requests.clone()),
             Box::new(key_events.clone()),
             Box::new(key_ejected.clone()),
@@ -184,7 +267,12 @@ impl Metrics {
             key_cooldown_until,
             token_fetches,
             token_expiry,
+            forward,
         })
+    }
+
+    pub fn forward(&self) -> &ForwardMetrics {
+        &self.forward
     }
 
     /// Handles for one key of a pool (named by its configured name, never its value).

@@ -34,6 +34,8 @@ impl ErrorStyle {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cause {
     NoRoute,
+    /// An intercepted connection carried a request for another host.
+    Misdirected,
     ProviderDisabled,
     HeadersTooLarge,
     BodyTooLarge,
@@ -65,6 +67,7 @@ impl Cause {
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::NoRoute => "no_route",
+            Cause::Misdirected => "misdirected_request",
             Cause::ProviderDisabled => "provider_disabled",
             Cause::HeadersTooLarge => "headers_too_large",
             Cause::BodyTooLarge => "body_too_large",
@@ -96,6 +99,7 @@ impl Cause {
     pub fn status(self) -> u16 {
         match self {
             Cause::NoRoute => 404,
+            Cause::Misdirected => 421,
             Cause::ProviderDisabled
             | Cause::ShuttingDown
             | Cause::KeysUnavailable

@@ -32,6 +32,7 @@ pub mod guards;
 use crate::auth::{AcquireError, Auth, Credential, SignContext, Verdict};
 use crate::config::compile::Target;
 use crate::config::{ConfigStore, Snapshot};
+use crate::forward::ForwardConn;
 use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
 use crate::routing;
 use crate::tenant::{Tenant, TenantError};
@@ -187,9 +188,39 @@ impl SidecarProxy {
             return self.answer(session, x, style, e, false).await;
         }
 
+        // A request that came through the forward listener (HTTPS_PROXY) routes by the
+        // host it was intercepted for, and only to routes that match by host.
+        let forwarded = session
+            .digest()
+            .and_then(|d| d.proxy_digest.clone())
+            .filter(|d| d.user_data.is_some());
+        let fwd = forwarded.as_deref().and_then(ForwardConn::of);
         let host = routing::request_host(req);
         let path = req.uri.path();
-        let Some(route) = snap.routes.find(host, path) else {
+        let found = match fwd {
+            None => snap.routes.find(host, path),
+            Some(f) => {
+                if !host.is_some_and(|h| h.eq_ignore_ascii_case(&f.host)) {
+                    let style = ErrorStyle::guess(req);
+                    let msg = format!(
+                        "this connection was opened (CONNECT) for {}; the request is for {}",
+                        f.host,
+                        host.unwrap_or("no host")
+                    );
+                    return self
+                        .answer(
+                            session,
+                            x,
+                            style,
+                            SidecarError::new(Cause::Misdirected, msg),
+                            false,
+                        )
+                        .await;
+                }
+                snap.routes.find_intercepted(&f.host, path)
+            }
+        };
+        let Some(route) = found else {
             let style = ErrorStyle::guess(req);
             let msg = format!("no route on this sidecar matches {} {}", req.method, path);
             let keep = session.is_body_empty();
@@ -222,7 +253,12 @@ impl SidecarProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let tenant = match snap.tenants.resolve(session.req_header(), peer) {
+        // An authenticated proxy user's tenant wins over the other ways of naming one.
+        let resolved = match fwd.and_then(|f| f.tenant.as_deref()) {
+            Some(id) => snap.tenants.by_id(id).ok_or(TenantError::UnknownTenant),
+            None => snap.tenants.resolve(session.req_header(), peer),
+        };
+        let tenant = match resolved {
             Ok(t) => t.clone(),
             Err(e) => {
                 let keep = session.is_body_empty();

@@ -90,6 +90,18 @@ impl Resolver {
         })
     }
 
+    /// Every address of `host` (for pass-through tunnels, which do not share the
+    /// provider cache; hickory caches answers itself).
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DnsError> {
+        self.lookup(host, port)
+            .await
+            .map(|(a, _)| a)
+            .map_err(|reason| DnsError {
+                host: host.to_string(),
+                reason,
+            })
+    }
+
     async fn lookup(
         &self,
         host: &str,
@@ -185,6 +197,14 @@ impl HostEntry {
             refreshing: AtomicBool::new(false),
             next: AtomicUsize::new(0),
             cold: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// An entry that always answers `addr` (`dns.overrides`); not shared or cached.
+    pub fn fixed(host: &str, port: u16, addr: SocketAddr) -> HostEntry {
+        HostEntry {
+            literal: Some(Arc::from(vec![addr])),
+            ..HostEntry::new(host, port)
         }
     }
 
@@ -318,6 +338,66 @@ impl HostEntry {
     }
 }
 
+/// `dns.overrides`: fixed addresses for names, used instead of DNS for providers and
+/// pass-through tunnels alike.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// (host, port or None for any port) → (address, port or None to keep the port).
+    map: HashMap<(String, Option<u16>), (IpAddr, Option<u16>)>,
+}
+
+impl Overrides {
+    /// Parses one entry: key `host` or `host:port`, value `ip`, `ip:port` or `[v6]:port`.
+    pub fn insert(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let key = key.trim().trim_end_matches('.').to_ascii_lowercase();
+        let (host, port) = match key.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => {
+                let p = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("\"{key}\": invalid port"))?;
+                (h.to_string(), Some(p))
+            }
+            _ => (key.clone(), None),
+        };
+        if host.is_empty() {
+            return Err("empty host name".into());
+        }
+        let v = value.trim();
+        let target = if let Ok(sa) = v.parse::<SocketAddr>() {
+            (sa.ip(), Some(sa.port()))
+        } else if let Ok(ip) = v
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            (ip, None)
+        } else {
+            return Err(format!(
+                "\"{v}\" is not an IP address or IP:port (e.g. 127.0.0.1:8443)"
+            ));
+        };
+        self.map.insert((host, port), target);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The fixed address for `host:port`, if an override covers it.
+    pub fn lookup(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let (ip, p) = self
+            .map
+            .get(&(host.clone(), Some(port)))
+            .or_else(|| self.map.get(&(host, None)))?;
+        Some(SocketAddr::new(*ip, p.unwrap_or(port)))
+    }
+}
+
 /// Hands out one shared [`HostEntry`] per host:port across config loads.
 #[derive(Default)]
 pub struct DnsRegistry {
@@ -379,6 +459,33 @@ mod tests {
         let c2 = a.candidates(&r, DnsSettings::default()).await.unwrap();
         drop(guard);
         assert_eq!(c2.len(), c.len());
+    }
+
+    #[test]
+    fn overrides_match_host_and_optional_port() {
+        let mut o = Overrides::default();
+        o.insert("API.openai.com", "127.0.0.1:8443").unwrap();
+        o.insert("internal.example:443", "10.0.0.1").unwrap();
+        o.insert("v6.example", "[::1]:9000").unwrap();
+        assert_eq!(
+            o.lookup("api.openai.com", 443),
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(
+            o.lookup("api.openai.com.", 80),
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(
+            o.lookup("internal.example", 443),
+            Some("10.0.0.1:443".parse().unwrap())
+        );
+        assert_eq!(o.lookup("internal.example", 80), None);
+        assert_eq!(
+            o.lookup("v6.example", 1),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        assert!(o.insert("x", "not-an-ip").is_err());
+        assert!(o.insert("x:http", "1.2.3.4").is_err());
     }
 
     #[tokio::test]

@@ -184,10 +184,170 @@ fn url_and_tls_rules() {
 }
 
 #[test]
-fn forward_listener_is_reserved() {
+fn forward_listener_needs_a_ca() {
     let e = errors("version: 1\nlisteners: { forward: 127.0.0.1:3128 }\n");
     assert!(
-        e.contains("listeners.forward: reserved for the HTTPS_PROXY"),
+        e.contains("forward.ca: listeners.forward needs a CA") && e.contains("ca init"),
+        "{e}"
+    );
+    let e = errors(
+        "version: 1\nlisteners: { forward: 127.0.0.1:3128 }\nforward: { ca: { dir: /nonexistent/ca } }\n",
+    );
+    assert!(
+        e.contains("/nonexistent/ca/intermediate.pem: cannot read"),
+        "{e}"
+    );
+    let e = errors("version: 1\nlisteners: { reverse: 127.0.0.1:9000, forward: 127.0.0.1:9000 }\n");
+    assert!(
+        e.contains("listeners.forward: same address as listeners.reverse"),
+        "{e}"
+    );
+}
+
+fn forward_config(ca_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+version: 1
+listeners: {{ forward: 127.0.0.1:0 }}
+dns:
+  overrides:
+    api.openai.com: 127.0.0.1:9443
+forward:
+  ca: {{ dir: {dir} }}
+  passthrough: ["*.github.com", "pypi.org:8443"]
+{extra}
+providers:
+  openai:
+    kind: openai
+    base_url: https://api.openai.com/v1
+  other:
+    kind: openai_compatible
+    base_url: https://llm.example.net/v1
+routes:
+  - match: {{ host: api.openai.com }}
+    provider: openai
+  - match: {{ host: "*.corp.example" }}
+    provider: other
+  - match: {{ path_prefix: /openai/v1 }}
+    name: openai-base
+    provider: openai
+"#,
+        dir = ca_dir.display()
+    )
+}
+
+#[test]
+fn forward_mode_compiles_routes_hosts_and_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::forward::ca::init(&crate::forward::ca::InitOptions {
+        dir: dir.path(),
+        domains: &["api.openai.com".to_string()],
+        intermediate_validity: Duration::from_secs(86400),
+        new_root: false,
+    })
+    .unwrap();
+    let snap = load(&forward_config(dir.path(), "")).unwrap();
+    let f = &snap.forward;
+    assert!(f.authority.is_some());
+    assert_eq!(f.intercept.len(), 2);
+    assert_eq!(
+        f.decide("api.openai.com", 443),
+        Ok(crate::forward::Decision::Intercept)
+    );
+    assert_eq!(
+        f.decide("x.github.com", 443),
+        Ok(crate::forward::Decision::Passthrough)
+    );
+    // The host route for the provider's own host keeps the app's path; the prefix route
+    // maps as before.
+    let r = snap
+        .routes
+        .find_intercepted("api.openai.com", "/v1/chat/completions")
+        .unwrap();
+    assert_eq!(
+        r.upstream_path("/v1/chat/completions", None),
+        "/v1/chat/completions"
+    );
+    let r = snap.routes.find(None, "/openai/v1/models").unwrap();
+    assert_eq!(r.upstream_path("/openai/v1/models", None), "/v1/models");
+    assert!(snap
+        .routes
+        .find_intercepted("api.openai.com", "/x")
+        .is_some());
+    assert!(snap
+        .routes
+        .find_intercepted("127.0.0.1", "/openai/v1/models")
+        .is_none());
+    // A route for another host than its provider's keeps the base path.
+    let r = snap
+        .routes
+        .find_intercepted("a.corp.example", "/chat")
+        .unwrap();
+    assert_eq!(r.upstream_path("/chat", None), "/v1/chat");
+    // dns.overrides: the provider dials the override, SNI and Host stay the real name.
+    let Target::Ready(p) = &snap.providers["openai"] else {
+        panic!("openai disabled")
+    };
+    assert_eq!(p.sni, "api.openai.com");
+    assert_eq!(p.authority, "api.openai.com");
+    assert_eq!(
+        snap.dns_overrides.lookup("api.openai.com", 443),
+        Some("127.0.0.1:9443".parse().unwrap())
+    );
+    // The CA only covers api.openai.com: the wildcard route gets a warning.
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.contains("do not cover *.corp.example")),
+        "{:?}",
+        snap.warnings
+    );
+    assert!(
+        !snap.warnings.iter().any(|w| w.contains("api.openai.com")),
+        "{:?}",
+        snap.warnings
+    );
+}
+
+#[test]
+fn forward_errors_are_collected_with_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::forward::ca::init(&crate::forward::ca::InitOptions {
+        dir: dir.path(),
+        domains: &["api.openai.com".to_string()],
+        intermediate_validity: Duration::from_secs(86400),
+        new_root: false,
+    })
+    .unwrap();
+    let extra = r#"  ports: [443, 0]
+  allow_private: ["10.0.0.0/40"]
+  leaf_validity: 1m
+  tunnel: { idle: 0s }
+  proxy_auth:
+    users:
+      - { user: "a:b", password: pw, tenant: nobody }
+"#;
+    let text = forward_config(dir.path(), extra)
+        .replace("pypi.org:8443", "pypi.org:http")
+        .replace("127.0.0.1:9443", "localhost");
+    let e = errors(&text);
+    for want in [
+        "forward.ports: 0 is not a port",
+        "forward.allow_private[0]:",
+        "forward.leaf_validity: must be between",
+        "forward.tunnel.idle: must be greater than 0",
+        "forward.proxy_auth.users[0].user: must be non-empty and must not contain ':'",
+        "forward.proxy_auth.users[0].tenant: unknown tenant \"nobody\"",
+        "forward.passthrough[1]:",
+        "dns.overrides.api.openai.com: \"localhost\" is not an IP address",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let e = errors(
+        "version: 1\nproviders: { o: { kind: openai, base_url: https://api.openai.com/v1 } }\nroutes:\n  - { match: { host: api.openai.com }, provider: o, keep_path: true, rewrite_prefix: /x }\n",
+    );
+    assert!(
+        e.contains("routes[0].keep_path: cannot be combined with rewrite_prefix"),
         "{e}"
     );
 }

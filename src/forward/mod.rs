@@ -1,0 +1,617 @@
+//! The HTTPS_PROXY listener: `CONNECT` and absolute-form requests, and what happens to
+//! each.
+//!
+//! ```text
+//!  app ── CONNECT api.openai.com:443 ──► forward listener
+//!                                         │ read head (≤ max_header_bytes, 60 s)
+//!                                         │ Proxy-Authorization → user → tenant (407 if wrong)
+//!                                         │ decide(host, port):
+//!          ┌──────────────────────────────┼───────────────────────────────┐
+//!     intercept                       passthrough                       refuse
+//!  (a route matches the host,    (forward.passthrough matches;     403 + x-llm-sidecar-error
+//!   port allowed)                 resolve, check every address     (host_not_allowed,
+//!  200, TLS-accept with a leaf    with the guard, dial the          port_not_allowed,
+//!  minted for the host (h2 or     checked address)                  blocked_address, ...)
+//!  http/1.1 by ALPN), then the    200, copy bytes both ways
+//!  same Pingora pipeline as       (idle/total limits); never
+//!  base-URL mode                  decrypted
+//! ```
+//!
+//! Plain `http://` absolute-form requests (`HTTP_PROXY`) take the same three ways, one
+//! request at a time: an intercepted request goes to the pipeline (and the connection
+//! comes back for the next request), a pass-through request is sent to the origin in
+//! origin form with `Connection: close` and its response tunnelled back.
+//!
+//! An intercepted request never reaches the host it named: it goes to the route's
+//! provider, exactly as in base-URL mode. Only pass-through dials the named host, which
+//! is why the address guard ([`guard`]) sits on that path.
+//!
+//! The request path learns about the CONNECT through the connection's [`ProxyDigest`]:
+//! its user data is a [`ForwardConn`] (the host the app asked for and the proxy user's
+//! tenant), set on the socket before TLS and visible to HTTP/1 and HTTP/2 sessions alike.
+
+pub mod ca;
+pub mod guard;
+pub mod head;
+pub mod stream;
+pub mod tunnel;
+
+use crate::config::{ConfigStore, Snapshot};
+use crate::observability::metrics::ForwardMetrics;
+use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
+use crate::routing::HostPattern;
+use crate::server::Connections;
+use crate::upstream::dns::Resolver;
+use async_trait::async_trait;
+use guard::{AllowList, Blocked};
+use head::{Head, HeadError};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{GetProxyDigest, Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+/// How long an app may take to finish its TLS handshake after `200`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle plain-HTTP proxy connection waits this long for its next request.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the request path knows about a request that came through the forward listener.
+#[derive(Debug, Clone)]
+pub struct ForwardConn {
+    /// The host the app asked for (lower case, no port).
+    pub host: Box<str>,
+    pub port: u16,
+    /// The tenant of the authenticated proxy user, if any.
+    pub tenant: Option<Arc<str>>,
+}
+
+impl ForwardConn {
+    /// The forward-proxy facts of a request's connection, if it came that way.
+    pub fn of(digest: &ProxyDigest) -> Option<&ForwardConn> {
+        digest.user_data.as_ref()?.downcast_ref::<ForwardConn>()
+    }
+}
+
+/// A pass-through entry: a host pattern and, optionally, the one port it may use.
+#[derive(Debug)]
+pub struct PassRule {
+    pub host: HostPattern,
+    pub port: Option<u16>,
+}
+
+impl PassRule {
+    pub fn parse(s: &str) -> Result<PassRule, String> {
+        let t = s.trim();
+        let (h, port) = match t.rsplit_once(':') {
+            Some((h, p))
+                if !h.is_empty() && !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("\"{s}\": invalid port"))?;
+                (h, Some(port))
+            }
+            _ => (t, None),
+        };
+        Ok(PassRule {
+            host: HostPattern::parse(h.trim_start_matches('[').trim_end_matches(']'))?,
+            port,
+        })
+    }
+}
+
+/// Time limits of pass-through tunnels.
+#[derive(Clone, Copy, Debug)]
+pub struct TunnelLimits {
+    pub connect: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+/// A proxy user (who it is and the tenant it acts for). The password is only kept as
+/// part of a digest.
+#[derive(Debug, Clone)]
+pub struct ProxyUser {
+    pub name: Arc<str>,
+    pub tenant: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProxyAuth {
+    pub required: bool,
+    /// SHA-256 of `user:password` → user. Looked up by digest so the lookup time says
+    /// nothing about how close a guess was.
+    pub users: HashMap<[u8; 32], ProxyUser>,
+}
+
+/// `forward` as the listener uses it (compiled at config load).
+#[derive(Debug)]
+pub struct ForwardSettings {
+    pub authority: Option<Arc<ca::Authority>>,
+    pub ports: Box<[u16]>,
+    /// Host patterns of routes: CONNECTs to these are intercepted.
+    pub intercept: Vec<HostPattern>,
+    pub passthrough: Vec<PassRule>,
+    pub allow_private: AllowList,
+    pub tunnel: TunnelLimits,
+    pub proxy_auth: Option<ProxyAuth>,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            authority: None,
+            ports: Box::new([443]),
+            intercept: Vec::new(),
+            passthrough: Vec::new(),
+            allow_private: AllowList::default(),
+            tunnel: TunnelLimits {
+                connect: Duration::from_secs(10),
+                idle: Duration::from_secs(300),
+                total: Duration::from_secs(3600),
+            },
+            proxy_auth: None,
+        }
+    }
+}
+
+/// What to do with a proxy request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Intercept,
+    Passthrough,
+}
+
+/// Why a proxy request is refused. The string form is the `x-llm-sidecar-error` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    HostNotAllowed,
+    PortNotAllowed,
+    BlockedAddress(Blocked),
+    SniMismatch,
+    BadRequest,
+    ProxyAuth,
+    Dns,
+    Connect,
+    ConnectTimeout,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::HostNotAllowed => "forward_host_not_allowed",
+            Refusal::PortNotAllowed => "forward_port_not_allowed",
+            Refusal::BlockedAddress(_) => "forward_blocked_address",
+            Refusal::SniMismatch => "forward_sni_mismatch",
+            Refusal::BadRequest => "forward_bad_request",
+            Refusal::ProxyAuth => "forward_proxy_auth",
+            Refusal::Dns => "forward_dns",
+            Refusal::Connect => "forward_connect",
+            Refusal::ConnectTimeout => "forward_connect_timeout",
+        }
+    }
+
+    fn status(self) -> (u16, &'static str) {
+        match self {
+            Refusal::BadRequest => (400, "Bad Request"),
+            Refusal::ProxyAuth => (407, "Proxy Authentication Required"),
+            Refusal::Dns | Refusal::Connect => (502, "Bad Gateway"),
+            Refusal::ConnectTimeout => (504, "Gateway Timeout"),
+            _ => (403, "Forbidden"),
+        }
+    }
+}
+
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+impl ForwardSettings {
+    /// Decides by name and port alone (pass-through addresses are checked after DNS).
+    pub fn decide(&self, host: &str, port: u16) -> Result<Decision, Refusal> {
+        let literal = ip_literal(host);
+        if let Some(ip) = literal {
+            self.allow_private
+                .check(host, ip)
+                .map_err(Refusal::BlockedAddress)?;
+        }
+        if literal.is_none() && self.intercept.iter().any(|p| p.matches(host)) {
+            return if self.ports.contains(&port) {
+                Ok(Decision::Intercept)
+            } else {
+                Err(Refusal::PortNotAllowed)
+            };
+        }
+        let mut host_listed = false;
+        for rule in self.passthrough.iter().filter(|r| r.host.matches(host)) {
+            host_listed = true;
+            let port_ok = match rule.port {
+                Some(p) => p == port,
+                None => self.ports.contains(&port),
+            };
+            if port_ok {
+                return Ok(Decision::Passthrough);
+            }
+        }
+        Err(if host_listed {
+            Refusal::PortNotAllowed
+        } else {
+            Refusal::HostNotAllowed
+        })
+    }
+
+    /// Checks `Proxy-Authorization`: `Ok(Some(user))` for a known user, `Ok(None)` when
+    /// no auth is configured or it is optional and absent.
+    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Option<&ProxyUser>, Refusal> {
+        let Some(auth) = &self.proxy_auth else {
+            return Ok(None);
+        };
+        let Some(value) = header else {
+            return if auth.required {
+                Err(Refusal::ProxyAuth)
+            } else {
+                Ok(None)
+            };
+        };
+        let encoded = value
+            .strip_prefix(b"Basic ")
+            .or_else(|| value.strip_prefix(b"basic "))
+            .ok_or(Refusal::ProxyAuth)?;
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim_ascii())
+            .map_err(|_| Refusal::ProxyAuth)?;
+        let digest: [u8; 32] = Sha256::digest(&decoded).into();
+        auth.users.get(&digest).map(Some).ok_or(Refusal::ProxyAuth)
+    }
+}
+
+/// Writes a refusal and closes the write side.
+async fn refuse<S>(stream: &mut S, why: Refusal, message: &str)
+where
+    S: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let (code, text) = why.status();
+    let body = format!("llm-sidecar: {message}\n");
+    let mut out = format!(
+        "HTTP/1.1 {code} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nx-llm-sidecar-error: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        why.as_str(),
+        body.len()
+    );
+    if why == Refusal::ProxyAuth {
+        out.push_str("Proxy-Authenticate: Basic realm=\"llm-sidecar\"\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    let _ = stream.write_all(out.as_bytes()).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+fn refusal_message(why: Refusal, host: &str, port: u16) -> String {
+    match why {
+        Refusal::HostNotAllowed => format!(
+            "{host}:{port} is neither intercepted (no route matches the host) nor on forward.passthrough"
+        ),
+        Refusal::PortNotAllowed => format!("port {port} is not allowed for {host} (forward.ports)"),
+        Refusal::BlockedAddress(b) => format!(
+            "{host}:{port} is a {} address; destinations like this need an entry in forward.allow_private",
+            b.as_str()
+        ),
+        Refusal::ProxyAuth => "proxy authentication required".into(),
+        Refusal::Dns => format!("cannot resolve {host}"),
+        Refusal::Connect => format!("cannot connect to {host}:{port}"),
+        Refusal::ConnectTimeout => format!("timed out connecting to {host}:{port}"),
+        Refusal::SniMismatch | Refusal::BadRequest => "bad request".into(),
+    }
+}
+
+type Proxy = HttpProxy<SidecarProxy>;
+
+/// The forward listener's connection handler.
+pub struct ForwardFront {
+    pub proxy: Arc<Proxy>,
+    pub store: Arc<ConfigStore>,
+    pub resolver: Arc<Resolver>,
+    pub connections: Arc<Connections>,
+    pub hard_stop: CancellationToken,
+}
+
+enum Next {
+    /// The connection is done.
+    Done,
+    /// A plain-HTTP request was served; read the next one from this stream.
+    Again(Box<L4Stream>),
+}
+
+impl ForwardFront {
+    fn metrics(&self) -> &ForwardMetrics {
+        self.store.metrics().forward()
+    }
+
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
+            return;
+        };
+        let mut first = true;
+        loop {
+            let snap = self.store.load();
+            let wait = if first {
+                CLIENT_READ_TIMEOUT
+            } else {
+                KEEPALIVE_TIMEOUT
+            };
+            first = false;
+            let mut sd = shutdown.clone();
+            let read = head::read(&mut *l4, snap.guards.max_header_bytes, wait);
+            let head = tokio::select! {
+                h = read => h,
+                _ = sd.changed() => return,
+            };
+            let head = match head {
+                Ok(h) => h,
+                Err(HeadError::Closed | HeadError::Timeout | HeadError::Io(_)) => return,
+                Err(e) => {
+                    self.metrics()
+                        .decision("unknown", "refuse", Refusal::BadRequest.as_str());
+                    let status = if matches!(e, HeadError::TooLarge(_)) {
+                        "431 Request Header Fields Too Large"
+                    } else {
+                        "400 Bad Request"
+                    };
+                    let body = format!("llm-sidecar: {e}\n");
+                    let out = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nx-llm-sidecar-error: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", Refusal::BadRequest.as_str(), body.len());
+                    let _ = l4.write_all(out.as_bytes()).await;
+                    let _ = l4.shutdown().await;
+                    return;
+                }
+            };
+            match self.handle(l4, head, &snap, shutdown).await {
+                Next::Done => return,
+                Next::Again(s) => l4 = s,
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        mut l4: Box<L4Stream>,
+        head: Head,
+        snap: &Arc<Snapshot>,
+        shutdown: &ShutdownWatch,
+    ) -> Next {
+        let fwd = &snap.forward;
+        let kind = if head.is_connect() { "connect" } else { "http" };
+        let (host, port) = head.host_port();
+        let (host, port) = (host.to_string(), port);
+        let user = match fwd.authenticate(head.header("proxy-authorization")) {
+            Ok(u) => u.cloned(),
+            Err(why) => {
+                self.metrics().decision(kind, "refuse", why.as_str());
+                refuse(&mut *l4, why, &refusal_message(why, &host, port)).await;
+                return Next::Done;
+            }
+        };
+        let decision = match fwd.decide(&host, port) {
+            Ok(d) => d,
+            Err(why) => {
+                self.metrics().decision(kind, "refuse", why.as_str());
+                tracing::info!(kind, host = %host, port, reason = why.as_str(), user = user.as_ref().map(|u| &*u.name), "forward proxy request refused");
+                refuse(&mut *l4, why, &refusal_message(why, &host, port)).await;
+                return Next::Done;
+            }
+        };
+        let conn = ForwardConn {
+            host: host.clone().into_boxed_str(),
+            port,
+            tenant: user.map(|u| u.tenant),
+        };
+        match (head.is_connect(), decision) {
+            (true, Decision::Intercept) => {
+                self.metrics().decision(kind, "intercept", "");
+                self.intercept_tls(l4, head, conn, snap, shutdown).await;
+                Next::Done
+            }
+            (true, Decision::Passthrough) | (false, Decision::Passthrough) => {
+                match self.dial(&host, port, snap).await {
+                    Ok(mut upstream) => {
+                        self.metrics().decision(kind, "passthrough", "");
+                        let early = if head.is_connect() {
+                            if l4
+                                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                                .await
+                                .is_err()
+                            {
+                                return Next::Done;
+                            }
+                            head.buf[head.len..].to_vec()
+                        } else {
+                            let mut e = head.origin_form();
+                            e.extend_from_slice(&head.buf[head.len..]);
+                            e
+                        };
+                        let (end, bytes) = tunnel::run(
+                            &mut *l4,
+                            &mut upstream,
+                            &early,
+                            fwd.tunnel.idle,
+                            fwd.tunnel.total,
+                            self.metrics(),
+                        )
+                        .await;
+                        tracing::debug!(host = %host, port, ?end, up = bytes.upstream, down = bytes.downstream, "tunnel closed");
+                    }
+                    Err(why) => {
+                        self.metrics().decision(kind, "refuse", why.as_str());
+                        tracing::info!(kind, host = %host, port, reason = why.as_str(), "forward proxy request refused");
+                        refuse(&mut *l4, why, &refusal_message(why, &host, port)).await;
+                    }
+                }
+                Next::Done
+            }
+            (false, Decision::Intercept) => {
+                self.metrics().decision(kind, "intercept", "");
+                l4.rewind(&head.buf);
+                l4.set_proxy_digest(proxy_digest(conn));
+                let mut session = ServerSession::new_http1(l4);
+                session.set_keepalive(if *shutdown.borrow() {
+                    None
+                } else {
+                    Some(KEEPALIVE_TIMEOUT.as_secs())
+                });
+                let reused = self.proxy.process_new_http(session, shutdown).await;
+                match reused.map(|r| r.consume().0.into_any().downcast::<L4Stream>()) {
+                    Some(Ok(s)) => Next::Again(s),
+                    _ => Next::Done,
+                }
+            }
+        }
+    }
+
+    /// Answers 200, terminates TLS as the host, and serves the decrypted stream.
+    async fn intercept_tls(
+        &self,
+        mut l4: Box<L4Stream>,
+        head: Head,
+        conn: ForwardConn,
+        snap: &Arc<Snapshot>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let Some(authority) = snap.forward.authority.clone() else {
+            // Config validation requires a CA whenever the listener is on.
+            return;
+        };
+        if l4
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        l4.rewind(&head.buf[head.len..]);
+        let host = conn.host.clone();
+        l4.set_proxy_digest(proxy_digest(conn));
+        let stream: Stream = l4;
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let handshake = async {
+            let start = acceptor.await.map_err(|e| e.to_string())?;
+            if let Some(sni) = start.client_hello().server_name() {
+                if !sni.eq_ignore_ascii_case(&host) {
+                    self.metrics()
+                        .decision("connect", "refuse", Refusal::SniMismatch.as_str());
+                    return Err(format!("the app asked CONNECT {host} but TLS for {sni}"));
+                }
+            }
+            let config = authority.server_config(&host).map_err(|e| e.to_string())?;
+            start.into_stream(config).await.map_err(|e| e.to_string())
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(reason)) => {
+                self.metrics().handshake_failed();
+                tracing::info!(host = %host, %reason, "TLS handshake with the app failed (does it trust the sidecar's CA?)");
+                return;
+            }
+            Err(_) => {
+                self.metrics().handshake_failed();
+                tracing::info!(host = %host, "TLS handshake with the app timed out");
+                return;
+            }
+        };
+        let tls = stream::InterceptedStream::new(tls);
+        let h2 = tls.alpn() == Some(ALPN::H2);
+        let stream: Stream = Box::new(tls);
+        if h2 {
+            // Pingora's HTTP app sees ALPN h2 on the stream and runs its HTTP/2 loop.
+            self.proxy.process_new(stream, shutdown).await;
+        } else {
+            crate::server::serve_http1(&self.proxy, stream, shutdown).await;
+        }
+    }
+
+    /// Resolves and checks the destination of a pass-through, and connects to a checked
+    /// address.
+    async fn dial(
+        &self,
+        host: &str,
+        port: u16,
+        snap: &Snapshot,
+    ) -> Result<tokio::net::TcpStream, Refusal> {
+        let fwd = &snap.forward;
+        let addrs: Vec<SocketAddr> = if let Some(a) = snap.dns_overrides.lookup(host, port) {
+            vec![a]
+        } else if let Some(ip) = ip_literal(host) {
+            vec![SocketAddr::new(ip, port)]
+        } else {
+            self.resolver
+                .resolve(host, port)
+                .await
+                .map_err(|_| Refusal::Dns)?
+        };
+        if addrs.is_empty() {
+            return Err(Refusal::Dns);
+        }
+        // One internal address in the answer refuses the whole name: a mixed answer is
+        // what a rebinding attack looks like.
+        for a in &addrs {
+            fwd.allow_private
+                .check(host, a.ip())
+                .map_err(Refusal::BlockedAddress)?;
+        }
+        let mut last = Refusal::Connect;
+        for a in addrs {
+            match tokio::time::timeout(fwd.tunnel.connect, tokio::net::TcpStream::connect(a)).await
+            {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Ok(Err(_)) => last = Refusal::Connect,
+                Err(_) => last = Refusal::ConnectTimeout,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The digest that carries `conn` to the request path, with the `200` the app got.
+fn proxy_digest(conn: ForwardConn) -> ProxyDigest {
+    let (parts, ()) = http::Response::new(()).into_parts();
+    ProxyDigest::new(Box::new(ResponseHeader::from(parts)), Some(Box::new(conn)))
+}
+
+#[async_trait]
+impl ServerApp for ForwardFront {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _guard = self.connections.enter();
+        tokio::select! {
+            _ = self.serve(stream, shutdown) => {}
+            _ = self.hard_stop.cancelled() => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
