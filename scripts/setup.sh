@@ -3,8 +3,8 @@
 # installs what is missing.
 #
 #   scripts/setup.sh           build tools (cmake, a C compiler)
-#   scripts/setup.sh --test    + curl, python3 with the official openai/anthropic SDKs,
-#                                cargo-nextest
+#   scripts/setup.sh --test    + curl, openssl, python3 with the official
+#                                openai/anthropic SDKs and httpx, cargo-nextest
 #   scripts/setup.sh --bench   + nginx, wrk (the load benchmark's yardsticks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,7 @@ need cc build-essential
 need c++ build-essential
 if [ $want_test -eq 1 ]; then
   need curl curl
+  need openssl openssl
   need python3 python3
   python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 fi
@@ -47,8 +48,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ $want_test -eq 1 ]; then
-  if ! python3 -c 'import openai, anthropic, botocore' >/dev/null 2>&1; then
-    echo "setup: installing the Python packages the tests use (openai, anthropic, botocore)"
+  if ! python3 -c 'import openai, anthropic, botocore, httpx' >/dev/null 2>&1; then
+    echo "setup: installing the Python packages the tests use (openai, anthropic, botocore, httpx)"
     python3 -m pip install -q --disable-pip-version-check -r tests/integration/clients/requirements.txt \
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages -r tests/integration/clients/requirements.txt
   fi

@@ -378,6 +378,7 @@ impl ForwardFront {
                     let body = format!("llm-sidecar: {e}\n");
                     let out = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nx-llm-sidecar-error: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", Refusal::BadRequest.as_str(), body.len());
                     let _ = l4.write_all(out.as_bytes()).await;
+                    let _ = l4.flush().await;
                     let _ = l4.shutdown().await;
                     return;
                 }
@@ -433,11 +434,7 @@ impl ForwardFront {
                     Ok(mut upstream) => {
                         self.metrics().decision(kind, "passthrough", "");
                         let early = if head.is_connect() {
-                            if l4
-                                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                                .await
-                                .is_err()
-                            {
+                            if established(&mut l4).await.is_err() {
                                 return Next::Done;
                             }
                             head.buf[head.len..].to_vec()
@@ -497,11 +494,7 @@ impl ForwardFront {
             // Config validation requires a CA whenever the listener is on.
             return;
         };
-        if l4
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await
-            .is_err()
-        {
+        if established(&mut l4).await.is_err() {
             return;
         }
         l4.rewind(&head.buf[head.len..]);
@@ -589,6 +582,14 @@ impl ForwardFront {
         }
         Err(last)
     }
+}
+
+/// Tells the app its tunnel is up. Pingora's sockets buffer writes: flush, or the `200`
+/// waits behind the app's TLS ClientHello, which waits for the `200`.
+async fn established(l4: &mut L4Stream) -> std::io::Result<()> {
+    l4.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await?;
+    l4.flush().await
 }
 
 /// The digest that carries `conn` to the request path, with the `200` the app got.

@@ -62,7 +62,7 @@ where
 {
     let give_up = Instant::now() + total;
     if !early.is_empty() {
-        if upstream.write_all(early).await.is_err() {
+        if write(upstream, early).await.is_err() {
             return End::Error;
         }
         bytes.upstream += early.len() as u64;
@@ -80,7 +80,7 @@ where
                     let _ = upstream.shutdown().await;
                 }
                 Ok(n) => {
-                    if upstream.write_all(&up_buf[..n]).await.is_err() {
+                    if write(upstream, &up_buf[..n]).await.is_err() {
                         return End::Error;
                     }
                     bytes.upstream += n as u64;
@@ -94,7 +94,7 @@ where
                     let _ = client.shutdown().await;
                 }
                 Ok(n) => {
-                    if client.write_all(&down_buf[..n]).await.is_err() {
+                    if write(client, &down_buf[..n]).await.is_err() {
                         return End::Error;
                     }
                     bytes.downstream += n as u64;
@@ -108,6 +108,12 @@ where
         }
     }
     End::Closed
+}
+
+/// Writes and flushes: Pingora's client sockets buffer writes until flushed.
+async fn write<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b).await?;
+    w.flush().await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod clients;
 mod conf_files;
+mod forward;
 mod proxy;
 mod reload;
 mod secrets;

@@ -43,7 +43,15 @@ impl Compiler<'_> {
                     self.errs.push("tenant.id", e);
                 }
                 defs.push(file.tenants.get(&id));
-                ids.push(id);
+                // The other listed tenants stay reachable for forward-proxy users
+                // (`forward.proxy_auth`), which name their tenant themselves.
+                for (other, def) in &file.tenants {
+                    if *other != id {
+                        ids.push(other.clone());
+                        defs.push(Some(def));
+                    }
+                }
+                ids.insert(0, id);
                 Resolution::Static(0)
             }
             TenantSource::Header => {
