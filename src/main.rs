@@ -56,6 +56,10 @@ enum CaCommand {
         /// Replace the root too (apps must then trust the new ca.pem)
         #[arg(long)]
         new_root: bool,
+        /// Do nothing if the config's CA files already exist, or if the config has no
+        /// forward.ca (for setup scripts)
+        #[arg(long, conflicts_with = "new_root")]
+        if_missing: bool,
     },
     /// Print the root certificate (PEM) that apps must trust.
     Print {
@@ -117,7 +121,31 @@ fn ca(path: &std::path::Path, cmd: CaCommand) -> ExitCode {
             domains,
             validity,
             new_root,
-        } => ca_init(path, dir, domains, validity.into(), new_root),
+            if_missing,
+        } => {
+            if if_missing && dir.is_none() {
+                match ca_files(path, None) {
+                    Ok(f) if f.root.exists() && f.cert.exists() && f.key.exists() => {
+                        println!("the CA in {} exists; nothing to do", f.cert.display());
+                        return ExitCode::SUCCESS;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        println!("{} has no forward.ca; nothing to do", path.display());
+                        return ExitCode::SUCCESS;
+                    }
+                }
+            } else if if_missing {
+                if let Some(d) = &dir {
+                    let f = ca::CaFiles::in_dir(d);
+                    if f.root.exists() && f.cert.exists() && f.key.exists() {
+                        println!("the CA in {} exists; nothing to do", d.display());
+                        return ExitCode::SUCCESS;
+                    }
+                }
+            }
+            ca_init(path, dir, domains, validity.into(), new_root)
+        }
         CaCommand::Print { dir } => ca_files(path, dir).and_then(|f| {
             let pem = std::fs::read_to_string(&f.root)
                 .map_err(|e| format!("cannot read {}: {}", f.root.display(), e.kind()))?;

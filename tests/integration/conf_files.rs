@@ -2,9 +2,35 @@
 
 use llm_sidecar::config::{ConfigStore, EnvSource};
 use llm_sidecar::observability::metrics::Metrics;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+
+/// A copy of a shipped config whose forward CA (`.llm-sidecar/ca`, relative to the
+/// working directory) points at a fresh CA in a temp dir, as `ca init` would make it.
+fn prepared(f: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(f).unwrap();
+    let ca_dir = dir.path().join("ca");
+    if text.contains(".llm-sidecar/ca") {
+        let file = llm_sidecar::config::parse::parse(&text).unwrap();
+        let domains = llm_sidecar::config::compile::intercepted_domains(&file);
+        llm_sidecar::forward::ca::init(&llm_sidecar::forward::ca::InitOptions {
+            dir: &ca_dir,
+            domains: &domains,
+            intermediate_validity: std::time::Duration::from_secs(86400),
+            new_root: false,
+        })
+        .unwrap();
+    }
+    let copy = dir.path().join(f.file_name().unwrap());
+    std::fs::write(
+        &copy,
+        text.replace(".llm-sidecar/ca", ca_dir.to_str().unwrap()),
+    )
+    .unwrap();
+    (dir, copy)
+}
 
 fn shipped_configs() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf");
@@ -30,12 +56,15 @@ fn every_shipped_config_validates_with_all_secrets_present() {
     );
     let env: EnvSource = Arc::new(|name: &str| Some(format!("test-value-for-{name}-long-enough")));
     for f in &files {
-        match ConfigStore::open(f, env.clone(), Metrics::new()) {
+        let (_dir, copy) = prepared(f);
+        match ConfigStore::open(&copy, env.clone(), Metrics::new()) {
             Ok(store) => {
                 let snap = store.load();
                 assert!(!snap.routes.is_empty(), "{}: no routes", f.display());
                 for w in &snap.warnings {
                     assert!(!w.contains("no route uses"), "{}: {w}", f.display());
+                    // `ca init` from the config covers every intercepted host.
+                    assert!(!w.contains("forward.ca"), "{}: {w}", f.display());
                 }
             }
             Err(e) => panic!("{} is invalid:\n{e}", f.display()),
@@ -49,8 +78,16 @@ fn the_default_config_runs_with_no_keys_at_all() {
     // those providers disabled.
     let env: EnvSource = Arc::new(|_: &str| None);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/sidecar.yaml");
-    let store = ConfigStore::open(&path, env, Metrics::new()).unwrap_or_else(|e| panic!("{e}"));
-    assert!(store.load().routes.len() >= 7);
+    let (_dir, copy) = prepared(&path);
+    let store = ConfigStore::open(&copy, env, Metrics::new()).unwrap_or_else(|e| panic!("{e}"));
+    let snap = store.load();
+    assert!(snap.routes.len() >= 14);
+    // HTTPS_PROXY mode is on, intercepting the providers' hosts.
+    assert!(store.applied_startup().forward.is_some());
+    assert_eq!(
+        snap.forward.decide("api.openai.com", 443),
+        Ok(llm_sidecar::forward::Decision::Intercept)
+    );
 }
 
 #[test]
@@ -58,10 +95,11 @@ fn check_command_accepts_shipped_files_and_reports_every_error() {
     let bin = env!("CARGO_BIN_EXE_llm-sidecar");
     for f in shipped_configs() {
         let text = std::fs::read_to_string(&f).unwrap();
+        let (_dir, copy) = prepared(&f);
         let mut cmd = Command::new(bin);
         cmd.arg("check")
             .arg("-c")
-            .arg(&f)
+            .arg(&copy)
             .env_clear()
             .env("PATH", "/usr/bin:/bin");
         // Give every referenced variable a dummy value, as a deployment would.
