@@ -166,13 +166,7 @@ async fn run() {
     let m = mock::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    ca::init(&ca::InitOptions {
-        dir: &ca_dir,
-        domains: &["bench.test".to_string()],
-        intermediate_validity: Duration::from_secs(86400),
-        new_root: false,
-    })
-    .unwrap();
+    ca::init_dir(&ca_dir, &["bench.test"]).unwrap();
     let yaml = format!(
         r#"version: 1
 listeners: {{ reverse: "127.0.0.1:0", admin: "127.0.0.1:0", forward: "127.0.0.1:0" }}

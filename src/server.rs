@@ -73,6 +73,19 @@ pub struct Connections {
 pub struct ConnectionGuard(Arc<Connections>);
 
 impl Connections {
+    /// Runs one client connection: counted while it lasts, cut at the hard stop.
+    pub async fn serve(
+        self: &Arc<Self>,
+        hard_stop: &CancellationToken,
+        connection: impl std::future::Future<Output = ()>,
+    ) {
+        let _guard = self.enter();
+        tokio::select! {
+            _ = connection => {}
+            _ = hard_stop.cancelled() => {}
+        }
+    }
+
     pub fn enter(self: &Arc<Self>) -> ConnectionGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard(self.clone())
@@ -407,7 +420,6 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _guard = self.connections.enter();
         let serve = async {
             match Self::first_bytes(stream, shutdown).await {
                 Some(FirstBytes::Http1(s)) => serve_http1(&self.proxy, s, shutdown).await,
@@ -419,10 +431,7 @@ impl ServerApp for Front {
                 None => {}
             }
         };
-        tokio::select! {
-            _ = serve => {}
-            _ = self.hard_stop.cancelled() => {}
-        }
+        self.connections.serve(&self.hard_stop, serve).await;
         None
     }
 

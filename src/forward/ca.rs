@@ -166,6 +166,18 @@ pub struct InitOptions<'a> {
     pub new_root: bool,
 }
 
+/// `init` with the defaults of `llm-sidecar ca init`: keeps an existing root, the
+/// intermediate valid for a year.
+pub fn init_dir(dir: &Path, domains: &[&str]) -> Result<InitReport, CaError> {
+    let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+    init(&InitOptions {
+        dir,
+        domains: &domains,
+        intermediate_validity: Duration::from_secs(365 * 86400),
+        new_root: false,
+    })
+}
+
 /// Creates the root (unless one exists and `new_root` is false) and a new signing
 /// intermediate name-constrained to `domains`.
 pub fn init(o: &InitOptions<'_>) -> Result<InitReport, CaError> {
@@ -453,14 +465,7 @@ mod tests {
 
     fn ca(domains: &[&str]) -> (tempfile::TempDir, Authority) {
         let dir = tempfile::tempdir().unwrap();
-        let domains: Vec<String> = domains.iter().map(|s| s.to_string()).collect();
-        init(&InitOptions {
-            dir: dir.path(),
-            domains: &domains,
-            intermediate_validity: Duration::from_secs(86400),
-            new_root: false,
-        })
-        .unwrap();
+        init_dir(dir.path(), domains).unwrap();
         let a = Authority::load(&CaFiles::in_dir(dir.path()), Duration::from_secs(3600)).unwrap();
         (dir, a)
     }
@@ -517,14 +522,7 @@ mod tests {
     fn a_mismatched_key_is_refused_at_load() {
         let (dir, _) = ca(&["api.openai.com"]);
         let other = tempfile::tempdir().unwrap();
-        let d = vec!["api.openai.com".to_string()];
-        init(&InitOptions {
-            dir: other.path(),
-            domains: &d,
-            intermediate_validity: Duration::from_secs(86400),
-            new_root: false,
-        })
-        .unwrap();
+        init_dir(other.path(), &["api.openai.com"]).unwrap();
         let files = CaFiles {
             key: other.path().join(INTERMEDIATE_KEY),
             ..CaFiles::in_dir(dir.path())

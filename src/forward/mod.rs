@@ -605,11 +605,9 @@ impl ServerApp for ForwardFront {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _guard = self.connections.enter();
-        tokio::select! {
-            _ = self.serve(stream, shutdown) => {}
-            _ = self.hard_stop.cancelled() => {}
-        }
+        self.connections
+            .serve(&self.hard_stop, self.serve(stream, shutdown))
+            .await;
         None
     }
 }

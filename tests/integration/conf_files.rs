@@ -15,13 +15,8 @@ fn prepared(f: &Path) -> (tempfile::TempDir, PathBuf) {
     if text.contains(".llm-sidecar/ca") {
         let file = llm_sidecar::config::parse::parse(&text).unwrap();
         let domains = llm_sidecar::config::compile::intercepted_domains(&file);
-        llm_sidecar::forward::ca::init(&llm_sidecar::forward::ca::InitOptions {
-            dir: &ca_dir,
-            domains: &domains,
-            intermediate_validity: std::time::Duration::from_secs(86400),
-            new_root: false,
-        })
-        .unwrap();
+        let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+        llm_sidecar::forward::ca::init_dir(&ca_dir, &domains).unwrap();
     }
     let copy = dir.path().join(f.file_name().unwrap());
     std::fs::write(

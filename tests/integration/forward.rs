@@ -51,14 +51,7 @@ impl Fwd {
 }
 
 fn init_ca(dir: &Path, domains: &[&str]) {
-    let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
-    ca::init(&ca::InitOptions {
-        dir,
-        domains: &domains,
-        intermediate_validity: Duration::from_secs(86400),
-        new_root: false,
-    })
-    .unwrap();
+    ca::init_dir(dir, domains).unwrap();
 }
 
 /// The sidecar with its forward listener, the mock as api.openai.com, and `extra` added to

@@ -239,13 +239,7 @@ routes:
 #[test]
 fn forward_mode_compiles_routes_hosts_and_overrides() {
     let dir = tempfile::tempdir().unwrap();
-    crate::forward::ca::init(&crate::forward::ca::InitOptions {
-        dir: dir.path(),
-        domains: &["api.openai.com".to_string()],
-        intermediate_validity: Duration::from_secs(86400),
-        new_root: false,
-    })
-    .unwrap();
+    crate::forward::ca::init_dir(dir.path(), &["api.openai.com"]).unwrap();
     let snap = load(&forward_config(dir.path(), "")).unwrap();
     let f = &snap.forward;
     assert!(f.authority.is_some());
@@ -312,13 +306,7 @@ fn forward_mode_compiles_routes_hosts_and_overrides() {
 #[test]
 fn forward_errors_are_collected_with_paths() {
     let dir = tempfile::tempdir().unwrap();
-    crate::forward::ca::init(&crate::forward::ca::InitOptions {
-        dir: dir.path(),
-        domains: &["api.openai.com".to_string()],
-        intermediate_validity: Duration::from_secs(86400),
-        new_root: false,
-    })
-    .unwrap();
+    crate::forward::ca::init_dir(dir.path(), &["api.openai.com"]).unwrap();
     let extra = r#"  ports: [443, 0]
   allow_private: ["10.0.0.0/40"]
   leaf_validity: 1m
