@@ -776,3 +776,43 @@ async fn a_renewed_intermediate_is_picked_up_on_reload() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_passthrough_reaches_the_origin_untouched() {
+    let target = mock(MockOptions::default()).await;
+    let port = target.addr().port();
+    let f = start(
+        &format!("  passthrough: [\"plain.test:{port}\"]\n  allow_private: [plain.test]\n"),
+        &format!("    plain.test: \"{}\"\n", target.addr()),
+        "",
+    )
+    .await;
+    let mut c = curl(&f);
+    c.args(["-w", "\n%{http_code}"])
+        .arg(format!("http://plain.test:{port}/v1/models"))
+        .args(["-H", "Authorization: Bearer sk-app-own-key"]);
+    let (ok, out, err) = run(c).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.ends_with("\n200") && out.contains("gpt-4o-mini"),
+        "{out}"
+    );
+    let rec = target.recorded();
+    assert_eq!(rec.len(), 1);
+    // Origin form, the app's own credential, no proxy headers, one request per tunnel.
+    assert_eq!(rec[0].path, "/v1/models");
+    assert_eq!(
+        rec[0].header("authorization"),
+        Some("Bearer sk-app-own-key")
+    );
+    assert_eq!(rec[0].header("proxy-connection"), None);
+    assert_eq!(rec[0].header("connection"), Some("close"));
+    let m = f.s.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "llm_sidecar_forward_requests_total{decision=\"passthrough\",kind=\"http\",reason=\"\"}"
+        ),
+        1.0
+    );
+}
