@@ -34,9 +34,11 @@ fn snapshot() -> llm_sidecar::config::Snapshot {
     let dns = DnsRegistry::default();
     let metrics = Metrics::new();
     let env = |_: &str| None;
+    let breakers = llm_sidecar::resilience::breaker::BreakerRegistry::default();
     let ctx = LoadContext {
         env: &env,
         dns: &dns,
+        breakers: &breakers,
         metrics: &metrics,
     };
     compile(&yaml, &ctx).expect("bench config is valid")

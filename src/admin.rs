@@ -31,8 +31,8 @@ impl Readiness {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -53,10 +53,26 @@ fn route(req: &Request<Incoming>, store: &ConfigStore, ready: &Readiness) -> Res
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
+            // Ready is about the sidecar itself; a provider with an open breaker is
+            // reported as detail (other providers and fallbacks still serve).
+            let mut detail = String::new();
+            for (name, t) in &store.load().providers {
+                if let crate::config::Target::Ready(p) = t {
+                    if let Some(b) = &p.breaker {
+                        let state = b.state();
+                        if state != crate::resilience::breaker::State::Closed {
+                            detail.push_str(&format!("breaker {name}: {}\n", state.as_str()));
+                        }
+                    }
+                }
+            }
             if ready.get() {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, &format!("ready\n{detail}"))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready\n{detail}"),
+                )
             }
         }
         "/metrics" => {

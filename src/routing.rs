@@ -168,6 +168,35 @@ impl Route {
         }
     }
 
+    /// The path and query for a fallback provider mounted at `mount`: the part of the
+    /// request path below the route's prefix (or, for `keep_path` routes, below the
+    /// primary provider's base path), under `mount`.
+    pub fn fallback_path(&self, mount: &str, path: &str, query: Option<&str>) -> String {
+        let rest = if self.keep_path {
+            if prefix_matches(&self.mount, path) && !self.mount.is_empty() {
+                &path[self.mount.len()..]
+            } else {
+                path
+            }
+        } else {
+            match &self.prefix {
+                Some(p) => &path[p.len().min(path.len())..],
+                None => path,
+            }
+        };
+        let mut out = String::with_capacity(mount.len() + rest.len() + 1);
+        out.push_str(mount);
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+
     /// The path and query sent upstream for a request path and query.
     pub fn upstream_path(&self, path: &str, query: Option<&str>) -> String {
         let rest = match &self.prefix {

@@ -64,6 +64,13 @@ impl std::fmt::Debug for KeyPool {
 }
 
 /// Every key is unavailable.
+impl KeyPool {
+    /// More than one key: a key refused by the provider can be retried with another.
+    pub fn has_alternatives(&self) -> bool {
+        self.slots.len() > 1
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct KeyPoolUnavailable {
     pub retry_after: Duration,

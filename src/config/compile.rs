@@ -35,6 +35,8 @@ pub use forward::intercepted_domains;
 pub struct LoadContext<'a> {
     pub env: EnvLookup<'a>,
     pub dns: &'a DnsRegistry,
+    /// Circuit breakers survive reloads.
+    pub breakers: &'a crate::resilience::breaker::BreakerRegistry,
     pub metrics: &'a Metrics,
 }
 
@@ -65,6 +67,24 @@ pub enum Target {
     Disabled { reason: Arc<str>, style: ErrorStyle },
 }
 
+/// A fallback of a route: another provider (and model) to try.
+#[derive(Debug)]
+pub struct FallbackPlan {
+    pub provider: Arc<str>,
+    pub target: Target,
+    /// The provider's base path + the route's rewrite prefix.
+    pub mount: String,
+    /// Replaces `model` in the JSON body.
+    pub model: Option<Arc<str>>,
+}
+
+/// What a route does when an attempt fails.
+#[derive(Debug)]
+pub struct RoutePlan {
+    pub retry: crate::resilience::RetryPolicy,
+    pub fallbacks: Vec<FallbackPlan>,
+}
+
 /// One immutable, fully compiled config. Requests hold an `Arc` to the snapshot they
 /// started with until they finish.
 pub struct Snapshot {
@@ -80,6 +100,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Route index → target, parallel to `routes`.
     pub targets: Vec<Target>,
+    /// Route index → retries and fallbacks, parallel to `routes`.
+    pub plans: Vec<RoutePlan>,
     pub providers: IndexMap<String, Target>,
     pub tenants: Tenants,
     /// The HTTPS_PROXY mode's rules and CA.
@@ -181,7 +203,7 @@ impl<'a> Compiler<'a> {
             }
         }
 
-        let (routes, targets) = self.routes(&file, &providers);
+        let (routes, targets, plans) = self.routes(&file, &providers);
         let forward = self.forward(
             &file,
             &routes,
@@ -228,6 +250,7 @@ impl<'a> Compiler<'a> {
             guards,
             routes,
             targets,
+            plans,
             providers,
             tenants,
             forward,
@@ -617,7 +640,52 @@ impl<'a> Compiler<'a> {
             defaults,
             strip: strip.into(),
             metrics: self.ctx.metrics.provider(name),
+            breaker: self.breaker(&base, name, &b, &p.breaker),
         }))
+    }
+
+    fn breaker(
+        &mut self,
+        base: &str,
+        name: &str,
+        url: &BaseUrl,
+        c: &schema::BreakerConfig,
+    ) -> Option<Arc<crate::resilience::Breaker>> {
+        if !(0.0..=1.0).contains(&c.failure_ratio) {
+            self.errs.push(
+                format!("{base}.breaker.failure_ratio"),
+                "must be between 0 and 1",
+            );
+        }
+        if c.cooldown.get().is_zero() || c.window.get().is_zero() {
+            self.errs.push(
+                format!("{base}.breaker"),
+                "window and cooldown must be greater than 0",
+            );
+        }
+        if c.consecutive_failures == 0 && c.failure_ratio == 0.0 && c.enabled {
+            self.errs.push(
+                format!("{base}.breaker"),
+                "consecutive_failures and failure_ratio are both 0; set one, or `enabled: false`",
+            );
+        }
+        if !c.enabled {
+            return None;
+        }
+        let settings = crate::resilience::BreakerSettings {
+            consecutive_failures: c.consecutive_failures,
+            failure_ratio: c.failure_ratio,
+            min_requests: c.min_requests,
+            window: c.window.get(),
+            cooldown: c.cooldown.get(),
+            half_open_probes: c.half_open_probes.max(1),
+        };
+        let key = format!("{name}@{}:{}", url.host, url.port);
+        Some(
+            self.ctx
+                .breakers
+                .get(&key, settings, || self.ctx.metrics.breaker(name)),
+        )
     }
 
     fn timeouts(&mut self, base: &str, t: &schema::Timeouts) -> Timeouts {
@@ -655,9 +723,10 @@ impl<'a> Compiler<'a> {
         &mut self,
         file: &ConfigFile,
         providers: &IndexMap<String, Target>,
-    ) -> (RouteTable, Vec<Target>) {
+    ) -> (RouteTable, Vec<Target>, Vec<RoutePlan>) {
         let mut routes: Vec<Route> = Vec::new();
         let mut targets = Vec::new();
+        let mut plans = Vec::new();
         let mut names = BTreeSet::new();
         for (i, r) in file.routes.iter().enumerate() {
             let base = format!("routes[{i}]");
@@ -765,8 +834,82 @@ impl<'a> Compiler<'a> {
             }
             routes.push(route);
             targets.push(target.clone());
+            plans.push(self.route_plan(&base, r, providers));
         }
-        (RouteTable::new(routes), targets)
+        (RouteTable::new(routes), targets, plans)
+    }
+
+    fn route_plan(
+        &mut self,
+        base: &str,
+        r: &schema::Route,
+        providers: &IndexMap<String, Target>,
+    ) -> RoutePlan {
+        let c = &r.retry;
+        if c.max_attempts == 0 || c.max_attempts > 10 {
+            self.errs.push(
+                format!("{base}.retry.max_attempts"),
+                "must be between 1 (no retries) and 10",
+            );
+        }
+        if c.backoff > c.backoff_max {
+            self.errs.push(
+                format!("{base}.retry.backoff"),
+                format!(
+                    "{} is longer than retry.backoff_max ({})",
+                    c.backoff, c.backoff_max
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&c.budget_ratio) {
+            self.errs.push(
+                format!("{base}.retry.budget_ratio"),
+                "must be between 0 and 1 (a share of the route's requests)",
+            );
+        }
+        let retry = crate::resilience::RetryPolicy {
+            max_attempts: c.max_attempts.clamp(1, 10),
+            backoff_base: c.backoff.get(),
+            backoff_max: c.backoff_max.get(),
+            retry_after_max: c.retry_after_max.get(),
+            budget: crate::resilience::RetryBudget::new(c.budget_ratio, c.budget_min_per_second),
+        };
+        let mut fallbacks = Vec::new();
+        for (i, f) in r.fallback.iter().enumerate() {
+            let path = format!("{base}.fallback[{i}]");
+            let Some(target) = providers.get(&f.provider) else {
+                let hint = did_you_mean(&f.provider, providers.keys().map(String::as_str))
+                    .map(|s| format!("; did you mean \"{s}\"?"))
+                    .unwrap_or_default();
+                self.errs.push(
+                    format!("{path}.provider"),
+                    format!("unknown provider \"{}\"{hint}", f.provider),
+                );
+                continue;
+            };
+            if f.provider == r.provider && f.model.is_none() {
+                self.errs.push(
+                    path.clone(),
+                    "the route's own provider again without another `model` would repeat the same request",
+                );
+            }
+            if let Some(m) = &f.model {
+                if m.is_empty() {
+                    self.errs.push(format!("{path}.model"), "must not be empty");
+                }
+            }
+            let base_path = match target {
+                Target::Ready(p) => p.base_path.as_str(),
+                Target::Disabled { .. } => "",
+            };
+            fallbacks.push(FallbackPlan {
+                provider: Arc::from(f.provider.as_str()),
+                target: target.clone(),
+                mount: routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or("")),
+                model: f.model.as_deref().map(Arc::from),
+            });
+        }
+        RoutePlan { retry, fallbacks }
     }
 }
 

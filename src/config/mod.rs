@@ -43,6 +43,7 @@ pub struct ConfigStore {
     path: PathBuf,
     env: EnvSource,
     dns: Arc<DnsRegistry>,
+    breakers: Arc<crate::resilience::breaker::BreakerRegistry>,
     metrics: Arc<Metrics>,
     /// Startup-only settings as they were applied; reloads warn when these change.
     applied: StartupSettings,
@@ -66,10 +67,12 @@ impl ConfigStore {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<ConfigStore>, ConfigErrors> {
         let dns = Arc::new(DnsRegistry::default());
+        let breakers = Arc::new(crate::resilience::breaker::BreakerRegistry::default());
         let snapshot = {
             let ctx = LoadContext {
                 env: &*env,
                 dns: &dns,
+                breakers: &breakers,
                 metrics: &metrics,
             };
             compile::load_file(path, &ctx)?
@@ -81,6 +84,7 @@ impl ConfigStore {
             path: path.to_path_buf(),
             env,
             dns,
+            breakers,
             metrics,
             applied,
             reload_lock: Mutex::new(()),
@@ -115,6 +119,7 @@ impl ConfigStore {
             let ctx = LoadContext {
                 env: &*self.env,
                 dns: &self.dns,
+                breakers: &self.breakers,
                 metrics: &self.metrics,
             };
             compile::load_file(&self.path, &ctx)

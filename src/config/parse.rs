@@ -192,6 +192,8 @@ fn placeholder_route() -> schema::Route {
         provider: String::new(),
         rewrite_prefix: None,
         keep_path: None,
+        retry: Default::default(),
+        fallback: Vec::new(),
     }
 }
 

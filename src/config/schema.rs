@@ -476,6 +476,132 @@ pub struct Provider {
     pub pool: Pool,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// The provider endpoint's circuit breaker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Opens after this many failures in a row (0: off).
+    #[serde(default = "default_breaker_consecutive")]
+    pub consecutive_failures: u32,
+    /// ...or when at least this share of the requests in `window` failed (0: off)...
+    #[serde(default = "default_breaker_ratio")]
+    pub failure_ratio: f64,
+    /// ...counting only windows with at least this many requests.
+    #[serde(default = "default_breaker_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_breaker_window")]
+    pub window: HumanDuration,
+    /// How long it stays open before letting probe requests through.
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown: HumanDuration,
+    /// Probe requests at a time while half-open.
+    #[serde(default = "default_breaker_probes")]
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            consecutive_failures: default_breaker_consecutive(),
+            failure_ratio: default_breaker_ratio(),
+            min_requests: default_breaker_min_requests(),
+            window: default_breaker_window(),
+            cooldown: default_breaker_cooldown(),
+            half_open_probes: default_breaker_probes(),
+        }
+    }
+}
+
+fn default_breaker_consecutive() -> u32 {
+    5
+}
+fn default_breaker_ratio() -> f64 {
+    0.5
+}
+fn default_breaker_min_requests() -> u32 {
+    20
+}
+fn default_breaker_window() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration::from_secs(15)
+}
+fn default_breaker_probes() -> u32 {
+    1
+}
+
+/// A route's retries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per target, the first included (1: never retry).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Backoff before retry n: random between 0 and min(backoff_max, backoff × 2^(n-1)).
+    #[serde(default = "default_backoff")]
+    pub backoff: HumanDuration,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
+    /// A provider's `Retry-After` up to this long is waited for; a longer one ends the
+    /// retries (the client gets the provider's answer).
+    #[serde(default = "default_retry_after_max")]
+    pub retry_after_max: HumanDuration,
+    /// Retries may add at most this share of the route's requests...
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// ...plus this many per second.
+    #[serde(default = "default_budget_floor")]
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            backoff: default_backoff(),
+            backoff_max: default_backoff_max(),
+            retry_after_max: default_retry_after_max(),
+            budget_ratio: default_budget_ratio(),
+            budget_min_per_second: default_budget_floor(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    2
+}
+fn default_backoff() -> HumanDuration {
+    HumanDuration::from_millis(100)
+}
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration::from_secs(2)
+}
+fn default_retry_after_max() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    5
+}
+
+/// A target to use when the route's provider fails or its breaker is open.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackTarget {
+    pub provider: String,
+    /// Replaces `model` in the JSON request body for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -811,6 +937,11 @@ pub struct Route {
     /// names the provider's own host (an intercepted provider), else false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_path: Option<bool>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Tried in order when the provider's attempts are used up or its breaker is open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<FallbackTarget>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

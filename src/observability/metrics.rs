@@ -45,6 +45,11 @@ pub struct Metrics {
     token_fetches: IntCounterVec,
     token_expiry: IntGaugeVec,
     forward: ForwardMetrics,
+    retries: IntCounterVec,
+    fallbacks: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    breaker_opened: IntCounterVec,
+    breaker_rejected: IntCounterVec,
 }
 
 /// Forward-proxy (HTTPS_PROXY) metrics. Labels are closed sets.
@@ -220,7 +225,47 @@ impl Metrics {
             leaf_miss: leaf_certs.with_label_values(&["miss"]),
             handshake_failures: handshake_failures.clone(),
         };
+        let retries = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_retries_total",
+                "Retries by route and the reason for them (an upstream status, or connect, connect_timeout, reset, dns).",
+            ),
+            &["route", "reason"],
+        ));
+        let fallbacks = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_fallbacks_total",
+                "Requests that moved on to a fallback provider, by route and that provider.",
+            ),
+            &["route", "provider"],
+        ));
+        let breaker_state = must(IntGaugeVec::new(
+            Opts::new(
+                "llm_sidecar_breaker_state",
+                "Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["provider"],
+        ));
+        let breaker_opened = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_breaker_opened_total",
+                "Times a provider's circuit breaker opened.",
+            ),
+            &["provider"],
+        ));
+        let breaker_rejected = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_breaker_rejected_total",
+                "Requests not sent to a provider because its breaker was open.",
+            ),
+            &["provider"],
+        ));
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(retries.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_opened.clone()),
+            Box::new(breaker_rejected.clone()),
             Box::new(decisions),
             Box::new(tunnel_bytes),
             Box::new(tunnels_open),
@@ -268,7 +313,28 @@ impl Metrics {
             token_fetches,
             token_expiry,
             forward,
+            retries,
+            fallbacks,
+            breaker_state,
+            breaker_opened,
+            breaker_rejected,
         })
+    }
+
+    pub fn retry(&self, route: &str, reason: &str) {
+        self.retries.with_label_values(&[route, reason]).inc();
+    }
+
+    pub fn fallback(&self, route: &str, provider: &str) {
+        self.fallbacks.with_label_values(&[route, provider]).inc();
+    }
+
+    pub fn breaker(&self, provider: &str) -> crate::resilience::breaker::BreakerMetrics {
+        crate::resilience::breaker::BreakerMetrics {
+            state: self.breaker_state.with_label_values(&[provider]),
+            opened: self.breaker_opened.with_label_values(&[provider]),
+            rejected: self.breaker_rejected.with_label_values(&[provider]),
+        }
     }
 
     pub fn forward(&self) -> &ForwardMetrics {

@@ -50,8 +50,8 @@ pub enum Outcome {
     Broken { status: u16, cause: Cause },
     /// The client went away.
     ClientGone { status: Option<u16> },
-    /// The provider answered 401 to a token the exchange will refresh; nothing was
-    /// forwarded.
+    /// Nothing was forwarded: the provider answered 401 to a token the exchange will
+    /// refresh, or a retryable status the plan's gate decided to retry or fall back on.
     HeldBack { status: u16 },
 }
 
@@ -187,11 +187,15 @@ pub async fn run(
                         }
                         HttpTask::Header(h, end) => {
                             let code = h.status.as_u16();
-                            plan.report
-                                .set_answer(code, crate::auth::retry_after(&h.headers));
+                            let retry_after = crate::auth::retry_after(&h.headers);
+                            plan.report.set_answer(code, retry_after);
+                            // Dropping the subrequest closes this upstream connection;
+                            // the exchange refreshes the token and replays, retries, or
+                            // moves on to a fallback.
                             if code == 401 && plan.hold_back_401 {
-                                // Dropping the subrequest closes this upstream connection;
-                                // the exchange refreshes the token and replays.
+                                return Outcome::HeldBack { status: code };
+                            }
+                            if plan.gate.hold(code, retry_after) {
                                 return Outcome::HeldBack { status: code };
                             }
                             status = Some(code);

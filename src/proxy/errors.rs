@@ -52,6 +52,8 @@ pub enum Cause {
     IdleTimeout,
     TotalTimeout,
     ShuttingDown,
+    /// The provider's circuit breaker is open (and no fallback could take the request).
+    CircuitOpen,
     KeysUnavailable,
     TokenUnavailable,
     TenantMissing,
@@ -84,6 +86,7 @@ impl Cause {
             Cause::IdleTimeout => "upstream_timeout_idle",
             Cause::TotalTimeout => "upstream_timeout_total",
             Cause::ShuttingDown => "shutting_down",
+            Cause::CircuitOpen => "circuit_open",
             Cause::KeysUnavailable => "keys_unavailable",
             Cause::TokenUnavailable => "token_unavailable",
             Cause::TenantMissing => "tenant_missing",
@@ -102,6 +105,7 @@ impl Cause {
             Cause::Misdirected => 421,
             Cause::ProviderDisabled
             | Cause::ShuttingDown
+            | Cause::CircuitOpen
             | Cause::KeysUnavailable
             | Cause::TokenUnavailable => 503,
             Cause::TenantMissing => 400,

@@ -34,6 +34,7 @@ use crate::config::compile::Target;
 use crate::config::{ConfigStore, Snapshot};
 use crate::forward::ForwardConn;
 use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
+use crate::resilience::{self, breaker::Admission};
 use crate::routing;
 use crate::tenant::{Tenant, TenantError};
 use crate::upstream::dns::{Candidates, Resolver};
@@ -66,7 +67,67 @@ pub struct AttemptPlan {
     pub body_sha256: Arc<str>,
     /// Do not forward a 401: the exchange refreshes the token and tries once more.
     pub hold_back_401: bool,
+    /// Decides, when the response header arrives, whether another attempt will follow
+    /// (then the response is held back instead of forwarded).
+    pub gate: RetryGate,
     pub report: AttemptReport,
+}
+
+/// What follows a held-back response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Retry { wait: Duration },
+    Fallback,
+}
+
+/// The retry decision for one attempt's answer, made the moment its header arrives: a
+/// response is held back only if another attempt is certain to follow, so the client
+/// always gets either the provider's answer or the next attempt's.
+pub struct RetryGate {
+    snapshot: Arc<Snapshot>,
+    route: usize,
+    /// Retries left on this target.
+    retries_left: u32,
+    /// A later target (fallback) is ready.
+    fallback_left: bool,
+    /// A 401/403 may be retried with another key of the pool.
+    other_keys: bool,
+    deadline: tokio::time::Instant,
+    decision: std::sync::OnceLock<NextStep>,
+}
+
+impl RetryGate {
+    /// Whether to hold back an answer with `status` (and commit to the next step).
+    pub fn hold(&self, status: u16, retry_after: Option<Duration>) -> bool {
+        let retryable = resilience::retry::retryable_status(status)
+            || (self.other_keys && matches!(status, 401 | 403));
+        if !retryable {
+            return false;
+        }
+        if let Some(wait) = self.retry_wait(retry_after) {
+            return self.decision.set(NextStep::Retry { wait }).is_ok();
+        }
+        self.fallback_left && self.decision.set(NextStep::Fallback).is_ok()
+    }
+
+    /// The wait before a retry, if one is allowed now (attempts left, `Retry-After`
+    /// within the cap, time left, and the retry budget — which this withdraws from).
+    fn retry_wait(&self, retry_after: Option<Duration>) -> Option<Duration> {
+        let policy = &self.snapshot.plans.get(self.route)?.retry;
+        if self.retries_left == 0 || retry_after.is_some_and(|r| r > policy.retry_after_max) {
+            return None;
+        }
+        let n = policy.max_attempts.saturating_sub(self.retries_left);
+        let wait = policy.backoff(n, retry_after);
+        if tokio::time::Instant::now() + wait >= self.deadline || !policy.budget.withdraw() {
+            return None;
+        }
+        Some(wait)
+    }
+
+    pub fn decision(&self) -> Option<NextStep> {
+        self.decision.get().copied()
+    }
 }
 
 /// Facts an attempt reports back to its exchange.
@@ -307,19 +368,116 @@ impl SidecarProxy {
                 .insert_header(CONTENT_LENGTH, body.len().to_string())?;
         }
 
-        // `total` counts from the request's arrival: upload time included.
+        // The route's provider first, then its fallbacks; `total` counts from the
+        // request's arrival, upload time and every attempt included.
+        let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
+        let plan = &snap.plans[route.index];
+        plan.retry.budget.deposit();
+        let ready: Vec<bool> = plan
+            .fallbacks
+            .iter()
+            .map(|f| matches!(f.target, Target::Ready(_)))
+            .collect();
+        let mut last_error = None;
+        for ti in 0..=plan.fallbacks.len() {
+            let fallback_left = ready.get(ti..).is_some_and(|r| r.contains(&true));
+            let target = if ti == 0 {
+                Some((provider.clone(), uri.clone(), body.clone()))
+            } else {
+                let fb = &plan.fallbacks[ti - 1];
+                match &fb.target {
+                    Target::Ready(p) => {
+                        self.metrics.fallback(&route.name, &fb.provider);
+                        let req = session.req_header();
+                        let up = route.fallback_path(&fb.mount, req.uri.path(), req.uri.query());
+                        let body = match &fb.model {
+                            Some(m) => with_model(&body, m).unwrap_or_else(|| body.clone()),
+                            None => body.clone(),
+                        };
+                        up.parse::<http::Uri>().ok().map(|u| (p.clone(), u, body))
+                    }
+                    Target::Disabled { .. } => None,
+                }
+            };
+            let Some((target, uri, target_body)) = target else {
+                continue;
+            };
+            tracing::debug!(provider = %target.name, target = ti, "trying target");
+            let end = self
+                .try_target(
+                    session,
+                    snap,
+                    x,
+                    route.index,
+                    &route.name,
+                    &target,
+                    &tenant,
+                    uri,
+                    target_body,
+                    deadline,
+                    fallback_left,
+                )
+                .await;
+            match end {
+                TargetEnd::Done(r) => return r,
+                TargetEnd::Next(e) => last_error = Some(e),
+            }
+        }
+        let e = last_error.unwrap_or_else(|| {
+            SidecarError::new(Cause::Internal, "no provider could take the request")
+        });
+        self.answer(session, x, style, e, true).await
+    }
+
+    /// Attempts on one target (the route's provider or a fallback), with retries.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_target(
+        &self,
+        session: &mut Session,
+        snap: &Arc<Snapshot>,
+        x: &mut ExchangeState,
+        route_index: usize,
+        route_name: &str,
+        provider: &Arc<Provider>,
+        tenant: &Tenant,
+        uri: http::Uri,
+        body: Bytes,
+        deadline: tokio::time::Instant,
+        fallback_left: bool,
+    ) -> TargetEnd {
+        let policy = &snap.plans[route_index].retry;
         let auth = provider.auth_for(tenant.index).clone();
         let body_sha256: Arc<str> = if auth.signer.needs_body_hash() {
             Arc::from(body_sha256_hex(&body).await)
         } else {
             Arc::from("")
         };
-
-        // `total` counts from the request's arrival: upload time included.
-        let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
+        let other_keys = auth.keys.as_ref().is_some_and(|k| k.has_alternatives());
+        let mut attempts = 0u32;
         let mut stale_retries = 0;
         let mut token_replayed = false;
         loop {
+            let admission = provider
+                .breaker
+                .as_ref()
+                .map_or(Admission::Allowed, |b| b.admit());
+            if let Admission::Rejected { retry_in } = admission {
+                let mut e = SidecarError::new(
+                    Cause::CircuitOpen,
+                    format!(
+                        "provider \"{}\" is failing; requests to it are paused for a while (circuit breaker open)",
+                        provider.name
+                    ),
+                );
+                e.retry_after_secs = Some(retry_in.as_secs_f64().ceil().max(1.0) as u64);
+                return TargetEnd::Next(e);
+            }
+            let record = |ok: bool| {
+                if let Some(b) = &provider.breaker {
+                    b.record(admission, ok);
+                }
+            };
+            attempts += 1;
             x.attempts += 1;
             let credential = match auth.acquire().await {
                 Ok(c) => c,
@@ -328,14 +486,16 @@ impl SidecarProxy {
                     retry_after,
                     ..
                 }) => {
+                    record(true);
                     let mut e = SidecarError::new(
                         Cause::KeysUnavailable,
                         format!("every key for provider \"{}\" is unavailable ({detail}); try again later", provider.name),
                     );
                     e.retry_after_secs = Some(retry_after.as_secs_f64().ceil() as u64);
-                    return self.answer(session, x, style, e, true).await;
+                    return TargetEnd::Next(e);
                 }
                 Err(AcquireError::Token { reason, .. }) => {
+                    record(true);
                     tracing::warn!(provider = %provider.name, %reason, "no access token");
                     let mut e = SidecarError::new(
                         Cause::TokenUnavailable,
@@ -345,14 +505,24 @@ impl SidecarProxy {
                         ),
                     );
                     e.retry_after_secs = Some(1);
-                    return self.answer(session, x, style, e, true).await;
+                    return TargetEnd::Next(e);
                 }
             };
             x.key = auth.key_name(&credential);
+            let retries_left = policy.max_attempts.saturating_sub(attempts);
             let plan = Arc::new(AttemptPlan {
                 provider: provider.clone(),
                 auth: auth.clone(),
                 hold_back_401: matches!(credential, Credential::Token(_)) && !token_replayed,
+                gate: RetryGate {
+                    snapshot: snap.clone(),
+                    route: route_index,
+                    retries_left,
+                    fallback_left,
+                    other_keys,
+                    deadline,
+                    decision: std::sync::OnceLock::new(),
+                },
                 credential: credential.clone(),
                 tenant: tenant.clone(),
                 uri: uri.clone(),
@@ -366,58 +536,118 @@ impl SidecarProxy {
                 let verdict = auth.feedback(&credential, status, retry_after);
                 if verdict == Verdict::TokenRejected
                     && matches!(outcome, attempt::Outcome::HeldBack { .. })
+                    && plan.gate.decision().is_none()
                 {
+                    record(true);
                     token_replayed = true;
                     continue;
                 }
             }
             match outcome {
                 attempt::Outcome::Complete { status } => {
+                    record(status < 500);
                     x.status = status;
-                    return Ok(true);
+                    return TargetEnd::Done(Ok(true));
                 }
                 attempt::Outcome::HeldBack { status } => {
-                    // Only 401s with a token are held back, and those always replay above.
-                    let e = SidecarError::new(
-                        Cause::Internal,
-                        format!("the provider answered {status} and the retry was not possible"),
-                    );
-                    return self.answer(session, x, style, e, true).await;
+                    record(status < 500);
+                    match plan.gate.decision() {
+                        Some(NextStep::Retry { wait }) => {
+                            self.metrics
+                                .retry(route_name, resilience::retry::reason_for_status(status));
+                            tracing::debug!(provider = %provider.name, status, ?wait, "retrying");
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        Some(NextStep::Fallback) => {
+                            return TargetEnd::Next(SidecarError::new(
+                                Cause::UpstreamProtocol,
+                                format!("provider \"{}\" answered {status}", provider.name),
+                            ));
+                        }
+                        None => {
+                            // Only a token's 401 is held back without a decision, and
+                            // that always replays above.
+                            let e = SidecarError::new(
+                                Cause::Internal,
+                                format!(
+                                    "the provider answered {status} and the retry was not possible"
+                                ),
+                            );
+                            return TargetEnd::Next(e);
+                        }
+                    }
                 }
                 attempt::Outcome::NotStarted {
                     error,
                     stale_connection,
                 } => {
+                    let upstream_fault = resilience::retry::retryable_cause(error.cause)
+                        || matches!(
+                            error.cause,
+                            Cause::UpstreamTls | Cause::FirstByteTimeout | Cause::UpstreamProtocol
+                        );
                     if stale_connection && stale_retries < MAX_STALE_RETRIES {
+                        record(true);
                         stale_retries += 1;
+                        attempts -= 1;
                         tracing::debug!(provider = %provider.name, "pooled connection was closed by the provider; retrying on a fresh one");
                         continue;
                     }
-                    return self.answer(session, x, style, error, true).await;
+                    record(!upstream_fault);
+                    if resilience::retry::retryable_cause(error.cause) {
+                        if let Some(wait) = plan.gate.retry_wait(None) {
+                            self.metrics.retry(
+                                route_name,
+                                resilience::retry::reason_for_cause(error.cause),
+                            );
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                    }
+                    return TargetEnd::Next(error);
                 }
                 attempt::Outcome::Broken { status, cause } => {
+                    record(false);
                     x.status = status;
                     x.cause = Some(cause);
                     x.aborted = true;
-                    return Err(Error::explain(
+                    return TargetEnd::Done(Err(Error::explain(
                         ErrorType::HTTPStatus(cause.status()),
                         format!(
                             "response from provider \"{}\" cut off: {}",
                             provider.name,
                             cause.as_str()
                         ),
-                    ));
+                    )));
                 }
                 attempt::Outcome::ClientGone { status } => {
+                    record(true);
                     x.status = status.unwrap_or(STATUS_CLIENT_CLOSED);
                     x.aborted = true;
                     let mut e = Error::new(ErrorType::ConnectionClosed);
                     e.esource = ErrorSource::Downstream;
-                    return Err(e);
+                    return TargetEnd::Done(Err(e));
                 }
             }
         }
     }
+}
+
+/// How the attempts on one target ended.
+enum TargetEnd {
+    /// The exchange is over (answered, or the connection must be cut).
+    Done(Result<bool>),
+    /// Nothing reached the client: try the next target, or answer this error.
+    Next(SidecarError),
+}
+
+/// The JSON body with its top-level `model` replaced (for a fallback target).
+fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.as_object_mut()?
+        .insert("model".into(), serde_json::Value::from(model));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// Hex SHA-256 of a body, computed once per exchange. Large bodies are hashed on the
@@ -531,6 +761,20 @@ impl ProxyHttp for SidecarProxy {
     /// the end; attempts pick up the plan their exchange prepared.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         if let Some(plan) = attempt_plan(session) {
+            // The subrequest parsed the client's original head; its body reader frames
+            // by this header (read lazily, after this hook), and a fallback may send a
+            // body of another length (the model rewritten).
+            if !plan.body.is_empty()
+                && session
+                    .req_header()
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != plan.body.len().to_string().as_bytes())
+            {
+                session
+                    .req_header_mut()
+                    .insert_header(CONTENT_LENGTH, plan.body.len().to_string())?;
+            }
             ctx.role = Role::Attempt(AttemptState {
                 plan,
                 candidates: None,

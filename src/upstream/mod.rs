@@ -56,6 +56,8 @@ pub struct Provider {
     /// header this provider sets itself.
     pub strip: Box<[HeaderName]>,
     pub metrics: ProviderMetrics,
+    /// The endpoint's circuit breaker (None: turned off).
+    pub breaker: Option<Arc<crate::resilience::Breaker>>,
 }
 
 impl std::fmt::Debug for Provider {

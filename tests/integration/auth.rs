@@ -646,6 +646,8 @@ routes:
   - match: {{ path_prefix: /v1 }}
     provider: pool
     rewrite_prefix: /v1
+    # The pool's own bookkeeping, one attempt per request (retries: resilience tests).
+    retry: {{ max_attempts: 1 }}
 "#
         )
     };

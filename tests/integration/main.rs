@@ -11,6 +11,7 @@ mod conf_files;
 mod forward;
 mod proxy;
 mod reload;
+mod resilience;
 mod secrets;
 mod security;
 mod shutdown;

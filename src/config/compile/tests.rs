@@ -11,9 +11,11 @@ fn env(name: &str) -> Option<String> {
 fn load(text: &str) -> Result<Snapshot, ConfigErrors> {
     let dns = DnsRegistry::default();
     let metrics = Metrics::new();
+    let breakers = crate::resilience::breaker::BreakerRegistry::default();
     let ctx = LoadContext {
         env: &env,
         dns: &dns,
+        breakers: &breakers,
         metrics: &metrics,
     };
     compile(text, &ctx)

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Mutex};
 
@@ -253,6 +254,127 @@ pub async fn by_credential(
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// One scripted answer: a status, an optional `Retry-After`, and for 200s whether to
+/// stream SSE that breaks after its first event.
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub status: u16,
+    pub retry_after: Option<&'static str>,
+    pub break_stream: bool,
+}
+
+impl Scripted {
+    pub fn status(status: u16) -> Scripted {
+        Scripted {
+            status,
+            retry_after: None,
+            break_stream: false,
+        }
+    }
+}
+
+/// What a scripted upstream saw: per request, when it came and its body.
+#[derive(Default)]
+pub struct Seen {
+    pub at: Vec<tokio::time::Instant>,
+    pub bodies: Vec<Bytes>,
+}
+
+/// An upstream that answers its requests with `script` in order, then with 200 chat
+/// completions.
+pub async fn scripted(script: Vec<Scripted>) -> (SocketAddr, Arc<std::sync::Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let script = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        script,
+    )));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tokio::time::sleep_until(deadline) => return,
+            };
+            let Ok((mut tcp, _)) = accepted else { continue };
+            let (script, log) = (script.clone(), log.clone());
+            tokio::spawn(async move {
+                // HTTP/1.1 by hand, so a stream can be cut without a clean end.
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = Bytes::copy_from_slice(&buf[head_end..head_end + len]);
+                    buf.drain(..head_end + len);
+                    {
+                        let mut l = log.lock().unwrap();
+                        l.at.push(tokio::time::Instant::now());
+                        l.bodies.push(body);
+                    }
+                    let next = script.lock().unwrap().pop_front();
+                    let s = next.unwrap_or(Scripted::status(200));
+                    if s.break_stream {
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .await;
+                        let ev = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+                        let _ = tcp
+                            .write_all(format!("{:x}\r\n", ev.len()).as_bytes())
+                            .await;
+                        let _ = tcp.write_all(ev).await;
+                        let _ = tcp.write_all(b"\r\n").await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return; // cut: no terminating chunk
+                    }
+                    let body = if s.status == 200 {
+                        r#"{"object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#.to_string()
+                    } else {
+                        format!(
+                            r#"{{"error":{{"message":"status {}","type":"test","code":null}}}}"#,
+                            s.status
+                        )
+                    };
+                    let mut resp = format!(
+                        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                        s.status,
+                        body.len()
+                    );
+                    if let Some(r) = s.retry_after {
+                        resp.push_str(&format!("retry-after: {r}\r\n"));
+                    }
+                    resp.push_str("\r\n");
+                    resp.push_str(&body);
+                    if tcp.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
             });
         }
     });

@@ -1,0 +1,3 @@
+//! Request-rate, concurrency and token-budget limits.
+
+pub mod gcra;
