@@ -21,6 +21,7 @@ pub mod routing;
 pub mod server;
 pub mod tenant;
 pub mod upstream;
+pub mod usage;
 
 pub use server::{build_server, Options, ShutdownReport, Sidecar, StartError};
 

@@ -47,6 +47,7 @@ pub struct Metrics {
     forward: ForwardMetrics,
     retries: IntCounterVec,
     fallbacks: IntCounterVec,
+    tokens: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     breaker_rejected: IntCounterVec,
@@ -260,7 +261,15 @@ impl Metrics {
             ),
             &["provider"],
         ));
+        let tokens = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_tokens_total",
+                "Tokens by route, provider and type: input (every prompt token, cached included), output, cache_read, cache_write, reasoning (part of output).",
+            ),
+            &["route", "provider", "type"],
+        ));
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(tokens.clone()),
             Box::new(retries.clone()),
             Box::new(fallbacks.clone()),
             Box::new(breaker_state.clone()),
@@ -315,6 +324,7 @@ impl Metrics {
             forward,
             retries,
             fallbacks,
+            tokens,
             breaker_state,
             breaker_opened,
             breaker_rejected,
@@ -323,6 +333,22 @@ impl Metrics {
 
     pub fn retry(&self, route: &str, reason: &str) {
         self.retries.with_label_values(&[route, reason]).inc();
+    }
+
+    pub fn tokens(&self, route: &str, provider: &str, u: &crate::usage::Usage) {
+        for (ty, n) in [
+            ("input", u.input),
+            ("output", u.output),
+            ("cache_read", u.cache_read),
+            ("cache_write", u.cache_write),
+            ("reasoning", u.reasoning),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[route, provider, ty])
+                    .inc_by(n);
+            }
+        }
     }
 
     pub fn fallback(&self, route: &str, provider: &str) {

@@ -117,6 +117,7 @@ pub async fn run(
     let mut status: Option<u16> = None;
     let mut response_done = false;
     let mut client_open = true;
+    let mut usage: Option<crate::usage::UsageParser> = None;
 
     // One lazy timer: armed at the earliest moment any limit could expire, and on expiry
     // either fires or is pushed later. Activity only updates `last_activity`; moving a
@@ -199,10 +200,24 @@ pub async fn run(
                                 return Outcome::HeldBack { status: code };
                             }
                             status = Some(code);
+                            if code < 300 {
+                                usage = h
+                                    .headers
+                                    .get(http::header::CONTENT_TYPE)
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(crate::usage::UsageParser::for_content_type);
+                            }
                             batch.push(HttpTask::Header(h, end));
                         }
                         // Body before header cannot happen; be safe.
-                        other if status.is_some() => batch.push(other),
+                        other if status.is_some() => {
+                            // Read after the bytes are handed on, never holding them.
+                            if let (Some(p), HttpTask::Body(Some(b), _)) = (usage.as_mut(), &other)
+                            {
+                                p.feed(b);
+                            }
+                            batch.push(other)
+                        }
                         _ => {}
                     }
                     next = match rx.try_recv() {
@@ -220,7 +235,10 @@ pub async fn run(
                 last_activity = Instant::now();
                 match session.write_response_tasks(batch).await {
                     Ok(done) => response_done |= done,
-                    Err(_) => return Outcome::ClientGone { status },
+                    Err(_) => {
+                        charge_seen(&mut usage, &plan);
+                        return Outcome::ClientGone { status };
+                    }
                 }
             }
             Event::Client(r) => {
@@ -228,7 +246,10 @@ pub async fn run(
                     // Unreachable once the body is read, but harmless: keep watching.
                     Ok(Some(_)) => {}
                     Ok(None) => client_open = false,
-                    Err(_) => return Outcome::ClientGone { status },
+                    Err(_) => {
+                        charge_seen(&mut usage, &plan);
+                        return Outcome::ClientGone { status };
+                    }
                 }
             }
             Event::Timer => {
@@ -257,6 +278,7 @@ pub async fn run(
                 } else {
                     Cause::FirstByteTimeout
                 };
+                charge_seen(&mut usage, &plan);
                 return timed_out(cause, status, t);
             }
         }
@@ -265,6 +287,9 @@ pub async fn run(
         }
     }
 
+    if let Some(p) = usage.as_mut() {
+        plan.report.set_usage(p.finish(response_done));
+    }
     if response_done {
         return Outcome::Complete {
             status: status.unwrap_or(0),
@@ -281,6 +306,13 @@ pub async fn run(
             stale_connection: plan.report.stale_connection(),
         },
         (None, None) => internal("the upstream attempt ended without a response"),
+    }
+}
+
+/// A response that ends early is charged the tokens seen so far.
+fn charge_seen(usage: &mut Option<crate::usage::UsageParser>, plan: &AttemptPlan) {
+    if let Some(p) = usage.as_mut() {
+        plan.report.set_usage(p.finish(false));
     }
 }
 

@@ -134,6 +134,8 @@ impl RetryGate {
 #[derive(Default)]
 pub struct AttemptReport {
     stale_connection: AtomicBool,
+    /// Token usage read from the response as it passed (set when the attempt ends).
+    usage: std::sync::OnceLock<crate::usage::Usage>,
     /// The provider's status and `Retry-After`, once its response header arrived.
     answer: std::sync::OnceLock<(u16, Option<Duration>)>,
 }
@@ -149,6 +151,14 @@ impl AttemptReport {
 
     pub fn answer(&self) -> Option<(u16, Option<Duration>)> {
         self.answer.get().copied()
+    }
+
+    pub fn set_usage(&self, u: crate::usage::Usage) {
+        let _ = self.usage.set(u);
+    }
+
+    pub fn usage(&self) -> Option<crate::usage::Usage> {
+        self.usage.get().copied()
     }
 }
 
@@ -178,6 +188,8 @@ pub struct ExchangeState {
     tenant: Option<Arc<str>>,
     /// Name of the pooled key used last (never its value).
     key: Option<Arc<str>>,
+    /// Tokens the provider reported (or, for a cut stream, what was seen).
+    usage: Option<crate::usage::Usage>,
 }
 
 pub struct AttemptState {
@@ -547,6 +559,10 @@ impl SidecarProxy {
                 attempt::Outcome::Complete { status } => {
                     record(status < 500);
                     x.status = status;
+                    if let Some(u) = plan.report.usage() {
+                        self.metrics.tokens(route_name, &provider.name, &u);
+                        x.usage = Some(u);
+                    }
                     return TargetEnd::Done(Ok(true));
                 }
                 attempt::Outcome::HeldBack { status } => {
@@ -609,6 +625,10 @@ impl SidecarProxy {
                 }
                 attempt::Outcome::Broken { status, cause } => {
                     record(false);
+                    if let Some(u) = plan.report.usage() {
+                        self.metrics.tokens(route_name, &provider.name, &u);
+                        x.usage = Some(u);
+                    }
                     x.status = status;
                     x.cause = Some(cause);
                     x.aborted = true;
@@ -1056,7 +1076,10 @@ impl ProxyHttp for SidecarProxy {
             ),
             None => tracing::debug!(
                 route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status,
-                attempts = x.attempts, duration_ms = ms, "request"
+                attempts = x.attempts, duration_ms = ms,
+                input_tokens = x.usage.map_or(0, |u| u.input),
+                output_tokens = x.usage.map_or(0, |u| u.output),
+                "request"
             ),
         }
     }

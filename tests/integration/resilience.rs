@@ -225,3 +225,34 @@ async fn the_breaker_opens_sheds_half_opens_and_closes() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_counted_per_route_and_provider_for_json_and_sse() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    assert_eq!(
+        s.chat("/openai/v1/chat/completions", false).await.status(),
+        200
+    );
+    let mut body = chat_body(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let r = s
+        .client
+        .post(s.url("/openai/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (_, clean) = read_stream(r).await;
+    assert!(clean);
+    let metrics = s.metrics().await;
+    let t = |ty: &str| {
+        metric_value(
+            &metrics,
+            &format!("llm_sidecar_tokens_total{{provider=\"mock\",route=\"mock\",type=\"{ty}\"}}"),
+        )
+    };
+    // The mock reports 8 completion tokens per answer and its prompt count.
+    assert_eq!(t("output"), 16.0, "{metrics}");
+    assert!(t("input") > 0.0, "{metrics}");
+}

@@ -1,0 +1,391 @@
+//! Token usage from provider responses, read incrementally as the bytes pass by.
+//!
+//! The parser sees each response chunk after (never instead of) it is forwarded: it
+//! copies what it needs and never delays a byte. Events that span chunk boundaries are
+//! reassembled in a small line buffer.
+//!
+//! | framing (by `content-type`) | where the numbers are |
+//! |---|---|
+//! | JSON | `usage` (OpenAI chat/completions and responses, Anthropic, DeepSeek, DashScope, Ark, Ollama's OpenAI API, Bedrock Converse) or Ollama's `prompt_eval_count` / `eval_count` |
+//! | SSE | the event carrying `usage`: OpenAI's last chunk (`stream_options.include_usage`), `response.completed`'s `response.usage`, Anthropic's `message_start` (input, cache) and `message_delta` (cumulative output) |
+//! | NDJSON | Ollama's native stream: the `done` line's counts |
+//! | AWS event-stream | Bedrock ConverseStream's `metadata` event |
+//!
+//! Field names are normalised ([`Usage`]): `input` counts every prompt token, cached ones
+//! included (Anthropic and Bedrock report cache reads and writes apart from
+//! `input_tokens`; they are added back), `cache_read` / `cache_write` say how many of them
+//! hit or filled a prompt cache, `reasoning` how many of `output` were reasoning.
+//!
+//! A stream cut before its usage event is charged what was seen: the reported numbers if
+//! any, and at least one output token per content event.
+
+use serde_json::Value;
+
+/// The most a JSON response body is buffered for its usage.
+const JSON_LIMIT: usize = 8 << 20;
+/// The longest SSE/NDJSON line kept (longer ones are skipped, not buffered).
+const LINE_LIMIT: usize = 4 << 20;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    pub reasoning: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input + self.output
+    }
+
+    /// Field-wise maximum: reports in one response are either partial (Anthropic's
+    /// `message_start` then `message_delta`) or cumulative, never additive.
+    fn merge(&mut self, o: Usage) {
+        self.input = self.input.max(o.input);
+        self.output = self.output.max(o.output);
+        self.cache_read = self.cache_read.max(o.cache_read);
+        self.cache_write = self.cache_write.max(o.cache_write);
+        self.reasoning = self.reasoning.max(o.reasoning);
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<u64> {
+    let mut cur = v;
+    for k in path {
+        cur = cur.get(k)?;
+    }
+    cur.as_u64()
+}
+
+fn first(v: &Value, paths: &[&[&str]]) -> u64 {
+    paths.iter().find_map(|p| num(v, p)).unwrap_or(0)
+}
+
+/// Normalises one `usage` object, whatever provider wrote it.
+fn from_usage(u: &Value) -> Option<Usage> {
+    if !u.is_object() {
+        return None;
+    }
+    let cache_read = first(
+        u,
+        &[
+            &["prompt_tokens_details", "cached_tokens"],
+            &["input_tokens_details", "cached_tokens"],
+            &["cache_read_input_tokens"],
+            &["cacheReadInputTokens"],
+            &["prompt_cache_hit_tokens"],
+        ],
+    );
+    let cache_write = first(
+        u,
+        &[&["cache_creation_input_tokens"], &["cacheWriteInputTokens"]],
+    );
+    let reported_input = first(
+        u,
+        &[&["prompt_tokens"], &["input_tokens"], &["inputTokens"]],
+    );
+    // Anthropic and Bedrock count cache reads and writes outside input_tokens.
+    let separate_cache = u.get("cache_read_input_tokens").is_some()
+        || u.get("cache_creation_input_tokens").is_some()
+        || u.get("cacheReadInputTokens").is_some()
+        || u.get("cacheWriteInputTokens").is_some();
+    let input = if separate_cache {
+        reported_input + cache_read + cache_write
+    } else {
+        reported_input
+    };
+    Some(Usage {
+        input,
+        output: first(
+            u,
+            &[
+                &["completion_tokens"],
+                &["output_tokens"],
+                &["outputTokens"],
+            ],
+        ),
+        cache_read,
+        cache_write,
+        reasoning: first(
+            u,
+            &[
+                &["completion_tokens_details", "reasoning_tokens"],
+                &["output_tokens_details", "reasoning_tokens"],
+            ],
+        ),
+    })
+}
+
+/// The usage in one JSON document (a whole body, or one event).
+pub fn extract(v: &Value) -> Option<Usage> {
+    for path in [
+        &["usage"][..],
+        &["message", "usage"],
+        &["response", "usage"],
+    ] {
+        let mut cur = v;
+        let mut found = true;
+        for k in path {
+            match cur.get(k) {
+                Some(x) => cur = x,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if found {
+            if let Some(u) = from_usage(cur) {
+                return Some(u);
+            }
+        }
+    }
+    // Ollama's native API
+    if v.get("eval_count").is_some() || v.get("prompt_eval_count").is_some() {
+        return Some(Usage {
+            input: num(v, &["prompt_eval_count"]).unwrap_or(0),
+            output: num(v, &["eval_count"]).unwrap_or(0),
+            ..Usage::default()
+        });
+    }
+    None
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Json,
+    Sse,
+    NdJson,
+    EventStream,
+}
+
+/// Follows one response body.
+#[derive(Debug)]
+pub struct UsageParser {
+    framing: Framing,
+    buf: Vec<u8>,
+    /// A line too long to keep is being skipped up to its end.
+    skipping: bool,
+    usage: Usage,
+    reported: bool,
+    /// Data events without usage (content deltas, roughly one token or more each).
+    events: u64,
+}
+
+impl UsageParser {
+    /// A parser for a response with this `content-type`, or None when it carries no usage
+    /// the sidecar understands.
+    pub fn for_content_type(content_type: &str) -> Option<UsageParser> {
+        let ct = content_type.to_ascii_lowercase();
+        let framing = if ct.starts_with("text/event-stream") {
+            Framing::Sse
+        } else if ct.starts_with("application/vnd.amazon.eventstream") {
+            Framing::EventStream
+        } else if ct.starts_with("application/x-ndjson") {
+            Framing::NdJson
+        } else if ct.starts_with("application/json") {
+            Framing::Json
+        } else {
+            return None;
+        };
+        Some(UsageParser {
+            framing,
+            buf: Vec::new(),
+            skipping: false,
+            usage: Usage::default(),
+            reported: false,
+            events: 0,
+        })
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self.framing {
+            Framing::Json => {
+                if self.buf.len() + chunk.len() <= JSON_LIMIT {
+                    self.buf.extend_from_slice(chunk);
+                } else {
+                    self.skipping = true;
+                }
+            }
+            Framing::Sse | Framing::NdJson => self.feed_lines(chunk),
+            Framing::EventStream => {
+                self.buf.extend_from_slice(chunk);
+                self.drain_frames();
+            }
+        }
+    }
+
+    fn feed_lines(&mut self, mut chunk: &[u8]) {
+        while let Some(nl) = chunk.iter().position(|b| *b == b'\n') {
+            let (line, rest) = chunk.split_at(nl);
+            chunk = &rest[1..];
+            if self.skipping {
+                self.skipping = false;
+                continue;
+            }
+            if self.buf.is_empty() {
+                self.line(line);
+            } else {
+                self.buf.extend_from_slice(line);
+                let whole = std::mem::take(&mut self.buf);
+                self.line(&whole);
+            }
+        }
+        if !chunk.is_empty() && !self.skipping {
+            if self.buf.len() + chunk.len() > LINE_LIMIT {
+                self.buf.clear();
+                self.skipping = true;
+            } else {
+                self.buf.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let payload = match self.framing {
+            Framing::Sse => match line.strip_prefix(b"data:") {
+                Some(p) => p.trim_ascii_start(),
+                None => return,
+            },
+            _ => line.trim_ascii(),
+        };
+        if payload.is_empty() || payload == b"[DONE]" {
+            return;
+        }
+        // Only events that mention usage are parsed; content events are counted.
+        if memchr_usage(payload) {
+            if let Some(u) = serde_json::from_slice::<Value>(payload)
+                .ok()
+                .as_ref()
+                .and_then(extract)
+            {
+                self.reported = true;
+                self.usage.merge(u);
+                return;
+            }
+        }
+        if has_content(payload) {
+            self.events += 1;
+        }
+    }
+
+    fn drain_frames(&mut self) {
+        // prelude: total length, headers length, prelude CRC; then headers, payload, CRC
+        while self.buf.len() >= 12 {
+            let total =
+                u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+            let headers_len =
+                u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+            if total < 16 || headers_len > total - 16 || total > 16 << 20 {
+                // Not event-stream after all: stop looking.
+                self.buf.clear();
+                self.framing = Framing::Json;
+                self.skipping = true;
+                return;
+            }
+            if self.buf.len() < total {
+                return;
+            }
+            let frame: Vec<u8> = self.buf.drain(..total).collect();
+            let headers = &frame[12..12 + headers_len];
+            let payload = &frame[12 + headers_len..total - 4];
+            match event_type(headers) {
+                Some("metadata") => {
+                    if let Some(u) = serde_json::from_slice::<Value>(payload)
+                        .ok()
+                        .as_ref()
+                        .and_then(extract)
+                    {
+                        self.reported = true;
+                        self.usage.merge(u);
+                    }
+                }
+                Some("contentBlockDelta") | Some("chunk") => self.events += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// The usage once the body ended (`complete`) or was cut: what was reported; with
+    /// nothing reported, or for a cut stream, at least one output token per content
+    /// event seen.
+    pub fn finish(&mut self, complete: bool) -> Usage {
+        if self.framing == Framing::Json && !self.skipping && !self.buf.is_empty() {
+            if let Some(u) = serde_json::from_slice::<Value>(&self.buf)
+                .ok()
+                .as_ref()
+                .and_then(extract)
+            {
+                self.reported = true;
+                self.usage.merge(u);
+            }
+            self.buf.clear();
+        }
+        let mut u = self.usage;
+        if !complete || !self.reported {
+            u.output = u.output.max(self.events);
+        }
+        u
+    }
+
+    /// Whether the provider reported usage (false: only an estimate from events).
+    pub fn reported(&self) -> bool {
+        self.reported
+    }
+}
+
+fn memchr_usage(b: &[u8]) -> bool {
+    b.windows(5).any(|w| w == b"usage" || w == b"eval_")
+}
+
+/// An event carrying generated text: a non-empty `"content"`, `"text"` or `"delta"`
+/// string (OpenAI chunks, Anthropic text deltas, Responses API deltas, Ollama lines).
+fn has_content(b: &[u8]) -> bool {
+    for key in [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""] {
+        let mut rest = b;
+        while let Some(i) = rest.windows(key.len()).position(|w| w == key) {
+            let after = &rest[i + key.len()..];
+            if after.first().is_some_and(|c| *c != b'"') {
+                return true;
+            }
+            rest = after;
+        }
+    }
+    false
+}
+
+/// The `:event-type` header of an AWS event-stream message.
+fn event_type(mut h: &[u8]) -> Option<&str> {
+    while !h.is_empty() {
+        let name_len = *h.first()? as usize;
+        let name = h.get(1..1 + name_len)?;
+        let ty = *h.get(1 + name_len)?;
+        h = &h[2 + name_len..];
+        let value_len = match ty {
+            0 | 1 => 0,
+            2 => 1,
+            3 => 2,
+            4 => 4,
+            5 | 8 => 8,
+            9 => 16,
+            6 | 7 => {
+                let l = u16::from_be_bytes([*h.first()?, *h.get(1)?]) as usize;
+                h = &h[2..];
+                l
+            }
+            _ => return None,
+        };
+        let value = h.get(..value_len)?;
+        h = &h[value_len..];
+        if name == b":event-type" && ty == 7 {
+            return std::str::from_utf8(value).ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;
