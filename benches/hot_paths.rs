@@ -39,6 +39,7 @@ fn snapshot() -> llm_sidecar::config::Snapshot {
         env: &env,
         dns: &dns,
         breakers: &breakers,
+        limits: &llm_sidecar::limits::LimitRegistry::default(),
         metrics: &metrics,
     };
     compile(&yaml, &ctx).expect("bench config is valid")

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 mod auth;
 mod forward;
+mod limits;
 mod tenants;
 
 pub use forward::intercepted_domains;
@@ -37,6 +38,8 @@ pub struct LoadContext<'a> {
     pub dns: &'a DnsRegistry,
     /// Circuit breakers survive reloads.
     pub breakers: &'a crate::resilience::breaker::BreakerRegistry,
+    /// So do limit counters.
+    pub limits: &'a crate::limits::LimitRegistry,
     pub metrics: &'a Metrics,
 }
 
@@ -102,6 +105,8 @@ pub struct Snapshot {
     pub targets: Vec<Target>,
     /// Route index → retries and fallbacks, parallel to `routes`.
     pub plans: Vec<RoutePlan>,
+    /// `limits.rules`, with their counters.
+    pub limits: crate::limits::Limits,
     pub providers: IndexMap<String, Target>,
     pub tenants: Tenants,
     /// The HTTPS_PROXY mode's rules and CA.
@@ -204,6 +209,7 @@ impl<'a> Compiler<'a> {
         }
 
         let (routes, targets, plans) = self.routes(&file, &providers);
+        let limits = self.limits(&file, &routes, &targets, &providers, &tenants);
         let forward = self.forward(
             &file,
             &routes,
@@ -251,6 +257,7 @@ impl<'a> Compiler<'a> {
             routes,
             targets,
             plans,
+            limits,
             providers,
             tenants,
             forward,

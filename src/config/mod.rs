@@ -44,6 +44,7 @@ pub struct ConfigStore {
     env: EnvSource,
     dns: Arc<DnsRegistry>,
     breakers: Arc<crate::resilience::breaker::BreakerRegistry>,
+    limits: Arc<crate::limits::LimitRegistry>,
     metrics: Arc<Metrics>,
     /// Startup-only settings as they were applied; reloads warn when these change.
     applied: StartupSettings,
@@ -68,11 +69,13 @@ impl ConfigStore {
     ) -> Result<Arc<ConfigStore>, ConfigErrors> {
         let dns = Arc::new(DnsRegistry::default());
         let breakers = Arc::new(crate::resilience::breaker::BreakerRegistry::default());
+        let limits = Arc::new(crate::limits::LimitRegistry::default());
         let snapshot = {
             let ctx = LoadContext {
                 env: &*env,
                 dns: &dns,
                 breakers: &breakers,
+                limits: &limits,
                 metrics: &metrics,
             };
             compile::load_file(path, &ctx)?
@@ -85,6 +88,7 @@ impl ConfigStore {
             env,
             dns,
             breakers,
+            limits,
             metrics,
             applied,
             reload_lock: Mutex::new(()),
@@ -120,6 +124,7 @@ impl ConfigStore {
                 env: &*self.env,
                 dns: &self.dns,
                 breakers: &self.breakers,
+                limits: &self.limits,
                 metrics: &self.metrics,
             };
             compile::load_file(&self.path, &ctx)

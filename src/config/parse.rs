@@ -120,6 +120,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
     }
 
     let forward: schema::Forward = section(&mut map, "forward", &mut errs);
+    let limits: schema::Limits = section(&mut map, "limits", &mut errs);
 
     let mut providers = IndexMap::new();
     match map.remove("providers") {
@@ -178,6 +179,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
         tenants,
         virtual_keys,
         forward,
+        limits,
         providers,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
     })

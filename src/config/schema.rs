@@ -27,6 +27,7 @@ pub struct ConfigFile {
     pub tenants: IndexMap<String, TenantDef>,
     pub virtual_keys: Vec<VirtualKey>,
     pub forward: Forward,
+    pub limits: Limits,
     pub providers: IndexMap<String, Provider>,
     pub routes: Vec<Route>,
 }
@@ -43,6 +44,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "tenants",
     "virtual_keys",
     "forward",
+    "limits",
     "providers",
     "routes",
 ];
@@ -312,6 +314,121 @@ pub struct TenantDef {
 pub struct VirtualKey {
     pub key: SecretTemplate,
     pub tenant: String,
+}
+
+/// Request-rate, concurrency and token-budget limits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    pub rules: Vec<LimitRule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    Tenant,
+    Route,
+    Provider,
+}
+
+/// One limit. `scope` says what gets its own counter: `[tenant]` is one per tenant,
+/// `[tenant, route]` one per tenant and route, `[]` one shared by all it matches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRule {
+    pub name: String,
+    #[serde(default)]
+    pub scope: Vec<LimitScope>,
+    /// Only requests of these tenants / routes / providers (empty: all).
+    #[serde(default, rename = "match")]
+    pub matcher: LimitMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenLimit>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitMatch {
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<String>,
+    #[serde(default)]
+    pub providers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimit {
+    /// `"10/s"`, `"600/m"`, `"10000/h"`.
+    pub rate: String,
+    /// Requests that may come at once (default: one second's worth, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    pub max: u32,
+    /// Requests that may wait for a slot (0: refuse at once).
+    #[serde(default)]
+    pub queue: u32,
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: HumanDuration,
+}
+
+fn default_queue_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCount {
+    #[default]
+    Total,
+    Input,
+    Output,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAccounting {
+    /// Reserve an estimate at admission, reconcile with the real usage at the end.
+    #[default]
+    Reserve,
+    /// Admit while the budget is not spent, charge at the end (what most gateways do;
+    /// it overshoots under concurrency — for comparison).
+    After,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimit {
+    /// Tokens per `per`.
+    pub limit: u64,
+    pub per: HumanDuration,
+    #[serde(default)]
+    pub count: TokenCount,
+    /// Output tokens reserved for a request that names no `max_tokens`
+    /// (`max_completion_tokens`, `max_output_tokens`).
+    #[serde(default = "default_output_reserve")]
+    pub default_max_tokens: u64,
+    /// Lower the request's `max_tokens` to what is left of the budget instead of
+    /// refusing it (while any is left).
+    #[serde(default)]
+    pub clamp_max_tokens: bool,
+    #[serde(default)]
+    pub accounting: TokenAccounting,
+}
+
+fn default_output_reserve() -> u64 {
+    1024
 }
 
 /// The HTTPS_PROXY (forward proxy) mode: which CONNECT targets are intercepted, tunnelled

@@ -1,3 +1,625 @@
 //! Request-rate, concurrency and token-budget limits.
+//!
+//! ```text
+//!  exchange, after routing, tenant and body:
+//!    for each rule that matches (tenant, route, provider):
+//!      counter = rule.states[scope key]          precomputed at load, survives reloads
+//!      requests     GCRA take 1                  ─┐
+//!      tokens       GCRA reserve estimate         ├─ any refusal: undo the others, 429
+//!      concurrency  semaphore (optional queue)   ─┘
+//!  response ends: reconcile tokens with the real usage (refund or charge the rest),
+//!                 release the concurrency slot
+//! ```
+//!
+//! The estimate reserved is the request's `max_tokens` (or `max_completion_tokens`,
+//! `max_output_tokens`; else the rule's `default_max_tokens`) for output, and a quarter of
+//! the body's bytes for input. Reserving before the response, instead of charging after
+//! it, is what keeps 50 concurrent streams from overshooting a budget.
 
 pub mod gcra;
+
+use crate::config::schema::{TokenAccounting, TokenCount};
+use crate::usage::Usage;
+use gcra::{now_ns, Gcra};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A rule's request rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateSpec {
+    pub per_second: f64,
+    pub burst: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConcurrencySpec {
+    pub max: u32,
+    pub queue: u32,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenSpec {
+    pub limit: u64,
+    pub per: Duration,
+    pub count: TokenCount,
+    pub default_max_tokens: u64,
+    pub clamp: bool,
+    pub accounting: TokenAccounting,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spec {
+    pub requests: Option<RateSpec>,
+    pub concurrency: Option<ConcurrencySpec>,
+    pub tokens: Option<TokenSpec>,
+}
+
+/// The counters of one rule for one scope value.
+pub struct State {
+    spec: Spec,
+    requests: Option<Gcra>,
+    tokens: Option<Gcra>,
+    slots: Option<Arc<Semaphore>>,
+    queued: AtomicU32,
+}
+
+impl State {
+    fn new(spec: Spec) -> State {
+        State {
+            requests: spec.requests.map(|r| {
+                // burst requests refill over burst / rate seconds
+                let period = Duration::from_secs_f64(r.burst as f64 / r.per_second.max(1e-9));
+                Gcra::new(r.burst, period)
+            }),
+            tokens: spec.tokens.map(|t| Gcra::new(t.limit, t.per)),
+            slots: spec
+                .concurrency
+                .map(|c| Arc::new(Semaphore::new(c.max as usize))),
+            queued: AtomicU32::new(0),
+            spec,
+        }
+    }
+}
+
+/// Which dimensions a rule keeps apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dims {
+    pub tenant: bool,
+    pub route: bool,
+    pub provider: bool,
+}
+
+/// A compiled rule.
+pub struct Rule {
+    pub name: Arc<str>,
+    pub dims: Dims,
+    /// Filters by index (None: any).
+    pub tenants: Option<Vec<usize>>,
+    pub routes: Option<Vec<usize>>,
+    pub providers: Option<Vec<usize>>,
+    /// (tenant, route, provider) with unused dimensions as 0 → counters.
+    pub states: HashMap<(usize, usize, usize), Arc<State>>,
+    pub spec: Spec,
+}
+
+/// Who a request is, for limits: indexes into the snapshot's tenants, routes, providers.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject {
+    pub tenant: usize,
+    pub route: usize,
+    pub provider: usize,
+}
+
+impl Rule {
+    fn key(&self, s: Subject) -> (usize, usize, usize) {
+        (
+            if self.dims.tenant { s.tenant } else { 0 },
+            if self.dims.route { s.route } else { 0 },
+            if self.dims.provider { s.provider } else { 0 },
+        )
+    }
+
+    fn applies(&self, s: Subject) -> bool {
+        let ok = |f: &Option<Vec<usize>>, v: usize| f.as_ref().is_none_or(|f| f.contains(&v));
+        ok(&self.tenants, s.tenant) && ok(&self.routes, s.route) && ok(&self.providers, s.provider)
+    }
+}
+
+/// Keeps counters across reloads: a rule's counter for a scope value is the same object
+/// as long as the rule's name and settings stay the same.
+#[derive(Default)]
+pub struct LimitRegistry {
+    entries: std::sync::Mutex<HashMap<String, Weak<State>>>,
+}
+
+impl LimitRegistry {
+    /// Config-load time only.
+    pub fn state(&self, key: &str, spec: Spec) -> Arc<State> {
+        let mut m = match self.entries.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = m.get(key).and_then(Weak::upgrade) {
+            if s.spec == spec {
+                return s;
+            }
+        }
+        let s = Arc::new(State::new(spec));
+        m.insert(key.to_string(), Arc::downgrade(&s));
+        s
+    }
+}
+
+/// Tokens a request is expected to use.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Estimate {
+    pub input: u64,
+    /// From the request body, if it names a maximum.
+    pub max_output: Option<u64>,
+}
+
+impl Estimate {
+    /// Reads `max_tokens` (or its newer names) from a JSON body, and guesses the input
+    /// from its size (about 4 bytes a token).
+    pub fn of_body(body: &[u8]) -> Estimate {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Probe {
+            max_tokens: Option<u64>,
+            max_completion_tokens: Option<u64>,
+            max_output_tokens: Option<u64>,
+        }
+        let p: Probe = serde_json::from_slice(body).unwrap_or_default();
+        Estimate {
+            input: (body.len() as u64).div_ceil(4),
+            max_output: p
+                .max_completion_tokens
+                .or(p.max_tokens)
+                .or(p.max_output_tokens),
+        }
+    }
+
+    fn cost(&self, t: &TokenSpec, output: u64) -> u64 {
+        match t.count {
+            TokenCount::Total => self.input + output,
+            TokenCount::Input => self.input,
+            TokenCount::Output => output,
+        }
+    }
+}
+
+fn counted(t: &TokenSpec, u: &Usage) -> u64 {
+    match t.count {
+        TokenCount::Total => u.input + u.output,
+        TokenCount::Input => u.input,
+        TokenCount::Output => u.output,
+    }
+}
+
+/// Why a request was refused, with what the 429's headers report.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub rule: Arc<str>,
+    pub kind: DeniedKind,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedKind {
+    Requests {
+        limit: u64,
+    },
+    Tokens {
+        limit: u64,
+        remaining: u64,
+        needed: u64,
+    },
+    Concurrency {
+        max: u32,
+    },
+}
+
+/// What a request holds while it runs: its token reservations and concurrency slots.
+#[derive(Default)]
+pub struct Held {
+    tokens: Vec<(Arc<State>, u64)>,
+    _slots: Vec<OwnedSemaphorePermit>,
+    /// The most any token rule allows this request to generate (when clamping).
+    pub clamp_to: Option<u64>,
+    /// Rate and budget figures for `x-ratelimit-*` style reporting.
+    pub report: Option<RateReport>,
+}
+
+/// The tightest request and token figures among the rules a request passed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateReport {
+    pub requests: Option<(u64, u64, Duration)>,
+    pub tokens: Option<(u64, u64, Duration)>,
+}
+
+impl Held {
+    /// Settles the token reservations with what the response really used.
+    pub fn reconcile(&mut self, used: Option<Usage>) {
+        let now = now_ns();
+        for (state, reserved) in self.tokens.drain(..) {
+            let (Some(t), Some(g)) = (state.spec.tokens, &state.tokens) else {
+                continue;
+            };
+            // With no usage at all (nothing reported, nothing seen) the reservation stands.
+            let actual = used.map_or(reserved, |u| counted(&t, &u));
+            if actual < reserved {
+                g.refund(now, reserved - actual);
+            } else if actual > reserved {
+                g.charge(now, actual - reserved);
+            }
+        }
+    }
+}
+
+/// The rules of a snapshot.
+#[derive(Default)]
+pub struct Limits {
+    pub rules: Vec<Rule>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Admits a request or says why not. Counters taken before a refusal are given back.
+    pub async fn admit(&self, s: Subject, est: Estimate) -> Result<Held, Denied> {
+        let mut held = Held::default();
+        let now = now_ns();
+        let mut taken_requests: Vec<Arc<State>> = Vec::new();
+        let mut report = RateReport::default();
+        let undo = |held: &mut Held, taken: &[Arc<State>]| {
+            let now = now_ns();
+            for st in taken {
+                if let Some(g) = &st.requests {
+                    g.refund(now, 1);
+                }
+            }
+            for (st, n) in held.tokens.drain(..) {
+                if let Some(g) = &st.tokens {
+                    g.refund(now, n);
+                }
+            }
+        };
+        for rule in self.rules.iter().filter(|r| r.applies(s)) {
+            let Some(state) = rule.states.get(&rule.key(s)) else {
+                continue;
+            };
+            if let (Some(spec), Some(g)) = (state.spec.requests, &state.requests) {
+                match g.try_take(now, 1) {
+                    Ok(snap) => {
+                        taken_requests.push(state.clone());
+                        tighter(
+                            &mut report.requests,
+                            (spec.burst, snap.remaining, snap.reset),
+                        );
+                    }
+                    Err(wait) => {
+                        undo(&mut held, &taken_requests);
+                        return Err(Denied {
+                            rule: rule.name.clone(),
+                            kind: DeniedKind::Requests { limit: spec.burst },
+                            retry_after: wait,
+                        });
+                    }
+                }
+            }
+            if let (Some(t), Some(g)) = (state.spec.tokens, &state.tokens) {
+                let output = est.max_output.unwrap_or(t.default_max_tokens);
+                let mut cost = est.cost(&t, output);
+                let result = match t.accounting {
+                    TokenAccounting::After => g.check(now).map(|snap| (snap, 0)),
+                    TokenAccounting::Reserve => match g.try_take(now, cost) {
+                        Ok(snap) => Ok((snap, cost)),
+                        Err(wait) => {
+                            // Clamping: reserve what is left and cap the output to it.
+                            let left = g.snapshot(now).remaining;
+                            let fixed = est.cost(&t, 0);
+                            if t.clamp && t.count != TokenCount::Input && left > fixed {
+                                let allowed = left - fixed;
+                                cost = fixed + allowed;
+                                match g.try_take(now, cost) {
+                                    Ok(snap) => {
+                                        held.clamp_to =
+                                            Some(held.clamp_to.map_or(allowed, |c| c.min(allowed)));
+                                        Ok((snap, cost))
+                                    }
+                                    Err(w) => Err(w),
+                                }
+                            } else {
+                                Err(wait)
+                            }
+                        }
+                    },
+                };
+                match result {
+                    Ok((snap, reserved)) => {
+                        if t.accounting == TokenAccounting::After {
+                            held.tokens.push((state.clone(), 0));
+                        } else {
+                            held.tokens.push((state.clone(), reserved));
+                        }
+                        tighter(&mut report.tokens, (t.limit, snap.remaining, snap.reset));
+                    }
+                    Err(wait) => {
+                        let remaining = g.snapshot(now).remaining;
+                        undo(&mut held, &taken_requests);
+                        return Err(Denied {
+                            rule: rule.name.clone(),
+                            kind: DeniedKind::Tokens {
+                                limit: t.limit,
+                                remaining,
+                                needed: cost,
+                            },
+                            retry_after: wait,
+                        });
+                    }
+                }
+            }
+            if let (Some(c), Some(sem)) = (state.spec.concurrency, &state.slots) {
+                let permit = match sem.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) if c.queue > 0 => {
+                        let q = state.queued.fetch_add(1, Ordering::AcqRel);
+                        let got = if q < c.queue {
+                            tokio::time::timeout(c.queue_timeout, sem.clone().acquire_owned())
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                        } else {
+                            None
+                        };
+                        state.queued.fetch_sub(1, Ordering::AcqRel);
+                        got
+                    }
+                    Err(_) => None,
+                };
+                match permit {
+                    Some(p) => held._slots.push(p),
+                    None => {
+                        undo(&mut held, &taken_requests);
+                        return Err(Denied {
+                            rule: rule.name.clone(),
+                            kind: DeniedKind::Concurrency { max: c.max },
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                }
+            }
+        }
+        held.report = Some(report);
+        Ok(held)
+    }
+}
+
+fn tighter(slot: &mut Option<(u64, u64, Duration)>, new: (u64, u64, Duration)) {
+    if slot.is_none_or(|cur| new.1 < cur.1) {
+        *slot = Some(new);
+    }
+}
+
+/// Parses `"10/s"`, `"600/m"`, `"1000/h"`, `"50000/d"` into requests per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, unit) = s
+        .split_once('/')
+        .ok_or_else(|| format!("\"{s}\": write a rate like 10/s, 600/m or 1000/h"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("\"{s}\": the count must be a positive number"))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86400.0,
+        other => {
+            return Err(format!(
+                "\"{s}\": unknown unit \"{other}\"; use s, m, h or d"
+            ))
+        }
+    };
+    Ok(n / per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(spec: Spec) -> Limits {
+        let mut states = HashMap::new();
+        states.insert((0, 0, 0), Arc::new(State::new(spec)));
+        Limits {
+            rules: vec![Rule {
+                name: Arc::from("r"),
+                dims: Dims::default(),
+                tenants: None,
+                routes: None,
+                providers: None,
+                states,
+                spec,
+            }],
+        }
+    }
+
+    const S: Subject = Subject {
+        tenant: 0,
+        route: 0,
+        provider: 0,
+    };
+
+    fn tokens(limit: u64, accounting: TokenAccounting, clamp: bool) -> Spec {
+        Spec {
+            requests: None,
+            concurrency: None,
+            tokens: Some(TokenSpec {
+                limit,
+                per: Duration::from_secs(3600),
+                count: TokenCount::Total,
+                default_max_tokens: 100,
+                clamp,
+                accounting,
+            }),
+        }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("10/s").unwrap(), 10.0);
+        assert_eq!(parse_rate("600/m").unwrap(), 10.0);
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("-1/s").is_err());
+        assert!(parse_rate("1/week").is_err());
+    }
+
+    #[test]
+    fn estimates_read_max_tokens_and_body_size() {
+        let e = Estimate::of_body(br#"{"model":"m","max_tokens":300}"#);
+        assert_eq!(e.max_output, Some(300));
+        assert_eq!(e.input, 8);
+        let e = Estimate::of_body(br#"{"max_completion_tokens":7,"max_tokens":300}"#);
+        assert_eq!(e.max_output, Some(7));
+        assert_eq!(Estimate::of_body(b"not json").max_output, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserve_then_reconcile() {
+        let l = limits(tokens(1000, TokenAccounting::Reserve, false));
+        let est = Estimate {
+            input: 100,
+            max_output: Some(400),
+        };
+        let mut a = l.admit(S, est).await.unwrap();
+        let _b = l.admit(S, est).await.unwrap();
+        // 1000 reserved: a third is refused, with the numbers
+        let d = l.admit(S, est).await.err().unwrap();
+        assert_eq!(
+            d.kind,
+            DeniedKind::Tokens {
+                limit: 1000,
+                remaining: 0,
+                needed: 500
+            }
+        );
+        // `a` used only 150: 350 come back, enough for nothing but ...
+        a.reconcile(Some(Usage {
+            input: 100,
+            output: 50,
+            ..Default::default()
+        }));
+        assert!(l
+            .admit(
+                S,
+                Estimate {
+                    input: 100,
+                    max_output: Some(200)
+                }
+            )
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_fact_accounting_overshoots() {
+        let l = limits(tokens(1000, TokenAccounting::After, false));
+        let est = Estimate {
+            input: 100,
+            max_output: Some(400),
+        };
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(l.admit(S, est).await.unwrap());
+        }
+        for h in &mut held {
+            h.reconcile(Some(Usage {
+                input: 100,
+                output: 400,
+                ..Default::default()
+            }));
+        }
+        // 5000 used of 1000; now everything is refused for a long while
+        assert!(l.admit(S, est).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clamping_lowers_max_tokens_to_what_is_left() {
+        let l = limits(tokens(1000, TokenAccounting::Reserve, true));
+        let est = Estimate {
+            input: 100,
+            max_output: Some(600),
+        };
+        let a = l.admit(S, est).await.unwrap();
+        assert_eq!(a.clamp_to, None);
+        let b = l.admit(S, est).await.unwrap();
+        assert_eq!(b.clamp_to, Some(200), "300 left, 100 of them input");
+        assert!(l.admit(S, est).await.is_err(), "nothing left to clamp to");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_and_concurrency() {
+        let l = limits(Spec {
+            requests: Some(RateSpec {
+                per_second: 2.0,
+                burst: 2,
+            }),
+            concurrency: Some(ConcurrencySpec {
+                max: 1,
+                queue: 1,
+                queue_timeout: Duration::from_millis(100),
+            }),
+            tokens: None,
+        });
+        let first = l.admit(S, Estimate::default()).await.unwrap();
+        // a second waits in the queue for the slot, times out, and its request-rate
+        // unit is given back
+        let d = l.admit(S, Estimate::default()).await.err().unwrap();
+        assert_eq!(d.kind, DeniedKind::Concurrency { max: 1 });
+        drop(first);
+        let _second = l.admit(S, Estimate::default()).await.unwrap();
+        let d = l.admit(S, Estimate::default()).await.err().unwrap();
+        assert_eq!(d.kind, DeniedKind::Requests { limit: 2 });
+        assert!(d.retry_after > Duration::ZERO);
+    }
+}
+
+/// `x-ratelimit-reset-*` durations the way OpenAI writes them: `20ms`, `1.5s`, `6m0s`.
+pub fn openai_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        let s = format!("{secs:.3}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        return format!("{s}s");
+    }
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn openai_durations() {
+    assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+    assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
+    assert_eq!(openai_duration(Duration::from_secs(2)), "2s");
+    assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+    assert_eq!(openai_duration(Duration::from_secs(3725)), "1h2m5s");
+}

@@ -48,6 +48,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     fallbacks: IntCounterVec,
     tokens: IntCounterVec,
+    limited: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     breaker_rejected: IntCounterVec,
@@ -268,7 +269,15 @@ impl Metrics {
             ),
             &["route", "provider", "type"],
         ));
+        let limited = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_limited_total",
+                "Requests refused (429) by a limits rule, by rule and kind (requests, tokens, concurrency).",
+            ),
+            &["rule", "kind"],
+        ));
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(limited.clone()),
             Box::new(tokens.clone()),
             Box::new(retries.clone()),
             Box::new(fallbacks.clone()),
@@ -325,6 +334,7 @@ impl Metrics {
             retries,
             fallbacks,
             tokens,
+            limited,
             breaker_state,
             breaker_opened,
             breaker_rejected,
@@ -349,6 +359,15 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    pub fn limited(&self, rule: &str, kind: crate::limits::DeniedKind) {
+        let k = match kind {
+            crate::limits::DeniedKind::Requests { .. } => "requests",
+            crate::limits::DeniedKind::Tokens { .. } => "tokens",
+            crate::limits::DeniedKind::Concurrency { .. } => "concurrency",
+        };
+        self.limited.with_label_values(&[rule, k]).inc();
     }
 
     pub fn fallback(&self, route: &str, provider: &str) {

@@ -54,6 +54,10 @@ pub enum Cause {
     ShuttingDown,
     /// The provider's circuit breaker is open (and no fallback could take the request).
     CircuitOpen,
+    /// A `limits` rule: request rate, token budget, concurrency.
+    RateLimited,
+    TokenBudget,
+    ConcurrencyLimited,
     KeysUnavailable,
     TokenUnavailable,
     TenantMissing,
@@ -87,6 +91,9 @@ impl Cause {
             Cause::TotalTimeout => "upstream_timeout_total",
             Cause::ShuttingDown => "shutting_down",
             Cause::CircuitOpen => "circuit_open",
+            Cause::RateLimited => "rate_limited",
+            Cause::TokenBudget => "token_budget_exceeded",
+            Cause::ConcurrencyLimited => "concurrency_limited",
             Cause::KeysUnavailable => "keys_unavailable",
             Cause::TokenUnavailable => "token_unavailable",
             Cause::TenantMissing => "tenant_missing",
@@ -103,6 +110,7 @@ impl Cause {
         match self {
             Cause::NoRoute => 404,
             Cause::Misdirected => 421,
+            Cause::RateLimited | Cause::TokenBudget | Cause::ConcurrencyLimited => 429,
             Cause::ProviderDisabled
             | Cause::ShuttingDown
             | Cause::CircuitOpen
@@ -135,6 +143,8 @@ pub struct SidecarError {
     pub cause: Cause,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// More response headers (`x-ratelimit-*` on a 429).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl SidecarError {
@@ -143,6 +153,7 @@ impl SidecarError {
             cause,
             message: message.into(),
             retry_after_secs: None,
+            headers: Vec::new(),
         }
     }
 
@@ -181,6 +192,9 @@ impl SidecarError {
         h.insert_header("x-llm-sidecar-error", self.cause.as_str())?;
         if let Some(s) = self.retry_after_secs {
             h.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+        }
+        for (n, v) in &self.headers {
+            h.insert_header(n.clone(), v.clone())?;
         }
         Ok(h)
     }

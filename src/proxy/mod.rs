@@ -190,6 +190,8 @@ pub struct ExchangeState {
     key: Option<Arc<str>>,
     /// Tokens the provider reported (or, for a cut stream, what was seen).
     usage: Option<crate::usage::Usage>,
+    /// Token reservations and concurrency slots held until the request ends.
+    held: Option<crate::limits::Held>,
 }
 
 pub struct AttemptState {
@@ -378,6 +380,38 @@ impl SidecarProxy {
             session
                 .req_header_mut()
                 .insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        }
+
+        // Limits: admitted (reserving tokens, taking a slot) or 429.
+        let mut body = body;
+        if !snap.limits.is_empty() {
+            let subject = crate::limits::Subject {
+                tenant: tenant.index,
+                route: route.index,
+                provider: snap
+                    .providers
+                    .get_index_of(&*provider.name)
+                    .unwrap_or(usize::MAX),
+            };
+            match snap
+                .limits
+                .admit(subject, crate::limits::Estimate::of_body(&body))
+                .await
+            {
+                Ok(held) => {
+                    if let Some(cap) = held.clamp_to {
+                        if let Some(b) = with_max_tokens(&body, cap) {
+                            body = b;
+                        }
+                    }
+                    x.held = Some(held);
+                }
+                Err(denied) => {
+                    self.metrics.limited(&denied.rule, denied.kind);
+                    let e = limit_error(&denied, style);
+                    return self.answer(session, x, style, e, true).await;
+                }
+            }
         }
 
         // The route's provider first, then its fallbacks; `total` counts from the
@@ -660,6 +694,109 @@ enum TargetEnd {
     Done(Result<bool>),
     /// Nothing reached the client: try the next target, or answer this error.
     Next(SidecarError),
+}
+
+/// The JSON body with its output cap lowered to `cap` (token budget clamping): every
+/// cap field the request used, else `max_tokens`.
+fn with_max_tokens(body: &Bytes, cap: u64) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object_mut()?;
+    let mut set = false;
+    for k in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+        if o.contains_key(k) {
+            o.insert(k.into(), cap.into());
+            set = true;
+        }
+    }
+    if !set {
+        o.insert("max_tokens".into(), cap.into());
+    }
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The 429 for a limit, with `Retry-After` and the provider's own rate-limit headers.
+fn limit_error(d: &crate::limits::Denied, style: ErrorStyle) -> SidecarError {
+    use crate::limits::DeniedKind;
+    let (cause, message, figures) = match d.kind {
+        DeniedKind::Requests { limit } => (
+            Cause::RateLimited,
+            format!("rate limit \"{}\" reached; try again later", d.rule),
+            Some(("requests", limit, 0)),
+        ),
+        DeniedKind::Tokens {
+            limit,
+            remaining,
+            needed,
+        } => (
+            Cause::TokenBudget,
+            format!(
+                "token budget \"{}\" exhausted: this request needs about {needed} tokens, {remaining} of {limit} are left",
+                d.rule
+            ),
+            Some(("tokens", limit, remaining)),
+        ),
+        DeniedKind::Concurrency { max } => (
+            Cause::ConcurrencyLimited,
+            format!(
+                "concurrency limit \"{}\" reached ({max} requests at a time); try again shortly",
+                d.rule
+            ),
+            None,
+        ),
+    };
+    let mut e = SidecarError::new(cause, message);
+    e.retry_after_secs = Some(d.retry_after.as_secs_f64().ceil().max(1.0) as u64);
+    if let Some((what, limit, remaining)) = figures {
+        let reset = d.retry_after;
+        let names: [String; 3] = match style {
+            ErrorStyle::OpenAi => [
+                format!("x-ratelimit-limit-{what}"),
+                format!("x-ratelimit-remaining-{what}"),
+                format!("x-ratelimit-reset-{what}"),
+            ],
+            ErrorStyle::Anthropic => [
+                format!("anthropic-ratelimit-{what}-limit"),
+                format!("anthropic-ratelimit-{what}-remaining"),
+                format!("anthropic-ratelimit-{what}-reset"),
+            ],
+        };
+        let reset_value = match style {
+            ErrorStyle::OpenAi => crate::limits::openai_duration(reset),
+            ErrorStyle::Anthropic => httpdate_rfc3339(std::time::SystemTime::now() + reset),
+        };
+        for (name, value) in
+            names
+                .iter()
+                .zip([limit.to_string(), remaining.to_string(), reset_value])
+        {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(&value),
+            ) {
+                e.headers.push((n, v));
+            }
+        }
+    }
+    e
+}
+
+/// RFC 3339 in UTC, as Anthropic's `*-reset` headers use.
+fn httpdate_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(dt) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            dt.year(),
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second()
+        ),
+        Err(_) => String::from("1970-01-01T00:00:00Z"),
+    }
 }
 
 /// The JSON body with its top-level `model` replaced (for a fallback target).
@@ -1040,6 +1177,15 @@ impl ProxyHttp for SidecarProxy {
         };
         if x.in_flight {
             self.metrics.in_flight().dec();
+        }
+        if let Some(mut held) = x.held.take() {
+            // Settle token reservations: the usage read from the response; nothing when
+            // the sidecar answered itself (no provider answer reached the client); the
+            // reservation stands when a response passed but its usage was unreadable.
+            let used = x
+                .usage
+                .or_else(|| x.cause.is_some().then(crate::usage::Usage::default));
+            held.reconcile(used);
         }
         let elapsed = ctx.started.elapsed();
         let status = if x.status == 0 {

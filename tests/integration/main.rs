@@ -9,6 +9,7 @@ mod auth;
 mod clients;
 mod conf_files;
 mod forward;
+mod limits;
 mod proxy;
 mod reload;
 mod resilience;

@@ -16,6 +16,7 @@ fn load(text: &str) -> Result<Snapshot, ConfigErrors> {
         env: &env,
         dns: &dns,
         breakers: &breakers,
+        limits: &crate::limits::LimitRegistry::default(),
         metrics: &metrics,
     };
     compile(text, &ctx)
