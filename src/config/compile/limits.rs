@@ -40,9 +40,7 @@ impl Compiler<'_> {
                     format!("duplicate rule \"{}\"", r.name),
                 );
             }
-            let Some(spec) = self.limit_spec(&base, r) else {
-                continue;
-            };
+            let spec = self.limit_spec(&base, r);
             let dims = Dims {
                 tenant: r.scope.contains(&LimitScope::Tenant),
                 route: r.scope.contains(&LimitScope::Route),
@@ -66,6 +64,9 @@ impl Compiler<'_> {
                 &r.matcher.providers,
                 &provider_names,
             );
+            let Some(spec) = spec else {
+                continue;
+            };
             // One counter per scope value, for every value the rule can see.
             let mut states = HashMap::new();
             for (ri, _) in routes.iter().enumerate() {

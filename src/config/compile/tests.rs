@@ -506,3 +506,29 @@ fn tenant_keys_need_key_based_auth() {
     );
     assert!(e.contains("tenants.a.provider_keys.p: a tenant key needs the provider's auth to be bearer, header or hmac"), "{e}");
 }
+
+#[test]
+fn limit_rules_are_checked_with_paths() {
+    let e = errors(
+        r#"version: 1
+providers: { o: { kind: openai, base_url: "https://api.openai.com/v1" } }
+routes: [ { match: { path_prefix: /o }, provider: o } ]
+limits:
+  rules:
+    - { name: a, requests: { rate: "10" } }
+    - { name: a, match: { routes: [oo] }, tokens: { limit: 0, per: 1h } }
+    - { name: c }
+    - { name: d, concurrency: { max: 0 } }
+"#,
+    );
+    for want in [
+        "limits.rules[0].requests.rate: \"10\": write a rate like",
+        "limits.rules[1].name: duplicate rule \"a\"",
+        "limits.rules[1].match.routes: unknown name \"oo\"; did you mean \"o\"?",
+        "limits.rules[1].tokens: limit and per must be greater than 0",
+        "limits.rules[2]: a rule needs at least one of",
+        "limits.rules[3].concurrency.max: must be at least 1",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
