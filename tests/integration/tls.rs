@@ -124,6 +124,9 @@ async fn http2_upstream_connections_are_reused() {
             let text = r.text().await.unwrap();
             (status, text)
         });
+        // Staggered a little: each stream lasts ~45 ms, so many overlap, but they do not
+        // all race for the pool in the same instant (see below).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     while let Some(res) = set.join_next().await {
         let (status, text) = res.unwrap();
