@@ -3,6 +3,8 @@
 #   1. direct from the upstream (nginx returning a static body: the ceiling),
 #   2. through nginx proxy_pass with upstream keepalive (a C proxy doing the least work),
 #   3. through llm-sidecar (route match, credential and tenant injection, metrics),
+#   4. the same with limits on (a request rate, a reserved-and-reconciled token budget
+#      and a concurrency cap, all generous enough never to refuse),
 # measured in one run on this machine with wrk, and reported as requests/s, latency
 # p50/p99, and the sidecar's ratios to the other two.
 #
@@ -38,7 +40,7 @@ trap cleanup EXIT
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then CPU0=(taskset -c 0); CPU1=(taskset -c 1); else CPU0=(); CPU1=(); fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADMIN=$(free_port)
+UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADMIN=$(free_port); SCL=$(free_port); ADMINL=$(free_port)
 
 body='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
 
@@ -97,6 +99,14 @@ routes:
   - match: { path_prefix: /openai/v1 }
     provider: upstream
 EOF
+sed -e "s/127.0.0.1:$SC\"/127.0.0.1:$SCL\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMINL\"/" "$work/sidecar.yaml" > "$work/sidecar-limits.yaml"
+cat >> "$work/sidecar-limits.yaml" <<EOF
+limits:
+  rules:
+    - { name: rate, scope: [tenant], requests: { rate: 10000000/s, burst: 10000000 } }
+    - { name: budget, scope: [tenant, route], tokens: { limit: 100000000000, per: 1h } }
+    - { name: slots, concurrency: { max: 100000 } }
+EOF
 cat > "$work/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -108,11 +118,13 @@ EOF
 "${CPU0[@]}" nginx -c "$work/px.conf"
 "${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar.yaml" 2>"$work/logs/sidecar.err" &
 pids+=($!)
+"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar-limits.yaml" 2>"$work/logs/sidecar-limits.err" &
+pids+=($!)
 for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$UP/v1/x" && break
+  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$ADMINL/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$UP/v1/x" && break
   sleep 0.1
 done
-for url in "http://127.0.0.1:$UP/v1/chat/completions" "http://127.0.0.1:$NGX/openai/v1/chat/completions" "http://127.0.0.1:$SC/openai/v1/chat/completions"; do
+for url in "http://127.0.0.1:$UP/v1/chat/completions" "http://127.0.0.1:$NGX/openai/v1/chat/completions" "http://127.0.0.1:$SC/openai/v1/chat/completions" "http://127.0.0.1:$SCL/openai/v1/chat/completions"; do
   out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$url")
   [ "$out" = "$body" ] || { echo "bad response from $url: $out" >&2; exit 1; }
 done
@@ -136,6 +148,7 @@ to_ms() { # wrk prints 812.00us / 1.21ms / 1.02s
 read -r d_rps d_p50 d_p99 < <(run "http://127.0.0.1:$UP/v1/chat/completions")
 read -r n_rps n_p50 n_p99 < <(run "http://127.0.0.1:$NGX/openai/v1/chat/completions")
 read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$SC/openai/v1/chat/completions")
+read -r l_rps l_p50 l_p99 < <(run "http://127.0.0.1:$SCL/openai/v1/chat/completions")
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
@@ -150,8 +163,10 @@ report="benches/results/load-$(date -u +%Y%m%dT%H%M%SZ).md"
   echo "| direct (nginx static) | $d_rps | $d_p50 | $d_p99 |"
   echo "| nginx proxy_pass, keepalive | $n_rps | $n_p50 | $n_p99 |"
   echo "| llm-sidecar | $s_rps | $s_p50 | $s_p99 |"
+  echo "| llm-sidecar + limits (rate, token budget, concurrency) | $l_rps | $l_p50 | $l_p99 |"
   echo
   echo "llm-sidecar / nginx: $(ratio "$s_rps" "$n_rps")x requests/s; llm-sidecar / direct: $(ratio "$s_rps" "$d_rps")x"
+  echo "limits cost: $(ratio "$l_rps" "$s_rps")x the sidecar's requests/s without them"
   echo "added p50 over direct: $(python3 -c "print(round($s_p50-$d_p50,3))") ms (nginx: $(python3 -c "print(round($n_p50-$d_p50,3))") ms)"
 } | tee "$report"
 echo "(written to $report)"

@@ -415,6 +415,7 @@ impl Metrics {
             requests: self.requests.clone(),
             labels: Arc::new([route.to_string(), provider.to_string()]),
             by_status: (100..600).map(|_| OnceLock::new()).collect(),
+            tokens: TOKEN_TYPES.map(|t| self.tokens.with_label_values(&[route, provider, t])),
         }
     }
 
@@ -487,7 +488,31 @@ pub struct RouteMetrics {
     labels: Arc<[String; 2]>,
     /// Counter per status code, created on first use; index is `status - 100`.
     by_status: Box<[OnceLock<IntCounter>]>,
+    /// Token counters for the route's own provider (input, output, cache_read,
+    /// cache_write, reasoning), resolved once: no label hashing per request.
+    tokens: [IntCounter; 5],
 }
+
+impl RouteMetrics {
+    /// Counts tokens used through the route's own provider.
+    pub fn tokens(&self, u: &crate::usage::Usage) {
+        for (c, n) in
+            self.tokens
+                .iter()
+                .zip([u.input, u.output, u.cache_read, u.cache_write, u.reasoning])
+        {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.labels[1]
+    }
+}
+
+const TOKEN_TYPES: [&str; 5] = ["input", "output", "cache_read", "cache_write", "reasoning"];
 
 impl RouteMetrics {
     pub fn record(&self, status: u16, elapsed: Duration) {

@@ -594,7 +594,7 @@ impl SidecarProxy {
                     record(status < 500);
                     x.status = status;
                     if let Some(u) = plan.report.usage() {
-                        self.metrics.tokens(route_name, &provider.name, &u);
+                        self.count_tokens(snap, route_index, route_name, provider, &u);
                         x.usage = Some(u);
                     }
                     return TargetEnd::Done(Ok(true));
@@ -660,7 +660,7 @@ impl SidecarProxy {
                 attempt::Outcome::Broken { status, cause } => {
                     record(false);
                     if let Some(u) = plan.report.usage() {
-                        self.metrics.tokens(route_name, &provider.name, &u);
+                        self.count_tokens(snap, route_index, route_name, provider, &u);
                         x.usage = Some(u);
                     }
                     x.status = status;
@@ -684,6 +684,22 @@ impl SidecarProxy {
                     return TargetEnd::Done(Err(e));
                 }
             }
+        }
+    }
+}
+
+impl SidecarProxy {
+    fn count_tokens(
+        &self,
+        snap: &Snapshot,
+        route_index: usize,
+        route_name: &str,
+        provider: &Provider,
+        u: &crate::usage::Usage,
+    ) {
+        match snap.routes.get(route_index) {
+            Some(r) if r.metrics.provider() == &*provider.name => r.metrics.tokens(u),
+            _ => self.metrics.tokens(route_name, &provider.name, u),
         }
     }
 }

@@ -153,6 +153,49 @@ pub fn extract(v: &Value) -> Option<Usage> {
     None
 }
 
+/// The places a document keeps its usage, deserialized without building the rest of
+/// the document (unknown fields are skipped, not allocated).
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Doc {
+    usage: Option<Value>,
+    message: Option<Inner>,
+    response: Option<Inner>,
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Inner {
+    usage: Option<Value>,
+}
+
+/// [`extract`] straight from bytes.
+pub fn extract_bytes(b: &[u8]) -> Option<Usage> {
+    let d: Doc = serde_json::from_slice(b).ok()?;
+    for u in [
+        d.usage.as_ref(),
+        d.message.as_ref().and_then(|m| m.usage.as_ref()),
+        d.response.as_ref().and_then(|m| m.usage.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(u) = from_usage(u) {
+            return Some(u);
+        }
+    }
+    if d.eval_count.is_some() || d.prompt_eval_count.is_some() {
+        return Some(Usage {
+            input: d.prompt_eval_count.unwrap_or(0),
+            output: d.eval_count.unwrap_or(0),
+            ..Usage::default()
+        });
+    }
+    None
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
     Json,
@@ -257,11 +300,7 @@ impl UsageParser {
         }
         // Only events that mention usage are parsed; content events are counted.
         if memchr_usage(payload) {
-            if let Some(u) = serde_json::from_slice::<Value>(payload)
-                .ok()
-                .as_ref()
-                .and_then(extract)
-            {
+            if let Some(u) = extract_bytes(payload) {
                 self.reported = true;
                 self.usage.merge(u);
                 return;
@@ -294,11 +333,7 @@ impl UsageParser {
             let payload = &frame[12 + headers_len..total - 4];
             match event_type(headers) {
                 Some("metadata") => {
-                    if let Some(u) = serde_json::from_slice::<Value>(payload)
-                        .ok()
-                        .as_ref()
-                        .and_then(extract)
-                    {
+                    if let Some(u) = extract_bytes(payload) {
                         self.reported = true;
                         self.usage.merge(u);
                     }
@@ -313,12 +348,12 @@ impl UsageParser {
     /// nothing reported, or for a cut stream, at least one output token per content
     /// event seen.
     pub fn finish(&mut self, complete: bool) -> Usage {
-        if self.framing == Framing::Json && !self.skipping && !self.buf.is_empty() {
-            if let Some(u) = serde_json::from_slice::<Value>(&self.buf)
-                .ok()
-                .as_ref()
-                .and_then(extract)
-            {
+        if self.framing == Framing::Json
+            && !self.skipping
+            && !self.buf.is_empty()
+            && memchr_usage(&self.buf)
+        {
+            if let Some(u) = extract_bytes(&self.buf) {
                 self.reported = true;
                 self.usage.merge(u);
             }
@@ -338,7 +373,17 @@ impl UsageParser {
 }
 
 fn memchr_usage(b: &[u8]) -> bool {
-    b.windows(5).any(|w| w == b"usage" || w == b"eval_")
+    // `u` and `e` are rare enough in JSON punctuation that a byte scan for them first,
+    // then a compare, beats comparing every 5-byte window.
+    let mut i = 0;
+    while i + 5 <= b.len() {
+        match b[i] {
+            b'u' if &b[i..i + 5] == b"usage" => return true,
+            b'e' if &b[i..i + 5] == b"eval_" => return true,
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 /// An event carrying generated text: a non-empty `"content"`, `"text"` or `"delta"`
