@@ -102,16 +102,7 @@ fn ca_files(path: &std::path::Path, dir: Option<PathBuf>) -> Result<ca::CaFiles,
         .forward
         .ca
         .ok_or_else(|| format!("{} has no forward.ca; pass --dir DIR", path.display()))?;
-    let d = c.dir.as_deref().map(ca::CaFiles::in_dir);
-    let pick = |own: Option<PathBuf>, from_dir: Option<PathBuf>| own.or(from_dir);
-    match (
-        pick(c.root_file, d.as_ref().map(|d| d.root.clone())),
-        pick(c.cert_file, d.as_ref().map(|d| d.cert.clone())),
-        pick(c.key_file, d.as_ref().map(|d| d.key.clone())),
-    ) {
-        (Some(root), Some(cert), Some(key)) => Ok(ca::CaFiles { root, cert, key }),
-        _ => Err("forward.ca is incomplete; pass --dir DIR".into()),
-    }
+    ca::CaFiles::from_config(&c).ok_or_else(|| "forward.ca is incomplete; pass --dir DIR".into())
 }
 
 fn ca(path: &std::path::Path, cmd: CaCommand) -> ExitCode {
@@ -123,23 +114,22 @@ fn ca(path: &std::path::Path, cmd: CaCommand) -> ExitCode {
             new_root,
             if_missing,
         } => {
-            if if_missing && dir.is_none() {
-                match ca_files(path, None) {
-                    Ok(f) if f.root.exists() && f.cert.exists() && f.key.exists() => {
-                        println!("the CA in {} exists; nothing to do", f.cert.display());
+            if if_missing {
+                let files = match &dir {
+                    Some(d) => Ok(ca::CaFiles::in_dir(d)),
+                    None => ca_files(path, None),
+                };
+                match files {
+                    Ok(f) if f.exist() => {
+                        let at = dir
+                            .as_ref()
+                            .map_or_else(|| f.cert.display(), |d| d.display());
+                        println!("the CA in {at} exists; nothing to do");
                         return ExitCode::SUCCESS;
                     }
                     Ok(_) => {}
                     Err(_) => {
                         println!("{} has no forward.ca; nothing to do", path.display());
-                        return ExitCode::SUCCESS;
-                    }
-                }
-            } else if if_missing {
-                if let Some(d) = &dir {
-                    let f = ca::CaFiles::in_dir(d);
-                    if f.root.exists() && f.cert.exists() && f.key.exists() {
-                        println!("the CA in {} exists; nothing to do", d.display());
                         return ExitCode::SUCCESS;
                     }
                 }

@@ -179,44 +179,26 @@ impl Route {
                 path
             }
         } else {
-            match &self.prefix {
-                Some(p) => &path[p.len().min(path.len())..],
-                None => path,
-            }
+            self.below_prefix(path)
         };
-        let mut out = String::with_capacity(mount.len() + rest.len() + 1);
-        out.push_str(mount);
-        out.push_str(rest);
-        if out.is_empty() {
-            out.push('/');
-        }
-        if let Some(q) = query {
-            out.push('?');
-            out.push_str(q);
-        }
-        out
+        assemble(mount, rest, query)
     }
 
     /// The path and query sent upstream for a request path and query.
     pub fn upstream_path(&self, path: &str, query: Option<&str>) -> String {
-        let rest = match &self.prefix {
-            _ if self.keep_path => path,
+        if self.keep_path {
+            assemble("", path, query)
+        } else {
+            assemble(&self.mount, self.below_prefix(path), query)
+        }
+    }
+
+    /// The request path after the matched prefix.
+    fn below_prefix<'p>(&self, path: &'p str) -> &'p str {
+        match &self.prefix {
             Some(p) => &path[p.len().min(path.len())..],
             None => path,
-        };
-        let mount = if self.keep_path { "" } else { &self.mount };
-        let mut out =
-            String::with_capacity(mount.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
-        out.push_str(mount);
-        out.push_str(rest);
-        if out.is_empty() {
-            out.push('/');
         }
-        if let Some(q) = query {
-            out.push('?');
-            out.push_str(q);
-        }
-        out
     }
 
     /// True when this route matches every request `later` would match.
@@ -233,6 +215,22 @@ impl Route {
         };
         host_covered && prefix_covered
     }
+}
+
+/// `mount` + `rest` (at least `/`), then `?query`.
+fn assemble(mount: &str, rest: &str, query: Option<&str>) -> String {
+    let mut out =
+        String::with_capacity(mount.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    out.push_str(mount);
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {

@@ -86,7 +86,7 @@ impl Connections {
         }
     }
 
-    pub fn enter(self: &Arc<Self>) -> ConnectionGuard {
+    fn enter(self: &Arc<Self>) -> ConnectionGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard(self.clone())
     }

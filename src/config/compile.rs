@@ -86,6 +86,15 @@ pub struct FallbackPlan {
 pub struct RoutePlan {
     pub retry: crate::resilience::RetryPolicy,
     pub fallbacks: Vec<FallbackPlan>,
+    /// `[i]`: a fallback at position `i` or later is ready (for i = 0..=fallbacks.len()).
+    ready_after: Box<[bool]>,
+}
+
+impl RoutePlan {
+    /// Whether a fallback after target `target` (0: the route's provider) can take over.
+    pub fn ready_after(&self, target: usize) -> bool {
+        self.ready_after.get(target).copied().unwrap_or(false)
+    }
 }
 
 /// One immutable, fully compiled config. Requests hold an `Arc` to the snapshot they
@@ -916,7 +925,15 @@ impl<'a> Compiler<'a> {
                 model: f.model.as_deref().map(Arc::from),
             });
         }
-        RoutePlan { retry, fallbacks }
+        let mut ready_after = vec![false; fallbacks.len() + 1];
+        for i in (0..fallbacks.len()).rev() {
+            ready_after[i] = ready_after[i + 1] || matches!(fallbacks[i].target, Target::Ready(_));
+        }
+        RoutePlan {
+            retry,
+            fallbacks,
+            ready_after: ready_after.into(),
+        }
     }
 }
 

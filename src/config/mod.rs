@@ -12,6 +12,7 @@
 
 pub mod compile;
 pub mod errors;
+pub mod kept;
 pub mod parse;
 pub mod schema;
 pub mod secret;

@@ -11,8 +11,8 @@
 //! issue a new intermediate (for more domains, or when it expires): keep it offline.
 //!
 //! The name constraint is what makes trusting this CA safe: even if the intermediate's key
-//! leaked, certificates it signs for any other domain fail verification (RFC 5280
-//! §4.2.1.10; OpenSSL, BoringSSL, Go, Java, webpki and browsers enforce it).
+//! leaked, certificates it signs for any other domain fail verification by clients that
+//! enforce RFC 5280 §4.2.1.10 (the tests check OpenSSL and webpki).
 
 use parking_lot::RwLock;
 use rcgen::{
@@ -71,6 +71,22 @@ impl CaFiles {
             cert: dir.join(INTERMEDIATE_CERT),
             key: dir.join(INTERMEDIATE_KEY),
         }
+    }
+
+    /// The files `forward.ca` names: those in `dir`, each overridable by its `*_file`
+    /// key; None when neither names all three.
+    pub fn from_config(c: &crate::config::schema::ForwardCa) -> Option<CaFiles> {
+        let d = c.dir.as_deref().map(CaFiles::in_dir);
+        Some(CaFiles {
+            root: c.root_file.clone().or(d.as_ref().map(|d| d.root.clone()))?,
+            cert: c.cert_file.clone().or(d.as_ref().map(|d| d.cert.clone()))?,
+            key: c.key_file.clone().or(d.map(|d| d.key))?,
+        })
+    }
+
+    /// All three files are there.
+    pub fn exist(&self) -> bool {
+        self.root.exists() && self.cert.exists() && self.key.exists()
     }
 }
 
@@ -357,11 +373,6 @@ impl Authority {
         Ok((cert.der().clone(), key))
     }
 
-    /// The chain sent after the leaf.
-    pub fn intermediate(&self) -> &CertificateDer<'static> {
-        &self.intermediate
-    }
-
     /// Checks that clients trusting the root would accept a leaf for `name`.
     pub fn verify_name(&self, name: &str) -> Result<(), VerifyError> {
         let (leaf, _) = self
@@ -422,7 +433,7 @@ pub enum VerifyError {
 }
 
 /// Verifies `leaf` for `name` the way a rustls client trusting only `root` would.
-pub fn verify_leaf(
+fn verify_leaf(
     root: &CertificateDer<'static>,
     intermediate: &CertificateDer<'static>,
     leaf: &CertificateDer<'static>,

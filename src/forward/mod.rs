@@ -36,7 +36,7 @@ pub mod head;
 pub mod stream;
 pub mod tunnel;
 
-use crate::config::{ConfigStore, Snapshot};
+use crate::config::{schema, ConfigStore, Snapshot};
 use crate::observability::metrics::ForwardMetrics;
 use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
 use crate::routing::HostPattern;
@@ -121,6 +121,16 @@ pub struct TunnelLimits {
     pub total: Duration,
 }
 
+impl From<&schema::TunnelSettings> for TunnelLimits {
+    fn from(t: &schema::TunnelSettings) -> Self {
+        TunnelLimits {
+            connect: t.connect.get(),
+            idle: t.idle.get(),
+            total: t.total.get(),
+        }
+    }
+}
+
 /// A proxy user (who it is and the tenant it acts for). The password is only kept as
 /// part of a digest.
 #[derive(Debug, Clone)]
@@ -154,15 +164,11 @@ impl Default for ForwardSettings {
     fn default() -> Self {
         ForwardSettings {
             authority: None,
-            ports: Box::new([443]),
+            ports: schema::Forward::default().ports.into_boxed_slice(),
             intercept: Vec::new(),
             passthrough: Vec::new(),
             allow_private: AllowList::default(),
-            tunnel: TunnelLimits {
-                connect: Duration::from_secs(10),
-                idle: Duration::from_secs(300),
-                total: Duration::from_secs(3600),
-            },
+            tunnel: TunnelLimits::from(&schema::TunnelSettings::default()),
             proxy_auth: None,
         }
     }
@@ -183,6 +189,8 @@ pub enum Refusal {
     BlockedAddress(Blocked),
     SniMismatch,
     BadRequest,
+    /// A request head over `request.max_header_bytes` (431; reported as a bad request).
+    HeadTooLarge,
     ProxyAuth,
     Dns,
     Connect,
@@ -196,7 +204,7 @@ impl Refusal {
             Refusal::PortNotAllowed => "forward_port_not_allowed",
             Refusal::BlockedAddress(_) => "forward_blocked_address",
             Refusal::SniMismatch => "forward_sni_mismatch",
-            Refusal::BadRequest => "forward_bad_request",
+            Refusal::BadRequest | Refusal::HeadTooLarge => "forward_bad_request",
             Refusal::ProxyAuth => "forward_proxy_auth",
             Refusal::Dns => "forward_dns",
             Refusal::Connect => "forward_connect",
@@ -207,6 +215,7 @@ impl Refusal {
     fn status(self) -> (u16, &'static str) {
         match self {
             Refusal::BadRequest => (400, "Bad Request"),
+            Refusal::HeadTooLarge => (431, "Request Header Fields Too Large"),
             Refusal::ProxyAuth => (407, "Proxy Authentication Required"),
             Refusal::Dns | Refusal::Connect => (502, "Bad Gateway"),
             Refusal::ConnectTimeout => (504, "Gateway Timeout"),
@@ -318,7 +327,9 @@ fn refusal_message(why: Refusal, host: &str, port: u16) -> String {
         Refusal::Dns => format!("cannot resolve {host}"),
         Refusal::Connect => format!("cannot connect to {host}:{port}"),
         Refusal::ConnectTimeout => format!("timed out connecting to {host}:{port}"),
-        Refusal::SniMismatch | Refusal::BadRequest => "bad request".into(),
+        Refusal::SniMismatch | Refusal::BadRequest | Refusal::HeadTooLarge => {
+            "bad request".into()
+        }
     }
 }
 
@@ -368,18 +379,13 @@ impl ForwardFront {
                 Ok(h) => h,
                 Err(HeadError::Closed | HeadError::Timeout | HeadError::Io(_)) => return,
                 Err(e) => {
-                    self.metrics()
-                        .decision("unknown", "refuse", Refusal::BadRequest.as_str());
-                    let status = if matches!(e, HeadError::TooLarge(_)) {
-                        "431 Request Header Fields Too Large"
+                    let why = if matches!(e, HeadError::TooLarge(_)) {
+                        Refusal::HeadTooLarge
                     } else {
-                        "400 Bad Request"
+                        Refusal::BadRequest
                     };
-                    let body = format!("llm-sidecar: {e}\n");
-                    let out = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nx-llm-sidecar-error: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", Refusal::BadRequest.as_str(), body.len());
-                    let _ = l4.write_all(out.as_bytes()).await;
-                    let _ = l4.flush().await;
-                    let _ = l4.shutdown().await;
+                    self.metrics().decision("unknown", "refuse", why.as_str());
+                    refuse(&mut *l4, why, &e.to_string()).await;
                     return;
                 }
             };

@@ -74,40 +74,52 @@ where
     while client_open || upstream_open {
         let idle_at = (Instant::now() + idle).min(give_up);
         tokio::select! {
-            r = client.read(&mut up_buf), if client_open => match r {
-                Ok(0) => {
-                    client_open = false;
-                    let _ = upstream.shutdown().await;
-                }
-                Ok(n) => {
-                    if write(upstream, &up_buf[..n]).await.is_err() {
-                        return End::Error;
+            r = client.read(&mut up_buf), if client_open => {
+                match pass(r, &up_buf, upstream, &mut client_open).await {
+                    Ok(n) => {
+                        bytes.upstream += n;
+                        metrics.tunnel_bytes(n, 0);
                     }
-                    bytes.upstream += n as u64;
-                    metrics.tunnel_bytes(n as u64, 0);
+                    Err(()) => return End::Error,
                 }
-                Err(_) => return End::Error,
-            },
-            r = upstream.read(&mut down_buf), if upstream_open => match r {
-                Ok(0) => {
-                    upstream_open = false;
-                    let _ = client.shutdown().await;
-                }
-                Ok(n) => {
-                    if write(client, &down_buf[..n]).await.is_err() {
-                        return End::Error;
+            }
+            r = upstream.read(&mut down_buf), if upstream_open => {
+                match pass(r, &down_buf, client, &mut upstream_open).await {
+                    Ok(n) => {
+                        bytes.downstream += n;
+                        metrics.tunnel_bytes(0, n);
                     }
-                    bytes.downstream += n as u64;
-                    metrics.tunnel_bytes(0, n as u64);
+                    Err(()) => return End::Error,
                 }
-                Err(_) => return End::Error,
-            },
+            }
             _ = tokio::time::sleep_until(idle_at) => {
                 return if Instant::now() >= give_up { End::Total } else { End::Idle };
             }
         }
     }
     End::Closed
+}
+
+/// Passes one read on to `to`: the bytes written, or at EOF none, the read side marked
+/// closed and `to`'s write side shut (a half-close). `Err` on a failed read or write.
+async fn pass<W: AsyncWrite + Unpin + ?Sized>(
+    read: std::io::Result<usize>,
+    buf: &[u8],
+    to: &mut W,
+    open: &mut bool,
+) -> Result<u64, ()> {
+    match read {
+        Ok(0) => {
+            *open = false;
+            let _ = to.shutdown().await;
+            Ok(0)
+        }
+        Ok(n) => {
+            write(to, &buf[..n]).await.map_err(|_| ())?;
+            Ok(n as u64)
+        }
+        Err(_) => Err(()),
+    }
 }
 
 /// Writes and flushes: Pingora's client sockets buffer writes until flushed.

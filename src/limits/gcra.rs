@@ -58,10 +58,6 @@ impl Gcra {
         }
     }
 
-    pub fn capacity(&self) -> u64 {
-        self.tolerance / self.interval
-    }
-
     /// Takes `n` units, or says how long until it could.
     pub fn try_take(&self, now: u64, n: u64) -> Result<Snapshot, Duration> {
         let cost = n.saturating_mul(self.interval);

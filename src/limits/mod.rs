@@ -23,7 +23,7 @@ use crate::usage::Usage;
 use gcra::{now_ns, Gcra};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -133,25 +133,14 @@ impl Rule {
 /// as long as the rule's name and settings stay the same.
 #[derive(Default)]
 pub struct LimitRegistry {
-    entries: std::sync::Mutex<HashMap<String, Weak<State>>>,
+    entries: crate::config::kept::Kept<State>,
 }
 
 impl LimitRegistry {
     /// Config-load time only.
     pub fn state(&self, key: &str, spec: Spec) -> Arc<State> {
-        let mut m = match self.entries.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        m.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = m.get(key).and_then(Weak::upgrade) {
-            if s.spec == spec {
-                return s;
-            }
-        }
-        let s = Arc::new(State::new(spec));
-        m.insert(key.to_string(), Arc::downgrade(&s));
-        s
+        self.entries
+            .get(key, |s| s.spec == spec, || State::new(spec))
     }
 }
 
@@ -231,15 +220,6 @@ pub struct Held {
     _slots: Vec<OwnedSemaphorePermit>,
     /// The most any token rule allows this request to generate (when clamping).
     pub clamp_to: Option<u64>,
-    /// Rate and budget figures for `x-ratelimit-*` style reporting.
-    pub report: Option<RateReport>,
-}
-
-/// The tightest request and token figures among the rules a request passed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RateReport {
-    pub requests: Option<(u64, u64, Duration)>,
-    pub tokens: Option<(u64, u64, Duration)>,
 }
 
 impl Held {
@@ -265,6 +245,10 @@ impl Held {
 #[derive(Default)]
 pub struct Limits {
     pub rules: Vec<Rule>,
+    /// Route index → its provider's index (what a provider scope counts by).
+    pub route_provider: Vec<usize>,
+    /// Some rule budgets tokens, so requests need an estimate (a body parse).
+    pub needs_estimate: bool,
 }
 
 impl Limits {
@@ -272,12 +256,34 @@ impl Limits {
         self.rules.is_empty()
     }
 
-    /// Admits a request or says why not. Counters taken before a refusal are given back.
-    pub async fn admit(&self, s: Subject, est: Estimate) -> Result<Held, Denied> {
+    pub fn subject(&self, tenant: usize, route: usize) -> Subject {
+        Subject {
+            tenant,
+            route,
+            provider: self
+                .route_provider
+                .get(route)
+                .copied()
+                .unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Admits a request with this body, or says why not.
+    pub async fn admit(&self, s: Subject, body: &[u8]) -> Result<Held, Denied> {
+        let est = if self.needs_estimate {
+            Estimate::of_body(body)
+        } else {
+            Estimate::default()
+        };
+        self.admit_estimate(s, est).await
+    }
+
+    /// Admits a request expected to use `est`. Counters taken before a refusal are given
+    /// back.
+    pub async fn admit_estimate(&self, s: Subject, est: Estimate) -> Result<Held, Denied> {
         let mut held = Held::default();
         let now = now_ns();
         let mut taken_requests: Vec<Arc<State>> = Vec::new();
-        let mut report = RateReport::default();
         let undo = |held: &mut Held, taken: &[Arc<State>]| {
             let now = now_ns();
             for st in taken {
@@ -297,13 +303,7 @@ impl Limits {
             };
             if let (Some(spec), Some(g)) = (state.spec.requests, &state.requests) {
                 match g.try_take(now, 1) {
-                    Ok(snap) => {
-                        taken_requests.push(state.clone());
-                        tighter(
-                            &mut report.requests,
-                            (spec.burst, snap.remaining, snap.reset),
-                        );
-                    }
+                    Ok(_) => taken_requests.push(state.clone()),
                     Err(wait) => {
                         undo(&mut held, &taken_requests);
                         return Err(Denied {
@@ -315,43 +315,14 @@ impl Limits {
                 }
             }
             if let (Some(t), Some(g)) = (state.spec.tokens, &state.tokens) {
-                let output = est.max_output.unwrap_or(t.default_max_tokens);
-                let mut cost = est.cost(&t, output);
-                let result = match t.accounting {
-                    TokenAccounting::After => g.check(now).map(|snap| (snap, 0)),
-                    TokenAccounting::Reserve => match g.try_take(now, cost) {
-                        Ok(snap) => Ok((snap, cost)),
-                        Err(wait) => {
-                            // Clamping: reserve what is left and cap the output to it.
-                            let left = g.snapshot(now).remaining;
-                            let fixed = est.cost(&t, 0);
-                            if t.clamp && t.count != TokenCount::Input && left > fixed {
-                                let allowed = left - fixed;
-                                cost = fixed + allowed;
-                                match g.try_take(now, cost) {
-                                    Ok(snap) => {
-                                        held.clamp_to =
-                                            Some(held.clamp_to.map_or(allowed, |c| c.min(allowed)));
-                                        Ok((snap, cost))
-                                    }
-                                    Err(w) => Err(w),
-                                }
-                            } else {
-                                Err(wait)
-                            }
+                match take_tokens(g, &t, est, now) {
+                    Ok((reserved, clamp)) => {
+                        if let Some(allowed) = clamp {
+                            held.clamp_to = Some(held.clamp_to.map_or(allowed, |c| c.min(allowed)));
                         }
-                    },
-                };
-                match result {
-                    Ok((snap, reserved)) => {
-                        if t.accounting == TokenAccounting::After {
-                            held.tokens.push((state.clone(), 0));
-                        } else {
-                            held.tokens.push((state.clone(), reserved));
-                        }
-                        tighter(&mut report.tokens, (t.limit, snap.remaining, snap.reset));
+                        held.tokens.push((state.clone(), reserved));
                     }
-                    Err(wait) => {
+                    Err((wait, needed)) => {
                         let remaining = g.snapshot(now).remaining;
                         undo(&mut held, &taken_requests);
                         return Err(Denied {
@@ -359,7 +330,7 @@ impl Limits {
                             kind: DeniedKind::Tokens {
                                 limit: t.limit,
                                 remaining,
-                                needed: cost,
+                                needed,
                             },
                             retry_after: wait,
                         });
@@ -397,15 +368,38 @@ impl Limits {
                 }
             }
         }
-        held.report = Some(report);
         Ok(held)
     }
 }
 
-fn tighter(slot: &mut Option<(u64, u64, Duration)>, new: (u64, u64, Duration)) {
-    if slot.is_none_or(|cur| new.1 < cur.1) {
-        *slot = Some(new);
+/// Takes a request's tokens from a budget: `Ok((reserved, clamped output))`,
+/// or `Err((wait, tokens needed))`. `after` accounting only checks the budget is not
+/// spent and reserves nothing.
+fn take_tokens(
+    g: &Gcra,
+    t: &TokenSpec,
+    est: Estimate,
+    now: u64,
+) -> Result<(u64, Option<u64>), (Duration, u64)> {
+    let cost = est.cost(t, est.max_output.unwrap_or(t.default_max_tokens));
+    if t.accounting == TokenAccounting::After {
+        return g.check(now).map(|_| (0, None)).map_err(|w| (w, cost));
     }
+    let wait = match g.try_take(now, cost) {
+        Ok(_) => return Ok((cost, None)),
+        Err(w) => w,
+    };
+    // Clamping: reserve what is left and cap the output to it.
+    let left = g.snapshot(now).remaining;
+    let fixed = est.cost(t, 0);
+    if !t.clamp || t.count == TokenCount::Input || left <= fixed {
+        return Err((wait, cost));
+    }
+    let allowed = left - fixed;
+    let cost = fixed + allowed;
+    g.try_take(now, cost)
+        .map(|_| (cost, Some(allowed)))
+        .map_err(|w| (w, cost))
 }
 
 /// Parses `"10/s"`, `"600/m"`, `"1000/h"`, `"50000/d"` into requests per second.
@@ -441,6 +435,8 @@ mod tests {
         let mut states = HashMap::new();
         states.insert((0, 0, 0), Arc::new(State::new(spec)));
         Limits {
+            route_provider: vec![0],
+            needs_estimate: spec.tokens.is_some(),
             rules: vec![Rule {
                 name: Arc::from("r"),
                 dims: Dims::default(),
@@ -500,10 +496,10 @@ mod tests {
             input: 100,
             max_output: Some(400),
         };
-        let mut a = l.admit(S, est).await.unwrap();
-        let _b = l.admit(S, est).await.unwrap();
+        let mut a = l.admit_estimate(S, est).await.unwrap();
+        let _b = l.admit_estimate(S, est).await.unwrap();
         // 1000 reserved: a third is refused, with the numbers
-        let d = l.admit(S, est).await.err().unwrap();
+        let d = l.admit_estimate(S, est).await.err().unwrap();
         assert_eq!(
             d.kind,
             DeniedKind::Tokens {
@@ -519,7 +515,7 @@ mod tests {
             ..Default::default()
         }));
         assert!(l
-            .admit(
+            .admit_estimate(
                 S,
                 Estimate {
                     input: 100,
@@ -539,7 +535,7 @@ mod tests {
         };
         let mut held = Vec::new();
         for _ in 0..10 {
-            held.push(l.admit(S, est).await.unwrap());
+            held.push(l.admit_estimate(S, est).await.unwrap());
         }
         for h in &mut held {
             h.reconcile(Some(Usage {
@@ -549,7 +545,7 @@ mod tests {
             }));
         }
         // 5000 used of 1000; now everything is refused for a long while
-        assert!(l.admit(S, est).await.is_err());
+        assert!(l.admit_estimate(S, est).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]
@@ -559,11 +555,14 @@ mod tests {
             input: 100,
             max_output: Some(600),
         };
-        let a = l.admit(S, est).await.unwrap();
+        let a = l.admit_estimate(S, est).await.unwrap();
         assert_eq!(a.clamp_to, None);
-        let b = l.admit(S, est).await.unwrap();
+        let b = l.admit_estimate(S, est).await.unwrap();
         assert_eq!(b.clamp_to, Some(200), "300 left, 100 of them input");
-        assert!(l.admit(S, est).await.is_err(), "nothing left to clamp to");
+        assert!(
+            l.admit_estimate(S, est).await.is_err(),
+            "nothing left to clamp to"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -580,14 +579,22 @@ mod tests {
             }),
             tokens: None,
         });
-        let first = l.admit(S, Estimate::default()).await.unwrap();
+        let first = l.admit_estimate(S, Estimate::default()).await.unwrap();
         // a second waits in the queue for the slot, times out, and its request-rate
         // unit is given back
-        let d = l.admit(S, Estimate::default()).await.err().unwrap();
+        let d = l
+            .admit_estimate(S, Estimate::default())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(d.kind, DeniedKind::Concurrency { max: 1 });
         drop(first);
-        let _second = l.admit(S, Estimate::default()).await.unwrap();
-        let d = l.admit(S, Estimate::default()).await.err().unwrap();
+        let _second = l.admit_estimate(S, Estimate::default()).await.unwrap();
+        let d = l
+            .admit_estimate(S, Estimate::default())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(d.kind, DeniedKind::Requests { limit: 2 });
         assert!(d.retry_after > Duration::ZERO);
     }

@@ -385,19 +385,8 @@ impl SidecarProxy {
         // Limits: admitted (reserving tokens, taking a slot) or 429.
         let mut body = body;
         if !snap.limits.is_empty() {
-            let subject = crate::limits::Subject {
-                tenant: tenant.index,
-                route: route.index,
-                provider: snap
-                    .providers
-                    .get_index_of(&*provider.name)
-                    .unwrap_or(usize::MAX),
-            };
-            match snap
-                .limits
-                .admit(subject, crate::limits::Estimate::of_body(&body))
-                .await
-            {
+            let subject = snap.limits.subject(tenant.index, route.index);
+            match snap.limits.admit(subject, &body).await {
                 Ok(held) => {
                     if let Some(cap) = held.clamp_to {
                         if let Some(b) = with_max_tokens(&body, cap) {
@@ -419,14 +408,9 @@ impl SidecarProxy {
         let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
         let plan = &snap.plans[route.index];
         plan.retry.budget.deposit();
-        let ready: Vec<bool> = plan
-            .fallbacks
-            .iter()
-            .map(|f| matches!(f.target, Target::Ready(_)))
-            .collect();
         let mut last_error = None;
         for ti in 0..=plan.fallbacks.len() {
-            let fallback_left = ready.get(ti..).is_some_and(|r| r.contains(&true));
+            let fallback_left = plan.ready_after(ti);
             let target = if ti == 0 {
                 Some((provider.clone(), uri.clone(), body.clone()))
             } else {
@@ -712,22 +696,31 @@ enum TargetEnd {
     Next(SidecarError),
 }
 
+/// A JSON object body edited by `f` and serialized again (None: not a JSON object).
+fn edit_json(
+    body: &Bytes,
+    f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    f(v.as_object_mut()?);
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
 /// The JSON body with its output cap lowered to `cap` (token budget clamping): every
 /// cap field the request used, else `max_tokens`.
 fn with_max_tokens(body: &Bytes, cap: u64) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let o = v.as_object_mut()?;
-    let mut set = false;
-    for k in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
-        if o.contains_key(k) {
-            o.insert(k.into(), cap.into());
-            set = true;
+    edit_json(body, |o| {
+        let mut set = false;
+        for k in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+            if o.contains_key(k) {
+                o.insert(k.into(), cap.into());
+                set = true;
+            }
         }
-    }
-    if !set {
-        o.insert("max_tokens".into(), cap.into());
-    }
-    serde_json::to_vec(&v).ok().map(Bytes::from)
+        if !set {
+            o.insert("max_tokens".into(), cap.into());
+        }
+    })
 }
 
 /// The 429 for a limit, with `Retry-After` and the provider's own rate-limit headers.
@@ -817,10 +810,9 @@ fn httpdate_rfc3339(t: std::time::SystemTime) -> String {
 
 /// The JSON body with its top-level `model` replaced (for a fallback target).
 fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.as_object_mut()?
-        .insert("model".into(), serde_json::Value::from(model));
-    serde_json::to_vec(&v).ok().map(Bytes::from)
+    edit_json(body, |o| {
+        o.insert("model".into(), serde_json::Value::from(model));
+    })
 }
 
 /// Hex SHA-256 of a body, computed once per exchange. Large bodies are hashed on the
@@ -942,7 +934,10 @@ impl ProxyHttp for SidecarProxy {
                     .req_header()
                     .headers
                     .get(CONTENT_LENGTH)
-                    .is_some_and(|v| v.as_bytes() != plan.body.len().to_string().as_bytes())
+                    .is_some_and(|v| {
+                        v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok())
+                            != Some(plan.body.len())
+                    })
             {
                 session
                     .req_header_mut()

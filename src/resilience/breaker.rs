@@ -323,7 +323,7 @@ mod tests {
 /// reload unless the provider's breaker settings changed).
 #[derive(Default)]
 pub struct BreakerRegistry {
-    entries: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Breaker>>>,
+    entries: crate::config::kept::Kept<Breaker>,
 }
 
 impl BreakerRegistry {
@@ -334,18 +334,10 @@ impl BreakerRegistry {
         settings: BreakerSettings,
         metrics: impl FnOnce() -> BreakerMetrics,
     ) -> std::sync::Arc<Breaker> {
-        let mut map = match self.entries.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(b) = map.get(key).and_then(std::sync::Weak::upgrade) {
-            if b.settings == settings {
-                return b;
-            }
-        }
-        let b = std::sync::Arc::new(Breaker::new(settings, Some(metrics())));
-        map.insert(key.to_string(), std::sync::Arc::downgrade(&b));
-        b
+        self.entries.get(
+            key,
+            |b| b.settings == settings,
+            || Breaker::new(settings, Some(metrics())),
+        )
     }
 }

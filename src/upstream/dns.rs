@@ -20,7 +20,7 @@ use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,10 +380,6 @@ impl Overrides {
         Ok(())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// The fixed address for `host:port`, if an override covers it.
     pub fn lookup(&self, host: &str, port: u16) -> Option<SocketAddr> {
         if self.map.is_empty() {
@@ -401,24 +397,18 @@ impl Overrides {
 /// Hands out one shared [`HostEntry`] per host:port across config loads.
 #[derive(Default)]
 pub struct DnsRegistry {
-    entries: Mutex<HashMap<(String, u16), Weak<HostEntry>>>,
+    entries: crate::config::kept::Kept<HostEntry>,
 }
 
 impl DnsRegistry {
     /// Config-load time only; never called per request.
     pub fn entry(&self, host: &str, port: u16) -> Arc<HostEntry> {
-        let mut map = match self.entries.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.retain(|_, w| w.strong_count() > 0);
-        let key = (host.to_ascii_lowercase(), port);
-        if let Some(e) = map.get(&key).and_then(Weak::upgrade) {
-            return e;
-        }
-        let e = Arc::new(HostEntry::new(&key.0, port));
-        map.insert(key, Arc::downgrade(&e));
-        e
+        let host = host.to_ascii_lowercase();
+        self.entries.get(
+            &format!("{host}:{port}"),
+            |_| true,
+            || HostEntry::new(&host, port),
+        )
     }
 }
 

@@ -36,10 +36,6 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn total(&self) -> u64 {
-        self.input + self.output
-    }
-
     /// Field-wise maximum: reports in one response are either partial (Anthropic's
     /// `message_start` then `message_delta`) or cumulative, never additive.
     fn merge(&mut self, o: Usage) {
@@ -118,41 +114,6 @@ fn from_usage(u: &Value) -> Option<Usage> {
     })
 }
 
-/// The usage in one JSON document (a whole body, or one event).
-pub fn extract(v: &Value) -> Option<Usage> {
-    for path in [
-        &["usage"][..],
-        &["message", "usage"],
-        &["response", "usage"],
-    ] {
-        let mut cur = v;
-        let mut found = true;
-        for k in path {
-            match cur.get(k) {
-                Some(x) => cur = x,
-                None => {
-                    found = false;
-                    break;
-                }
-            }
-        }
-        if found {
-            if let Some(u) = from_usage(cur) {
-                return Some(u);
-            }
-        }
-    }
-    // Ollama's native API
-    if v.get("eval_count").is_some() || v.get("prompt_eval_count").is_some() {
-        return Some(Usage {
-            input: num(v, &["prompt_eval_count"]).unwrap_or(0),
-            output: num(v, &["eval_count"]).unwrap_or(0),
-            ..Usage::default()
-        });
-    }
-    None
-}
-
 /// The places a document keeps its usage, deserialized without building the rest of
 /// the document (unknown fields are skipped, not allocated).
 #[derive(serde::Deserialize, Default)]
@@ -171,8 +132,10 @@ struct Inner {
     usage: Option<Value>,
 }
 
-/// [`extract`] straight from bytes.
-pub fn extract_bytes(b: &[u8]) -> Option<Usage> {
+/// The usage in one JSON document (a whole body, or one event): its `usage`,
+/// `message.usage` (Anthropic's `message_start`) or `response.usage` (the Responses
+/// API's `response.completed`), else Ollama's native counts.
+pub fn extract(b: &[u8]) -> Option<Usage> {
     let d: Doc = serde_json::from_slice(b).ok()?;
     for u in [
         d.usage.as_ref(),
@@ -221,14 +184,19 @@ impl UsageParser {
     /// A parser for a response with this `content-type`, or None when it carries no usage
     /// the sidecar understands.
     pub fn for_content_type(content_type: &str) -> Option<UsageParser> {
-        let ct = content_type.to_ascii_lowercase();
-        let framing = if ct.starts_with("text/event-stream") {
+        // Runs for every response: compare without allocating a lower-cased copy.
+        let is = |prefix: &str| {
+            content_type
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        };
+        let framing = if is("text/event-stream") {
             Framing::Sse
-        } else if ct.starts_with("application/vnd.amazon.eventstream") {
+        } else if is("application/vnd.amazon.eventstream") {
             Framing::EventStream
-        } else if ct.starts_with("application/x-ndjson") {
+        } else if is("application/x-ndjson") {
             Framing::NdJson
-        } else if ct.starts_with("application/json") {
+        } else if is("application/json") {
             Framing::Json
         } else {
             return None;
@@ -300,7 +268,7 @@ impl UsageParser {
         }
         // Only events that mention usage are parsed; content events are counted.
         if memchr_usage(payload) {
-            if let Some(u) = extract_bytes(payload) {
+            if let Some(u) = extract(payload) {
                 self.reported = true;
                 self.usage.merge(u);
                 return;
@@ -333,7 +301,7 @@ impl UsageParser {
             let payload = &frame[12 + headers_len..total - 4];
             match event_type(headers) {
                 Some("metadata") => {
-                    if let Some(u) = extract_bytes(payload) {
+                    if let Some(u) = extract(payload) {
                         self.reported = true;
                         self.usage.merge(u);
                     }
@@ -353,7 +321,7 @@ impl UsageParser {
             && !self.buf.is_empty()
             && memchr_usage(&self.buf)
         {
-            if let Some(u) = extract_bytes(&self.buf) {
+            if let Some(u) = extract(&self.buf) {
                 self.reported = true;
                 self.usage.merge(u);
             }

@@ -66,11 +66,7 @@ impl Compiler<'_> {
                     .push(format!("forward.tunnel.{k}"), "must be greater than 0");
             }
         }
-        out.tunnel = TunnelLimits {
-            connect: f.tunnel.connect.get(),
-            idle: f.tunnel.idle.get(),
-            total: f.tunnel.total.get(),
-        };
+        out.tunnel = TunnelLimits::from(&f.tunnel);
 
         out.intercept = routes.iter().filter_map(|r| r.host().cloned()).collect();
         out.proxy_auth = f.proxy_auth.as_ref().map(|a| self.proxy_auth(a, tenants));
@@ -105,29 +101,12 @@ impl Compiler<'_> {
             );
             return None;
         };
-        let files = match &c.dir {
-            Some(dir) => {
-                let d = CaFiles::in_dir(dir);
-                CaFiles {
-                    root: c.root_file.clone().unwrap_or(d.root),
-                    cert: c.cert_file.clone().unwrap_or(d.cert),
-                    key: c.key_file.clone().unwrap_or(d.key),
-                }
-            }
-            None => match (&c.cert_file, &c.key_file, &c.root_file) {
-                (Some(cert), Some(key), Some(root)) => CaFiles {
-                    root: root.clone(),
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-                _ => {
-                    self.errs.push(
-                        "forward.ca",
-                        "set `dir`, or all of cert_file, key_file and root_file",
-                    );
-                    return None;
-                }
-            },
+        let Some(files) = CaFiles::from_config(c) else {
+            self.errs.push(
+                "forward.ca",
+                "set `dir`, or all of cert_file, key_file and root_file",
+            );
+            return None;
         };
         // A rotated CA (same paths, new contents) is a change worth reloading for.
         for p in [&files.root, &files.cert, &files.key] {

@@ -106,6 +106,8 @@ impl Compiler<'_> {
                 spec,
             });
         }
+        out.needs_estimate = out.rules.iter().any(|r| r.spec.tokens.is_some());
+        out.route_provider = route_provider;
         out
     }
 

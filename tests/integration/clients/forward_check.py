@@ -10,33 +10,14 @@ import os
 
 import httpx
 import openai
+from openai_checks import chat_and_stream
 
 assert os.environ.get("HTTPS_PROXY"), "set HTTPS_PROXY"
 assert os.environ.get("SSL_CERT_FILE"), "set SSL_CERT_FILE"
 
 client = openai.OpenAI(max_retries=0)
 assert str(client.base_url) == "https://api.openai.com/v1/", client.base_url
-r = client.chat.completions.create(
-    model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
-)
-assert r.choices[0].message.content.startswith("This is a mock"), r
-
-text, usage, events = "", None, 0
-stream = client.chat.completions.create(
-    model="gpt-4o-mini",
-    messages=[{"role": "user", "content": "Say hello"}],
-    stream=True,
-    stream_options={"include_usage": True},
-)
-for chunk in stream:
-    events += 1
-    if chunk.choices and chunk.choices[0].delta.content:
-        text += chunk.choices[0].delta.content
-    if chunk.usage:
-        usage = chunk.usage
-assert text.startswith("This is a mock"), text
-assert usage is not None and usage.completion_tokens == 8, usage
-assert events >= 10, events
+chat_and_stream(client)
 
 # httpx on its own, also configured only by the environment (trust_env).
 with httpx.Client(timeout=10) as h:

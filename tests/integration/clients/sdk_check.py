@@ -7,32 +7,12 @@ import sys
 
 import anthropic
 import openai
+from openai_checks import chat_and_stream
 
 base = sys.argv[1]
 
 client = openai.OpenAI(base_url=base + "/openai/v1", api_key="sk-app-dummy", max_retries=0)
-r = client.chat.completions.create(
-    model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
-)
-assert r.choices[0].message.content.startswith("This is a mock"), r
-assert r.usage.completion_tokens == 8, r.usage
-
-text, usage, events = "", None, 0
-stream = client.chat.completions.create(
-    model="gpt-4o-mini",
-    messages=[{"role": "user", "content": "Say hello"}],
-    stream=True,
-    stream_options={"include_usage": True},
-)
-for chunk in stream:
-    events += 1
-    if chunk.choices and chunk.choices[0].delta.content:
-        text += chunk.choices[0].delta.content
-    if chunk.usage:
-        usage = chunk.usage
-assert text.startswith("This is a mock"), text
-assert usage is not None and usage.completion_tokens == 8, usage
-assert events >= 10, events
+chat_and_stream(client)
 
 models = client.models.list()
 assert any(m.id == "gpt-4o-mini" for m in models.data)

@@ -2,6 +2,7 @@
 //! told to fail or to be slow, checks client credentials, and verifies service-account JWT
 //! assertions with an RSA public key.
 
+use super::upstreams::accept_for;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -89,101 +90,91 @@ pub async fn start(expires_in: u64) -> TokenServer {
         ..Default::default()
     }));
     let (c, b) = (calls.clone(), behaviour.clone());
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = tokio::time::sleep_until(deadline) => return,
-            };
-            let Ok((tcp, _)) = accepted else { continue };
-            let (c, b) = (c.clone(), b.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                    let (c, b) = (c.clone(), b.clone());
-                    async move {
-                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let form: HashMap<String, String> =
-                            form_urlencoded::parse(&body).into_owned().collect();
-                        let (delay, fail, expires_in, client, jwt_key) = {
-                            let mut g = b.lock().unwrap();
-                            g.last_form = form.clone();
-                            (
-                                g.delay,
-                                g.fail,
-                                g.expires_in,
-                                g.client.clone(),
-                                g.jwt_key.clone(),
-                            )
-                        };
-                        if !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
-                        }
-                        if fail {
-                            return Ok::<_, Infallible>(json(
-                                503,
-                                serde_json::json!({"error": "temporarily_unavailable"}),
-                            ));
-                        }
-                        match form.get("grant_type").map(String::as_str) {
-                            Some("client_credentials") => {
-                                if let Some((id, secret)) = client {
-                                    let want = format!(
-                                        "Basic {}",
-                                        base64::engine::general_purpose::STANDARD
-                                            .encode(format!("{id}:{secret}"))
-                                    );
-                                    if auth.as_deref() != Some(want.as_str()) {
-                                        return Ok(json(
-                                            401,
-                                            serde_json::json!({"error": "invalid_client"}),
-                                        ));
-                                    }
-                                }
-                            }
-                            Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
-                                let key = jwt_key.unwrap_or_default();
-                                match verify_jwt(
-                                    form.get("assertion").map_or("", String::as_str),
-                                    &key,
-                                ) {
-                                    Ok(claims) => b.lock().unwrap().last_claims = Some(claims),
-                                    Err(e) => {
-                                        return Ok(json(
-                                            400,
-                                            serde_json::json!({"error": "invalid_grant", "error_description": e}),
-                                        ));
-                                    }
-                                }
-                            }
-                            _ => {
-                                return Ok(json(
-                                    400,
-                                    serde_json::json!({"error": "unsupported_grant_type"}),
-                                ))
-                            }
-                        }
-                        Ok(json(
-                            200,
-                            serde_json::json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": expires_in}),
-                        ))
+    accept_for(listener, Duration::from_secs(120), move |tcp| {
+        let (c, b) = (c.clone(), b.clone());
+        async move {
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                let (c, b) = (c.clone(), b.clone());
+                async move {
+                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let form: HashMap<String, String> =
+                        form_urlencoded::parse(&body).into_owned().collect();
+                    let (delay, fail, expires_in, client, jwt_key) = {
+                        let mut g = b.lock().unwrap();
+                        g.last_form = form.clone();
+                        (
+                            g.delay,
+                            g.fail,
+                            g.expires_in,
+                            g.client.clone(),
+                            g.jwt_key.clone(),
+                        )
+                    };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
                     }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                    if fail {
+                        return Ok::<_, Infallible>(json(
+                            503,
+                            serde_json::json!({"error": "temporarily_unavailable"}),
+                        ));
+                    }
+                    match form.get("grant_type").map(String::as_str) {
+                        Some("client_credentials") => {
+                            if let Some((id, secret)) = client {
+                                let want = format!(
+                                    "Basic {}",
+                                    base64::engine::general_purpose::STANDARD
+                                        .encode(format!("{id}:{secret}"))
+                                );
+                                if auth.as_deref() != Some(want.as_str()) {
+                                    return Ok(json(
+                                        401,
+                                        serde_json::json!({"error": "invalid_client"}),
+                                    ));
+                                }
+                            }
+                        }
+                        Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
+                            let key = jwt_key.unwrap_or_default();
+                            match verify_jwt(form.get("assertion").map_or("", String::as_str), &key)
+                            {
+                                Ok(claims) => b.lock().unwrap().last_claims = Some(claims),
+                                Err(e) => {
+                                    return Ok(json(
+                                        400,
+                                        serde_json::json!({"error": "invalid_grant", "error_description": e}),
+                                    ));
+                                }
+                            }
+                        }
+                        _ => {
+                            return Ok(json(
+                                400,
+                                serde_json::json!({"error": "unsupported_grant_type"}),
+                            ))
+                        }
+                    }
+                    Ok(json(
+                        200,
+                        serde_json::json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": expires_in}),
+                    ))
+                }
             });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         }
     });
     TokenServer {

@@ -80,6 +80,55 @@ pub async fn gated_sse(events: usize) -> GatedSse {
     GatedSse { addr, acks: ack_tx }
 }
 
+/// Reads one HTTP/1.1 request (head, then Content-Length bytes) from `tcp`, keeping
+/// whatever follows in `buf`; returns its body, or None when the connection ends first.
+pub async fn read_request(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(buf.drain(..head_end + len).skip(head_end).collect())
+}
+
+/// Accepts connections on `listener` for `lifetime` (so a test's server stops by
+/// itself), serving each on its own task.
+pub fn accept_for<F, Fut>(listener: TcpListener, lifetime: Duration, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + lifetime;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tokio::time::sleep_until(deadline) => return,
+            };
+            if let Ok((tcp, _)) = accepted {
+                tokio::spawn(serve(tcp));
+            }
+        }
+    });
+}
+
 /// A TCP server that accepts connections and reads the request but never answers, for at
 /// most `hold`.
 pub async fn silent(hold: Duration) -> SocketAddr {
@@ -125,67 +174,36 @@ pub fn closed_port() -> SocketAddr {
 /// Returns the address and the sha256 of every request body it answered.
 pub async fn closes_reused_connections() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use sha2::{Digest, Sha256};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = bodies.clone();
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = tokio::time::sleep_until(deadline) => return,
-            };
-            let Ok((mut tcp, _)) = accepted else { continue };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 64 * 1024];
-                for nth in 0.. {
-                    // Read one request: head, then Content-Length bytes.
-                    let (head_end, len) = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                            let len = head
-                                .lines()
-                                .find_map(|l| {
-                                    l.strip_prefix("content-length:")
-                                        .map(|v| v.trim().parse::<usize>().unwrap())
-                                })
-                                .unwrap_or(0);
-                            break (i + 4, len);
-                        }
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    while buf.len() < head_end + len {
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    if nth > 0 {
-                        return; // drop the connection without answering
-                    }
-                    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
-                    seen.lock()
-                        .unwrap()
-                        .push(hex::encode(Sha256::digest(&body)));
-                    let answer = br#"{"object":"chat.completion","choices":[]}"#;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        answer.len()
-                    );
-                    if tcp.write_all(head.as_bytes()).await.is_err()
-                        || tcp.write_all(answer).await.is_err()
-                    {
-                        return;
-                    }
+    accept_for(listener, Duration::from_secs(30), move |mut tcp| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            for nth in 0.. {
+                let Some(body) = read_request(&mut tcp, &mut buf).await else {
+                    return;
+                };
+                if nth > 0 {
+                    return; // drop the connection without answering
                 }
-            });
+                seen.lock()
+                    .unwrap()
+                    .push(hex::encode(Sha256::digest(&body)));
+                let answer = br#"{"object":"chat.completion","choices":[]}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    answer.len()
+                );
+                if tcp.write_all(head.as_bytes()).await.is_err()
+                    || tcp.write_all(answer).await.is_err()
+                {
+                    return;
+                }
+            }
         }
     });
     (addr, bodies)
@@ -203,58 +221,50 @@ pub async fn by_credential(
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let answers = Arc::new(answers);
     let log = seen.clone();
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = tokio::time::sleep_until(deadline) => return,
-            };
-            let Ok((tcp, _)) = accepted else { continue };
-            let (answers, log) = (answers.clone(), log.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                    let (answers, log) = (answers.clone(), log.clone());
-                    async move {
-                        let cred = req
-                            .headers()
-                            .get("authorization")
-                            .or_else(|| req.headers().get("x-api-key"))
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let _ = req.into_body().collect().await;
-                        log.lock().unwrap().push(cred.clone());
-                        let (status, retry_after) = answers
-                            .iter()
-                            .find(|(c, _, _)| *c == cred)
-                            .map_or((200, None), |(_, s, r)| (*s, r.clone()));
-                        let body = if status == 200 {
-                            r#"{"object":"chat.completion","choices":[]}"#.to_string()
-                        } else {
-                            format!(
-                                r#"{{"error":{{"message":"status {status}","type":"test","code":null}}}}"#
-                            )
-                        };
-                        let mut resp = hyper::Response::new(BodyExt::boxed(
-                            http_body_util::Full::new(Bytes::from(body)),
-                        ));
-                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        resp.headers_mut().insert(
-                            "content-type",
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        if let Some(r) = retry_after {
-                            resp.headers_mut()
-                                .insert("retry-after", http::HeaderValue::from_str(&r).unwrap());
-                        }
-                        Ok::<_, Infallible>(resp)
+    accept_for(listener, Duration::from_secs(60), move |tcp| {
+        let (answers, log) = (answers.clone(), log.clone());
+        async move {
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                let (answers, log) = (answers.clone(), log.clone());
+                async move {
+                    let cred = req
+                        .headers()
+                        .get("authorization")
+                        .or_else(|| req.headers().get("x-api-key"))
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = req.into_body().collect().await;
+                    log.lock().unwrap().push(cred.clone());
+                    let (status, retry_after) = answers
+                        .iter()
+                        .find(|(c, _, _)| *c == cred)
+                        .map_or((200, None), |(_, s, r)| (*s, r.clone()));
+                    let body = if status == 200 {
+                        r#"{"object":"chat.completion","choices":[]}"#.to_string()
+                    } else {
+                        format!(
+                            r#"{{"error":{{"message":"status {status}","type":"test","code":null}}}}"#
+                        )
+                    };
+                    let mut resp = hyper::Response::new(BodyExt::boxed(http_body_util::Full::new(
+                        Bytes::from(body),
+                    )));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    if let Some(r) = retry_after {
+                        resp.headers_mut()
+                            .insert("retry-after", http::HeaderValue::from_str(&r).unwrap());
                     }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                    Ok::<_, Infallible>(resp)
+                }
             });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         }
     });
     (addr, seen)
@@ -296,86 +306,57 @@ pub async fn scripted(script: Vec<Scripted>) -> (SocketAddr, Arc<std::sync::Mute
         script,
     )));
     let log = seen.clone();
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = tokio::time::sleep_until(deadline) => return,
-            };
-            let Ok((mut tcp, _)) = accepted else { continue };
-            let (script, log) = (script.clone(), log.clone());
-            tokio::spawn(async move {
-                // HTTP/1.1 by hand, so a stream can be cut without a clean end.
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 8192];
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + len {
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body = Bytes::copy_from_slice(&buf[head_end..head_end + len]);
-                    buf.drain(..head_end + len);
-                    {
-                        let mut l = log.lock().unwrap();
-                        l.at.push(tokio::time::Instant::now());
-                        l.bodies.push(body);
-                    }
-                    let next = script.lock().unwrap().pop_front();
-                    let s = next.unwrap_or(Scripted::status(200));
-                    if s.break_stream {
-                        let _ = tcp
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-                            .await;
-                        let ev = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
-                        let _ = tcp
-                            .write_all(format!("{:x}\r\n", ev.len()).as_bytes())
-                            .await;
-                        let _ = tcp.write_all(ev).await;
-                        let _ = tcp.write_all(b"\r\n").await;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        return; // cut: no terminating chunk
-                    }
-                    let body = if s.status == 200 {
-                        r#"{"object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#.to_string()
-                    } else {
-                        format!(
-                            r#"{{"error":{{"message":"status {}","type":"test","code":null}}}}"#,
-                            s.status
-                        )
-                    };
-                    let mut resp = format!(
-                        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-                        s.status,
-                        body.len()
-                    );
-                    if let Some(r) = s.retry_after {
-                        resp.push_str(&format!("retry-after: {r}\r\n"));
-                    }
-                    resp.push_str("\r\n");
-                    resp.push_str(&body);
-                    if tcp.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
+    accept_for(listener, Duration::from_secs(60), move |mut tcp| {
+        let (script, log) = (script.clone(), log.clone());
+        async move {
+            // HTTP/1.1 by hand, so a stream can be cut without a clean end.
+            let mut buf = Vec::new();
+            loop {
+                let Some(body) = read_request(&mut tcp, &mut buf).await else {
+                    return;
+                };
+                {
+                    let mut l = log.lock().unwrap();
+                    l.at.push(tokio::time::Instant::now());
+                    l.bodies.push(Bytes::from(body));
                 }
-            });
+                let next = script.lock().unwrap().pop_front();
+                let s = next.unwrap_or(Scripted::status(200));
+                if s.break_stream {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                    let ev = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+                    let _ = tcp
+                        .write_all(format!("{:x}\r\n", ev.len()).as_bytes())
+                        .await;
+                    let _ = tcp.write_all(ev).await;
+                    let _ = tcp.write_all(b"\r\n").await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return; // cut: no terminating chunk
+                }
+                let body = if s.status == 200 {
+                    r#"{"object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#.to_string()
+                } else {
+                    format!(
+                        r#"{{"error":{{"message":"status {}","type":"test","code":null}}}}"#,
+                        s.status
+                    )
+                };
+                let mut resp = format!(
+                    "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                    s.status,
+                    body.len()
+                );
+                if let Some(r) = s.retry_after {
+                    resp.push_str(&format!("retry-after: {r}\r\n"));
+                }
+                resp.push_str("\r\n");
+                resp.push_str(&body);
+                if tcp.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
         }
     });
     (addr, seen)
