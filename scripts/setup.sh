@@ -3,8 +3,9 @@
 # installs what is missing.
 #
 #   scripts/setup.sh           build tools (cmake, a C compiler)
-#   scripts/setup.sh --test    + curl, openssl, python3 with the official
-#                                openai/anthropic SDKs and httpx, cargo-nextest
+#   scripts/setup.sh --test    + curl, openssl, redis-server (shared limits),
+#                                python3 with the official openai/anthropic SDKs and
+#                                httpx, cargo-nextest
 #   scripts/setup.sh --bench   + nginx, wrk (the load benchmark's yardsticks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ need c++ build-essential
 if [ $want_test -eq 1 ]; then
   need curl curl
   need openssl openssl
+  need redis-server redis-server
   need python3 python3
   python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 fi

@@ -128,6 +128,15 @@ impl KeyPool {
         }
     }
 
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     pub fn provider(&self) -> &Arc<str> {
         &self.provider
     }
@@ -147,6 +156,12 @@ impl KeyPool {
 
     /// The key for the next request.
     pub fn pick(&self) -> Result<usize, KeyPoolUnavailable> {
+        self.pick_except(&[])
+    }
+
+    /// The key for the next request, other than the `tried` ones (which a key-scoped
+    /// limit refused).
+    pub fn pick_except(&self, tried: &[usize]) -> Result<usize, KeyPoolUnavailable> {
         let n = self.slots.len();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let first = match self.strategy {
@@ -159,7 +174,7 @@ impl KeyPool {
         let now = self.now_ms();
         for k in 0..n {
             let i = (first + k) % n;
-            if self.available(i, now) {
+            if !tried.contains(&i) && self.available(i, now) {
                 if let Some(m) = &self.slots[i].metrics {
                     m.requests.inc();
                 }

@@ -157,6 +157,11 @@ impl Auth {
     /// The credential for one attempt. Waits only for an OAuth2 token that must be
     /// fetched (single-flight).
     pub async fn acquire(&self) -> Result<Credential, AcquireError> {
+        self.acquire_except(&[]).await
+    }
+
+    /// [`Self::acquire`], passing over the pool keys in `tried`.
+    pub async fn acquire_except(&self, tried: &[usize]) -> Result<Credential, AcquireError> {
         if let Some(t) = &self.tokens {
             return t
                 .get()
@@ -168,14 +173,13 @@ impl Auth {
                 });
         }
         if let Some(pool) = &self.keys {
-            return pool
-                .pick()
-                .map(Credential::Key)
-                .map_err(|e| AcquireError::KeysUnavailable {
+            return pool.pick_except(tried).map(Credential::Key).map_err(|e| {
+                AcquireError::KeysUnavailable {
                     provider: pool.provider().clone(),
                     detail: e.detail,
                     retry_after: e.retry_after,
-                });
+                }
+            });
         }
         Ok(Credential::Fixed)
     }

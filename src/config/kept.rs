@@ -29,6 +29,19 @@ impl<T> Kept<T> {
         reuse: impl FnOnce(&T) -> bool,
         make: impl FnOnce() -> T,
     ) -> Arc<T> {
+        match self.try_get(key, reuse, || Ok::<T, std::convert::Infallible>(make())) {
+            Ok(t) => t,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Self::get`] with a `make` that can fail (nothing is kept then).
+    pub fn try_get<E>(
+        &self,
+        key: &str,
+        reuse: impl FnOnce(&T) -> bool,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
         let mut map = match self.entries.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -36,11 +49,11 @@ impl<T> Kept<T> {
         map.retain(|_, w| w.strong_count() > 0);
         if let Some(live) = map.get(key).and_then(Weak::upgrade) {
             if reuse(&live) {
-                return live;
+                return Ok(live);
             }
         }
-        let fresh = Arc::new(make());
+        let fresh = Arc::new(make()?);
         map.insert(key.to_string(), Arc::downgrade(&fresh));
-        fresh
+        Ok(fresh)
     }
 }

@@ -317,11 +317,66 @@ pub struct VirtualKey {
 }
 
 /// Request-rate, concurrency and token-budget limits.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Where counters live: `local` (the default; this process only) or a Redis URL,
+    /// `redis://[user:password@]host:port[/db]`, shared by every replica. A template,
+    /// so the password can come from `${env:...}` or `${file:...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<SecretTemplate>,
+    /// With a shared backend: the share of a budget one sidecar leases at a time
+    /// (0 < lease <= 1).
+    #[serde(default = "default_lease")]
+    pub lease: f64,
+    /// With a shared backend: what happens once the local lease is spent while the
+    /// backend cannot be reached.
+    #[serde(default)]
+    pub on_backend_failure: BackendFailure,
+    /// With a shared backend: how long one backend call may take.
+    #[serde(default = "default_backend_timeout")]
+    pub backend_timeout: HumanDuration,
+    /// With a shared backend: prefix of every key the sidecar writes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
     #[serde(default)]
     pub rules: Vec<LimitRule>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            backend: None,
+            lease: default_lease(),
+            on_backend_failure: BackendFailure::default(),
+            backend_timeout: default_backend_timeout(),
+            key_prefix: default_key_prefix(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn default_lease() -> f64 {
+    0.1
+}
+
+fn default_backend_timeout() -> HumanDuration {
+    HumanDuration::from_millis(250)
+}
+
+fn default_key_prefix() -> String {
+    "llm-sidecar:".into()
+}
+
+/// What a shared limit does when its backend is unreachable and the local lease is spent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendFailure {
+    /// Admit (fail open): availability over exactness.
+    #[default]
+    Allow,
+    /// Refuse with 503 `limits_backend_unavailable` (fail closed).
+    Deny,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +385,10 @@ pub enum LimitScope {
     Tenant,
     Route,
     Provider,
+    /// One counter per provider key (pool key, the provider's one credential, or a
+    /// tenant's own key). Checked per attempt, once the key is picked: a key at its
+    /// limit is skipped for the next one.
+    Key,
 }
 
 /// One limit. `scope` says what gets its own counter: `[tenant]` is one per tenant,

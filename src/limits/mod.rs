@@ -17,10 +17,12 @@
 //! it, is what keeps 50 concurrent streams from overshooting a budget.
 
 pub mod gcra;
+pub mod shared;
 
 use crate::config::schema::{TokenAccounting, TokenCount};
 use crate::usage::Usage;
-use gcra::{now_ns, Gcra};
+use gcra::{now_ns, Gcra, Snapshot};
+use shared::{Backend, Lease, Refused};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -58,30 +60,117 @@ pub struct Spec {
     pub tokens: Option<TokenSpec>,
 }
 
+/// A budget: in this process, or leased from a shared backend.
+pub enum Bucket {
+    Local(Gcra),
+    Shared(Arc<Lease>),
+}
+
+impl Bucket {
+    fn new(capacity: u64, period: Duration, shared: Option<(&Shared, String)>) -> Bucket {
+        match shared {
+            None => Bucket::Local(Gcra::new(capacity, period)),
+            Some((s, key)) => Bucket::Shared(Arc::new(Lease::new(
+                s.backend.clone(),
+                key,
+                capacity,
+                period,
+                s.lease,
+            ))),
+        }
+    }
+
+    async fn take(&self, now: u64, n: u64) -> Result<Snapshot, Refused> {
+        match self {
+            Bucket::Local(g) => g.try_take(now, n).map_err(Refused::Wait),
+            Bucket::Shared(l) => l.take(n).await,
+        }
+    }
+
+    async fn check(&self, now: u64) -> Result<Snapshot, Refused> {
+        match self {
+            Bucket::Local(g) => g.check(now).map_err(Refused::Wait),
+            Bucket::Shared(l) => l.check().await,
+        }
+    }
+
+    fn charge(&self, now: u64, n: u64) {
+        match self {
+            Bucket::Local(g) => g.charge(now, n),
+            Bucket::Shared(l) => l.charge(n),
+        }
+    }
+
+    fn refund(&self, now: u64, n: u64) {
+        match self {
+            Bucket::Local(g) => g.refund(now, n),
+            Bucket::Shared(l) => l.refund(n),
+        }
+    }
+
+    /// Units a request could take now.
+    async fn left(&self, now: u64) -> u64 {
+        match self {
+            Bucket::Local(g) => g.snapshot(now).remaining,
+            Bucket::Shared(l) => l.left().await,
+        }
+    }
+}
+
+/// Where shared counters live, and how much of a budget one sidecar leases at a time.
+#[derive(Clone)]
+pub struct Shared {
+    pub backend: Arc<Backend>,
+    pub lease: f64,
+}
+
 /// The counters of one rule for one scope value.
 pub struct State {
     spec: Spec,
-    requests: Option<Gcra>,
-    tokens: Option<Gcra>,
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
     slots: Option<Arc<Semaphore>>,
     queued: AtomicU32,
 }
 
 impl State {
-    fn new(spec: Spec) -> State {
+    /// Counters for `spec`; rates and budgets in `shared` when given (its keys named
+    /// after `label`).
+    fn new(spec: Spec, label: &str, shared: Option<&Shared>) -> State {
+        let key = |what: &str| shared.map(|s| (s, s.backend.key(label, what)));
         State {
             requests: spec.requests.map(|r| {
                 // burst requests refill over burst / rate seconds
                 let period = Duration::from_secs_f64(r.burst as f64 / r.per_second.max(1e-9));
-                Gcra::new(r.burst, period)
+                Bucket::new(r.burst, period, key("requests"))
             }),
-            tokens: spec.tokens.map(|t| Gcra::new(t.limit, t.per)),
+            tokens: spec
+                .tokens
+                .map(|t| Bucket::new(t.limit, t.per, key("tokens"))),
             slots: spec
                 .concurrency
                 .map(|c| Arc::new(Semaphore::new(c.max as usize))),
             queued: AtomicU32::new(0),
             spec,
         }
+    }
+
+    /// The shared backend its budgets lease from, if any.
+    fn backend(&self) -> Option<*const Backend> {
+        [&self.requests, &self.tokens]
+            .into_iter()
+            .flatten()
+            .find_map(|b| match b {
+                Bucket::Shared(l) => Some(Arc::as_ptr(l.backend())),
+                Bucket::Local(_) => None,
+            })
+    }
+}
+
+impl Spec {
+    /// Has a rate or a budget (what a shared backend holds; concurrency stays local).
+    fn budgets(&self) -> bool {
+        self.requests.is_some() || self.tokens.is_some()
     }
 }
 
@@ -91,6 +180,8 @@ pub struct Dims {
     pub tenant: bool,
     pub route: bool,
     pub provider: bool,
+    /// One counter per provider key: checked per attempt, once the key is chosen.
+    pub key: bool,
 }
 
 /// A compiled rule.
@@ -101,25 +192,35 @@ pub struct Rule {
     pub tenants: Option<Vec<usize>>,
     pub routes: Option<Vec<usize>>,
     pub providers: Option<Vec<usize>>,
-    /// (tenant, route, provider) with unused dimensions as 0 → counters.
-    pub states: HashMap<(usize, usize, usize), Arc<State>>,
+    /// (tenant, route, provider, key) with unused dimensions as 0 → counters.
+    pub states: HashMap<StateKey, Arc<State>>,
     pub spec: Spec,
 }
 
-/// Who a request is, for limits: indexes into the snapshot's tenants, routes, providers.
+/// (tenant, route, provider, key slot).
+pub type StateKey = (usize, usize, usize, usize);
+
+/// Who a request is, for limits: indexes into the snapshot's tenants, routes, providers,
+/// and (per attempt) the provider's key slot.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject {
     pub tenant: usize,
     pub route: usize,
     pub provider: usize,
+    pub key: usize,
 }
 
 impl Rule {
-    fn key(&self, s: Subject) -> (usize, usize, usize) {
+    pub fn key(&self, s: Subject) -> StateKey {
         (
             if self.dims.tenant { s.tenant } else { 0 },
             if self.dims.route { s.route } else { 0 },
-            if self.dims.provider { s.provider } else { 0 },
+            if self.dims.provider || self.dims.key {
+                s.provider
+            } else {
+                0
+            },
+            if self.dims.key { s.key } else { 0 },
         )
     }
 
@@ -134,13 +235,38 @@ impl Rule {
 #[derive(Default)]
 pub struct LimitRegistry {
     entries: crate::config::kept::Kept<State>,
+    backends: crate::config::kept::Kept<Backend>,
 }
 
 impl LimitRegistry {
-    /// Config-load time only.
-    pub fn state(&self, key: &str, spec: Spec) -> Arc<State> {
-        self.entries
-            .get(key, |s| s.spec == spec, || State::new(spec))
+    /// Config-load time only. Counters are kept while the rule's settings and the
+    /// backend stay the same.
+    pub fn state(&self, label: &str, spec: Spec, shared: Option<&Shared>) -> Arc<State> {
+        let shared = shared.filter(|_| spec.budgets());
+        let key = match shared {
+            Some(s) => format!("{label}@{}#{}", s.backend.shown(), s.lease),
+            None => label.to_string(),
+        };
+        let backend = shared.map(|s| Arc::as_ptr(&s.backend));
+        self.entries.get(
+            &key,
+            |s| s.spec == spec && s.backend() == backend,
+            || State::new(spec, label, shared),
+        )
+    }
+
+    /// One backend per settings, kept across reloads (with its connection).
+    pub fn backend(
+        &self,
+        spec: &shared::BackendSpec,
+        metrics: impl FnOnce() -> shared::BackendMetrics,
+    ) -> Result<Arc<Backend>, String> {
+        let key = format!(
+            "{}|{:?}|{:?}|{}",
+            spec.url, spec.policy, spec.timeout, spec.prefix
+        );
+        self.backends
+            .try_get(&key, |_| true, || Backend::new(spec, Some(metrics())))
     }
 }
 
@@ -198,6 +324,23 @@ pub struct Denied {
     pub retry_after: Duration,
 }
 
+impl Denied {
+    fn new(rule: &Rule, refused: Refused, kind: DeniedKind) -> Denied {
+        match refused {
+            Refused::Wait(retry_after) => Denied {
+                rule: rule.name.clone(),
+                kind,
+                retry_after,
+            },
+            Refused::BackendDown => Denied {
+                rule: rule.name.clone(),
+                kind: DeniedKind::BackendDown,
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeniedKind {
     Requests {
@@ -211,6 +354,9 @@ pub enum DeniedKind {
     Concurrency {
         max: u32,
     },
+    /// The shared backend is unreachable, this sidecar's lease is spent and the policy
+    /// is `deny`.
+    BackendDown,
 }
 
 /// What a request holds while it runs: its token reservations and concurrency slots.
@@ -223,6 +369,13 @@ pub struct Held {
 }
 
 impl Held {
+    /// Takes over what `other` holds (an attempt's key limits, once its answer is the
+    /// one the client gets).
+    pub fn absorb(&mut self, mut other: Held) {
+        self.tokens.append(&mut other.tokens);
+        self._slots.append(&mut other._slots);
+    }
+
     /// Settles the token reservations with what the response really used.
     pub fn reconcile(&mut self, used: Option<Usage>) {
         let now = now_ns();
@@ -241,19 +394,50 @@ impl Held {
     }
 }
 
+/// What one attempt holds under the rules scoped by key. Dropped, it is settled as
+/// unused (the attempt's answer did not reach the client); kept, it joins the exchange's
+/// [`Held`] and is settled with the real usage.
+pub struct AttemptHeld(Option<Held>);
+
+impl AttemptHeld {
+    pub fn new(held: Held) -> AttemptHeld {
+        AttemptHeld(Some(held))
+    }
+
+    pub fn keep(mut self) -> Option<Held> {
+        self.0.take()
+    }
+}
+
+impl Drop for AttemptHeld {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.0.take() {
+            h.reconcile(Some(Usage::default()));
+        }
+    }
+}
+
 /// The rules of a snapshot.
 #[derive(Default)]
 pub struct Limits {
+    /// Checked at admission.
     pub rules: Vec<Rule>,
+    /// Scoped by key: checked per attempt, once the key is chosen.
+    pub key_rules: Vec<Rule>,
     /// Route index → its provider's index (what a provider scope counts by).
     pub route_provider: Vec<usize>,
+    /// Provider name → index (for fallback targets, which are not the route's).
+    pub provider_index: HashMap<Arc<str>, usize>,
+    /// Provider index → its key slots: pool keys (or its one credential) come first,
+    /// then one slot per tenant with its own key, from this base.
+    pub tenant_key_base: Vec<usize>,
     /// Some rule budgets tokens, so requests need an estimate (a body parse).
     pub needs_estimate: bool,
 }
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.key_rules.is_empty()
     }
 
     pub fn subject(&self, tenant: usize, route: usize) -> Subject {
@@ -265,139 +449,187 @@ impl Limits {
                 .get(route)
                 .copied()
                 .unwrap_or(usize::MAX),
+            key: 0,
+        }
+    }
+
+    /// The subject of one attempt: `provider` with the key it picked (`pool_key`: the
+    /// pool slot; `tenant_key`: the tenant's own credential). None: no key rule.
+    pub fn key_subject(
+        &self,
+        base: Subject,
+        provider: &str,
+        pool_key: Option<usize>,
+        tenant_key: bool,
+    ) -> Option<Subject> {
+        if self.key_rules.is_empty() {
+            return None;
+        }
+        let p = *self.provider_index.get(provider)?;
+        let key = if tenant_key {
+            self.tenant_key_base.get(p)? + base.tenant
+        } else {
+            pool_key.unwrap_or(0)
+        };
+        Some(Subject {
+            provider: p,
+            key,
+            ..base
+        })
+    }
+
+    /// The estimate a body's tokens are reserved by (only read when a rule needs it).
+    pub fn estimate(&self, body: &[u8]) -> Estimate {
+        if self.needs_estimate {
+            Estimate::of_body(body)
+        } else {
+            Estimate::default()
         }
     }
 
     /// Admits a request with this body, or says why not.
     pub async fn admit(&self, s: Subject, body: &[u8]) -> Result<Held, Denied> {
-        let est = if self.needs_estimate {
-            Estimate::of_body(body)
-        } else {
-            Estimate::default()
-        };
-        self.admit_estimate(s, est).await
+        self.admit_estimate(s, self.estimate(body)).await
     }
 
     /// Admits a request expected to use `est`. Counters taken before a refusal are given
     /// back.
     pub async fn admit_estimate(&self, s: Subject, est: Estimate) -> Result<Held, Denied> {
-        let mut held = Held::default();
-        let now = now_ns();
-        let mut taken_requests: Vec<Arc<State>> = Vec::new();
-        let undo = |held: &mut Held, taken: &[Arc<State>]| {
-            let now = now_ns();
-            for st in taken {
-                if let Some(g) = &st.requests {
-                    g.refund(now, 1);
-                }
-            }
-            for (st, n) in held.tokens.drain(..) {
-                if let Some(g) = &st.tokens {
-                    g.refund(now, n);
-                }
-            }
-        };
-        for rule in self.rules.iter().filter(|r| r.applies(s)) {
-            let Some(state) = rule.states.get(&rule.key(s)) else {
-                continue;
-            };
-            if let (Some(spec), Some(g)) = (state.spec.requests, &state.requests) {
-                match g.try_take(now, 1) {
-                    Ok(_) => taken_requests.push(state.clone()),
-                    Err(wait) => {
-                        undo(&mut held, &taken_requests);
-                        return Err(Denied {
-                            rule: rule.name.clone(),
-                            kind: DeniedKind::Requests { limit: spec.burst },
-                            retry_after: wait,
-                        });
-                    }
-                }
-            }
-            if let (Some(t), Some(g)) = (state.spec.tokens, &state.tokens) {
-                match take_tokens(g, &t, est, now) {
-                    Ok((reserved, clamp)) => {
-                        if let Some(allowed) = clamp {
-                            held.clamp_to = Some(held.clamp_to.map_or(allowed, |c| c.min(allowed)));
-                        }
-                        held.tokens.push((state.clone(), reserved));
-                    }
-                    Err((wait, needed)) => {
-                        let remaining = g.snapshot(now).remaining;
-                        undo(&mut held, &taken_requests);
-                        return Err(Denied {
-                            rule: rule.name.clone(),
-                            kind: DeniedKind::Tokens {
-                                limit: t.limit,
-                                remaining,
-                                needed,
-                            },
-                            retry_after: wait,
-                        });
-                    }
-                }
-            }
-            if let (Some(c), Some(sem)) = (state.spec.concurrency, &state.slots) {
-                let permit = match sem.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) if c.queue > 0 => {
-                        let q = state.queued.fetch_add(1, Ordering::AcqRel);
-                        let got = if q < c.queue {
-                            tokio::time::timeout(c.queue_timeout, sem.clone().acquire_owned())
-                                .await
-                                .ok()
-                                .and_then(Result::ok)
-                        } else {
-                            None
-                        };
-                        state.queued.fetch_sub(1, Ordering::AcqRel);
-                        got
-                    }
-                    Err(_) => None,
-                };
-                match permit {
-                    Some(p) => held._slots.push(p),
-                    None => {
-                        undo(&mut held, &taken_requests);
-                        return Err(Denied {
-                            rule: rule.name.clone(),
-                            kind: DeniedKind::Concurrency { max: c.max },
-                            retry_after: Duration::from_secs(1),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(held)
+        admit_rules(&self.rules, s, est).await
+    }
+
+    /// Admits one attempt with the key it picked (the rules scoped by key).
+    pub async fn admit_key(&self, s: Subject, est: Estimate) -> Result<Held, Denied> {
+        admit_rules(&self.key_rules, s, est).await
     }
 }
 
+/// Admits against `rules`; counters taken before a refusal are given back.
+async fn admit_rules(rules: &[Rule], s: Subject, est: Estimate) -> Result<Held, Denied> {
+    let mut held = Held::default();
+    let now = now_ns();
+    let mut taken_requests: Vec<Arc<State>> = Vec::new();
+    let undo = |held: &mut Held, taken: &[Arc<State>]| {
+        let now = now_ns();
+        for st in taken {
+            if let Some(g) = &st.requests {
+                g.refund(now, 1);
+            }
+        }
+        for (st, n) in held.tokens.drain(..) {
+            if let Some(g) = &st.tokens {
+                g.refund(now, n);
+            }
+        }
+    };
+    for rule in rules.iter().filter(|r| r.applies(s)) {
+        let Some(state) = rule.states.get(&rule.key(s)) else {
+            continue;
+        };
+        if let (Some(spec), Some(g)) = (state.spec.requests, &state.requests) {
+            match g.take(now, 1).await {
+                Ok(_) => taken_requests.push(state.clone()),
+                Err(refused) => {
+                    undo(&mut held, &taken_requests);
+                    return Err(Denied::new(
+                        rule,
+                        refused,
+                        DeniedKind::Requests { limit: spec.burst },
+                    ));
+                }
+            }
+        }
+        if let (Some(t), Some(g)) = (state.spec.tokens, &state.tokens) {
+            match take_tokens(g, &t, est, now).await {
+                Ok((reserved, clamp)) => {
+                    if let Some(allowed) = clamp {
+                        held.clamp_to = Some(held.clamp_to.map_or(allowed, |c| c.min(allowed)));
+                    }
+                    held.tokens.push((state.clone(), reserved));
+                }
+                Err((refused, needed)) => {
+                    let remaining = match g {
+                        Bucket::Local(g) => g.snapshot(now).remaining,
+                        Bucket::Shared(l) => l.slice().max(0) as u64,
+                    };
+                    undo(&mut held, &taken_requests);
+                    return Err(Denied::new(
+                        rule,
+                        refused,
+                        DeniedKind::Tokens {
+                            limit: t.limit,
+                            remaining,
+                            needed,
+                        },
+                    ));
+                }
+            }
+        }
+        if let (Some(c), Some(sem)) = (state.spec.concurrency, &state.slots) {
+            let permit = match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) if c.queue > 0 => {
+                    let q = state.queued.fetch_add(1, Ordering::AcqRel);
+                    let got = if q < c.queue {
+                        tokio::time::timeout(c.queue_timeout, sem.clone().acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    } else {
+                        None
+                    };
+                    state.queued.fetch_sub(1, Ordering::AcqRel);
+                    got
+                }
+                Err(_) => None,
+            };
+            match permit {
+                Some(p) => held._slots.push(p),
+                None => {
+                    undo(&mut held, &taken_requests);
+                    return Err(Denied {
+                        rule: rule.name.clone(),
+                        kind: DeniedKind::Concurrency { max: c.max },
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+            }
+        }
+    }
+    Ok(held)
+}
+
 /// Takes a request's tokens from a budget: `Ok((reserved, clamped output))`,
-/// or `Err((wait, tokens needed))`. `after` accounting only checks the budget is not
+/// or `Err((why, tokens needed))`. `after` accounting only checks the budget is not
 /// spent and reserves nothing.
-fn take_tokens(
-    g: &Gcra,
+async fn take_tokens(
+    g: &Bucket,
     t: &TokenSpec,
     est: Estimate,
     now: u64,
-) -> Result<(u64, Option<u64>), (Duration, u64)> {
+) -> Result<(u64, Option<u64>), (Refused, u64)> {
     let cost = est.cost(t, est.max_output.unwrap_or(t.default_max_tokens));
     if t.accounting == TokenAccounting::After {
-        return g.check(now).map(|_| (0, None)).map_err(|w| (w, cost));
+        return g.check(now).await.map(|_| (0, None)).map_err(|w| (w, cost));
     }
-    let wait = match g.try_take(now, cost) {
+    let refused = match g.take(now, cost).await {
         Ok(_) => return Ok((cost, None)),
-        Err(w) => w,
+        Err(r @ Refused::BackendDown) => return Err((r, cost)),
+        Err(r) => r,
     };
     // Clamping: reserve what is left and cap the output to it.
-    let left = g.snapshot(now).remaining;
     let fixed = est.cost(t, 0);
-    if !t.clamp || t.count == TokenCount::Input || left <= fixed {
-        return Err((wait, cost));
+    if !t.clamp || t.count == TokenCount::Input {
+        return Err((refused, cost));
+    }
+    let left = g.left(now).await;
+    if left <= fixed {
+        return Err((refused, cost));
     }
     let allowed = left - fixed;
     let cost = fixed + allowed;
-    g.try_take(now, cost)
+    g.take(now, cost)
+        .await
         .map(|_| (cost, Some(allowed)))
         .map_err(|w| (w, cost))
 }
@@ -433,7 +665,7 @@ mod tests {
 
     fn limits(spec: Spec) -> Limits {
         let mut states = HashMap::new();
-        states.insert((0, 0, 0), Arc::new(State::new(spec)));
+        states.insert((0, 0, 0, 0), Arc::new(State::new(spec, "r", None)));
         Limits {
             route_provider: vec![0],
             needs_estimate: spec.tokens.is_some(),
@@ -446,6 +678,7 @@ mod tests {
                 states,
                 spec,
             }],
+            ..Default::default()
         }
     }
 
@@ -453,6 +686,7 @@ mod tests {
         tenant: 0,
         route: 0,
         provider: 0,
+        key: 0,
     };
 
     fn tokens(limit: u64, accounting: TokenAccounting, clamp: bool) -> Spec {

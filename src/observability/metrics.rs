@@ -49,6 +49,7 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     tokens: IntCounterVec,
     limited: IntCounterVec,
+    limits_backend: crate::limits::shared::BackendMetrics,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     breaker_rejected: IntCounterVec,
@@ -272,11 +273,33 @@ impl Metrics {
         let limited = must(IntCounterVec::new(
             Opts::new(
                 "llm_sidecar_limited_total",
-                "Requests refused (429) by a limits rule, by rule and kind (requests, tokens, concurrency).",
+                "Requests refused by a limits rule, by rule and kind: requests, tokens, concurrency (429) or backend_down (503, a shared backend unreachable under on_backend_failure: deny).",
             ),
             &["rule", "kind"],
         ));
+        let limits_backend = crate::limits::shared::BackendMetrics {
+            up: must(IntGauge::new(
+                "llm_sidecar_limits_backend_up",
+                "1 while the shared limits backend (Redis) answers; 0 when it does not or is not used yet.",
+            )),
+            errors: must(IntCounter::new(
+                "llm_sidecar_limits_backend_errors_total",
+                "Calls to the shared limits backend that failed or timed out.",
+            )),
+            leases: must(IntCounter::new(
+                "llm_sidecar_limits_leases_total",
+                "Budget slices leased from the shared limits backend.",
+            )),
+            failed_open: must(IntCounter::new(
+                "llm_sidecar_limits_failed_open_total",
+                "Requests admitted without the shared backend because it was unreachable and on_backend_failure is allow.",
+            )),
+        };
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(limits_backend.up.clone()),
+            Box::new(limits_backend.errors.clone()),
+            Box::new(limits_backend.leases.clone()),
+            Box::new(limits_backend.failed_open.clone()),
             Box::new(limited.clone()),
             Box::new(tokens.clone()),
             Box::new(retries.clone()),
@@ -335,6 +358,7 @@ impl Metrics {
             fallbacks,
             tokens,
             limited,
+            limits_backend,
             breaker_state,
             breaker_opened,
             breaker_rejected,
@@ -366,12 +390,17 @@ impl Metrics {
             crate::limits::DeniedKind::Requests { .. } => "requests",
             crate::limits::DeniedKind::Tokens { .. } => "tokens",
             crate::limits::DeniedKind::Concurrency { .. } => "concurrency",
+            crate::limits::DeniedKind::BackendDown => "backend_down",
         };
         self.limited.with_label_values(&[rule, k]).inc();
     }
 
     pub fn fallback(&self, route: &str, provider: &str) {
         self.fallbacks.with_label_values(&[route, provider]).inc();
+    }
+
+    pub fn limits_backend(&self) -> crate::limits::shared::BackendMetrics {
+        self.limits_backend.clone()
     }
 
     pub fn breaker(&self, provider: &str) -> crate::resilience::breaker::BreakerMetrics {

@@ -58,6 +58,9 @@ pub enum Cause {
     RateLimited,
     TokenBudget,
     ConcurrencyLimited,
+    /// A shared limit's backend is unreachable, the local lease is spent and
+    /// `on_backend_failure` is `deny`.
+    LimitsBackendDown,
     KeysUnavailable,
     TokenUnavailable,
     TenantMissing,
@@ -94,6 +97,7 @@ impl Cause {
             Cause::RateLimited => "rate_limited",
             Cause::TokenBudget => "token_budget_exceeded",
             Cause::ConcurrencyLimited => "concurrency_limited",
+            Cause::LimitsBackendDown => "limits_backend_unavailable",
             Cause::KeysUnavailable => "keys_unavailable",
             Cause::TokenUnavailable => "token_unavailable",
             Cause::TenantMissing => "tenant_missing",
@@ -114,6 +118,7 @@ impl Cause {
             Cause::ProviderDisabled
             | Cause::ShuttingDown
             | Cause::CircuitOpen
+            | Cause::LimitsBackendDown
             | Cause::KeysUnavailable
             | Cause::TokenUnavailable => 503,
             Cause::TenantMissing => 400,

@@ -192,6 +192,8 @@ pub struct ExchangeState {
     usage: Option<crate::usage::Usage>,
     /// Token reservations and concurrency slots held until the request ends.
     held: Option<crate::limits::Held>,
+    /// The tokens this request is expected to use (when a limit budgets tokens).
+    estimate: crate::limits::Estimate,
 }
 
 pub struct AttemptState {
@@ -386,7 +388,8 @@ impl SidecarProxy {
         let mut body = body;
         if !snap.limits.is_empty() {
             let subject = snap.limits.subject(tenant.index, route.index);
-            match snap.limits.admit(subject, &body).await {
+            x.estimate = snap.limits.estimate(&body);
+            match snap.limits.admit_estimate(subject, x.estimate).await {
                 Ok(held) => {
                     if let Some(cap) = held.clamp_to {
                         if let Some(b) = with_max_tokens(&body, cap) {
@@ -509,33 +512,66 @@ impl SidecarProxy {
             };
             attempts += 1;
             x.attempts += 1;
-            let credential = match auth.acquire().await {
-                Ok(c) => c,
-                Err(AcquireError::KeysUnavailable {
-                    detail,
-                    retry_after,
-                    ..
-                }) => {
-                    record(true);
-                    let mut e = SidecarError::new(
-                        Cause::KeysUnavailable,
-                        format!("every key for provider \"{}\" is unavailable ({detail}); try again later", provider.name),
-                    );
-                    e.retry_after_secs = Some(retry_after.as_secs_f64().ceil() as u64);
-                    return TargetEnd::Next(e);
-                }
-                Err(AcquireError::Token { reason, .. }) => {
-                    record(true);
-                    tracing::warn!(provider = %provider.name, %reason, "no access token");
-                    let mut e = SidecarError::new(
-                        Cause::TokenUnavailable,
-                        format!(
-                            "cannot get an access token for provider \"{}\" right now",
-                            provider.name
-                        ),
-                    );
-                    e.retry_after_secs = Some(1);
-                    return TargetEnd::Next(e);
+            // A key at its key-scoped limit is passed over for the next one.
+            let mut denied: Option<crate::limits::Denied> = None;
+            let mut tried: Vec<usize> = Vec::new();
+            let (credential, key_held) = loop {
+                let credential = match auth.acquire_except(&tried).await {
+                    Ok(c) => c,
+                    Err(AcquireError::KeysUnavailable {
+                        detail,
+                        retry_after,
+                        ..
+                    }) => {
+                        record(true);
+                        let mut e = SidecarError::new(
+                            Cause::KeysUnavailable,
+                            format!("every key for provider \"{}\" is unavailable ({detail}); try again later", provider.name),
+                        );
+                        e.retry_after_secs = Some(retry_after.as_secs_f64().ceil() as u64);
+                        return TargetEnd::Next(e);
+                    }
+                    Err(AcquireError::Token { reason, .. }) => {
+                        record(true);
+                        tracing::warn!(provider = %provider.name, %reason, "no access token");
+                        let mut e = SidecarError::new(
+                            Cause::TokenUnavailable,
+                            format!(
+                                "cannot get an access token for provider \"{}\" right now",
+                                provider.name
+                            ),
+                        );
+                        e.retry_after_secs = Some(1);
+                        return TargetEnd::Next(e);
+                    }
+                };
+                match self
+                    .key_limits(snap, x, route_index, provider, tenant, &credential)
+                    .await
+                {
+                    Ok(held) => break (credential, held),
+                    Err(d) => {
+                        // the soonest any key frees up
+                        let d = match denied.take() {
+                            Some(best) if best.retry_after <= d.retry_after => best,
+                            _ => d,
+                        };
+                        let other = match credential {
+                            Credential::Key(i)
+                                if tried.len() + 1 < auth.keys.as_ref().map_or(1, |k| k.len()) =>
+                            {
+                                tried.push(i);
+                                true
+                            }
+                            _ => false,
+                        };
+                        if !other {
+                            record(true);
+                            self.metrics.limited(&d.rule, d.kind);
+                            return TargetEnd::Next(limit_error(&d, provider.style));
+                        }
+                        denied = Some(d);
+                    }
                 }
             };
             x.key = auth.key_name(&credential);
@@ -571,6 +607,20 @@ impl SidecarProxy {
                     record(true);
                     token_replayed = true;
                     continue;
+                }
+            }
+            if matches!(
+                outcome,
+                attempt::Outcome::Complete { .. }
+                    | attempt::Outcome::Broken { .. }
+                    | attempt::Outcome::ClientGone { .. }
+            ) {
+                // this attempt's answer is the client's: settle its key limits at the end
+                if let Some(h) = key_held.and_then(crate::limits::AttemptHeld::keep) {
+                    match &mut x.held {
+                        Some(held) => held.absorb(h),
+                        None => x.held = Some(h),
+                    }
                 }
             }
             match outcome {
@@ -673,6 +723,38 @@ impl SidecarProxy {
 }
 
 impl SidecarProxy {
+    /// Admits one attempt under the rules scoped by key, for the key it picked.
+    async fn key_limits(
+        &self,
+        snap: &Snapshot,
+        x: &ExchangeState,
+        route_index: usize,
+        provider: &Provider,
+        tenant: &Tenant,
+        credential: &Credential,
+    ) -> std::result::Result<Option<crate::limits::AttemptHeld>, crate::limits::Denied> {
+        let pool_key = match credential {
+            Credential::Key(i) => Some(*i),
+            _ => None,
+        };
+        let tenant_key = provider
+            .tenant_auth
+            .get(tenant.index)
+            .is_some_and(Option::is_some);
+        let Some(subject) = snap.limits.key_subject(
+            snap.limits.subject(tenant.index, route_index),
+            &provider.name,
+            pool_key,
+            tenant_key,
+        ) else {
+            return Ok(None);
+        };
+        snap.limits
+            .admit_key(subject, x.estimate)
+            .await
+            .map(|h| Some(crate::limits::AttemptHeld::new(h)))
+    }
+
     fn count_tokens(
         &self,
         snap: &Snapshot,
@@ -743,6 +825,14 @@ fn limit_error(d: &crate::limits::Denied, style: ErrorStyle) -> SidecarError {
                 d.rule
             ),
             Some(("tokens", limit, remaining)),
+        ),
+        DeniedKind::BackendDown => (
+            Cause::LimitsBackendDown,
+            format!(
+                "limit \"{}\" is shared through a backend that cannot be reached right now, and this sidecar's share is spent (on_backend_failure: deny)",
+                d.rule
+            ),
+            None,
         ),
         DeniedKind::Concurrency { max } => (
             Cause::ConcurrencyLimited,

@@ -208,3 +208,59 @@ async fn concurrency_limits_queue_then_refuse() {
     // one runs, one waits its turn, the third finds the queue full
     assert_eq!(statuses, vec![200, 200, 429]);
 }
+
+/// `scope: [key]` counts per provider key, checked once the attempt has picked its key:
+/// a key at its limit is passed over for the next, and only when every key is spent does
+/// the client get a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_scoped_limits_spread_requests_over_the_pool() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&format!(
+        r#"providers:
+  pool:
+    kind: openai
+    base_url: {}/v1
+    auth:
+      type: bearer
+      strategy: weighted
+      keys:
+        - {{ name: big, key: key-big, weight: 9 }}
+        - {{ name: small, key: key-small, weight: 1 }}
+routes:
+  - match: {{ path_prefix: /openai/v1 }}
+    provider: pool
+limits:
+  rules:
+    - {{ name: per-key, scope: [key], requests: {{ rate: 3/m, burst: 3 }} }}
+"#,
+        m.url()
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = s.chat("/openai/v1/chat/completions", false).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert_eq!(r.headers()["x-llm-sidecar-error"], "rate_limited");
+            assert!(r.headers().contains_key("retry-after"));
+            assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
+    let keys: Vec<String> = m
+        .recorded()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect();
+    let count = |k: &str| keys.iter().filter(|h| h.ends_with(k)).count();
+    // the weighted pool prefers `big`; its limit sends the overflow to `small`
+    assert_eq!((count("key-big"), count("key-small")), (3, 3), "{keys:?}");
+    let metrics = s.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "llm_sidecar_limited_total{kind=\"requests\",rule=\"per-key\"}"
+        ),
+        2.0
+    );
+}

@@ -15,6 +15,7 @@ mod reload;
 mod resilience;
 mod secrets;
 mod security;
+mod shared_limits;
 mod shutdown;
 mod streaming;
 mod tls;

@@ -532,3 +532,40 @@ limits:
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
 }
+
+#[test]
+fn shared_limit_backend_mistakes() {
+    let base = r#"version: 1
+providers: { o: { kind: openai, base_url: "https://api.openai.com/v1" } }
+routes: [ { match: { path_prefix: /o }, provider: o } ]
+"#;
+    let e = errors(&format!(
+        "{base}limits:\n  backend: \"rediss://:pw-canary@cache:6380\"\n  lease: 1.5\n  backend_timeout: 0s\n"
+    ));
+    for want in [
+        "limits.backend: a rediss:// URL: write `local` or redis://",
+        "limits.lease: 1.5 is not a share",
+        "limits.backend_timeout: must be greater than 0",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    assert!(
+        !e.contains("pw-canary"),
+        "the URL's password is echoed: {e}"
+    );
+    let e = errors(&format!(
+        "{base}limits: {{ backend: \"redis://:pw-canary@[::1\" }}\n"
+    ));
+    assert!(e.contains("limits.backend: not a usable Redis URL"), "{e}");
+    assert!(!e.contains("pw-canary"), "{e}");
+    let e = errors(&format!(
+        "{base}limits: {{ backend: redis, on_backend_failure: maybe }}\n"
+    ));
+    assert!(e.contains("on_backend_failure"), "{e}");
+    // `local` and a Redis URL compile; no connection is made at load
+    assert!(load(&format!("{base}limits: {{ backend: local }}\n")).is_ok());
+    assert!(load(&format!(
+        "{base}limits:\n  backend: redis://127.0.0.1:1/0\n  rules: [ {{ name: r, requests: {{ rate: 1/s }} }} ]\n"
+    ))
+    .is_ok());
+}

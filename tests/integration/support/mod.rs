@@ -4,10 +4,13 @@
 #![allow(dead_code)]
 
 pub mod leaks;
+pub mod process;
+pub mod redis;
 pub mod token_server;
 pub mod upstreams;
 
 pub use leaks::{assert_no_leak, capture_logs};
+pub use process::{signal, spawn_binary, wait_exit, ChildGuard};
 
 use llm_sidecar::config::{self, ConfigStore, ReloadOutcome};
 use llm_sidecar::mock::{self, MockOptions, MockServer};

@@ -1,0 +1,292 @@
+//! Limits shared through a real `redis-server` by two sidecar processes.
+
+use crate::support::redis::RedisServer;
+use crate::support::*;
+use std::time::Duration;
+
+/// 40 requests an hour per tenant, shared; each sidecar leases 4 at a time.
+fn config(mock: &str, redis: &str, policy: &str) -> String {
+    with_listeners(&format!(
+        r#"log: {{ format: json }}
+tenant: {{ source: header, header: x-llm-tenant }}
+tenants: {{ sharing: {{}}, outage: {{}}, resumed: {{}} }}
+limits:
+  backend: {redis}
+  lease: 0.1
+  on_backend_failure: {policy}
+  backend_timeout: 300ms
+  rules:
+    - {{ name: per-tenant, scope: [tenant], requests: {{ rate: 40/h, burst: 40 }} }}
+{}"#,
+        openai_to(mock, "sk-shared")
+    ))
+}
+
+struct Replica {
+    _child: ChildGuard,
+    reverse: String,
+    admin: String,
+    _logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Replica {
+    fn start(dir: &std::path::Path, name: &str, yaml: &str) -> Replica {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let (child, reverse, admin, logs) = spawn_binary(&path);
+        Replica {
+            _child: child,
+            reverse,
+            admin,
+            _logs: logs,
+        }
+    }
+
+    async fn send(&self, c: &reqwest::Client, tenant: &str) -> reqwest::Response {
+        c.post(format!(
+            "http://{}/openai/v1/chat/completions",
+            self.reverse
+        ))
+        .header("x-llm-tenant", tenant)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap()
+    }
+
+    async fn metric(&self, c: &reqwest::Client, name: &str) -> f64 {
+        let text = c
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name)
+    }
+}
+
+/// Sends `n` requests for `tenant`, alternating replicas; returns the 200s each admitted.
+/// Every refusal must be the shared limit's 429.
+async fn alternate(c: &reqwest::Client, rs: [&Replica; 2], tenant: &str, n: usize) -> [usize; 2] {
+    let mut ok = [0, 0];
+    for i in 0..n {
+        let r = rs[i % 2].send(c, tenant).await;
+        match r.status().as_u16() {
+            200 => ok[i % 2] += 1,
+            429 => assert_eq!(r.headers()["x-llm-sidecar-error"], "rate_limited"),
+            other => panic!("{tenant}: unexpected {other}: {:?}", r.text().await),
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_budget_survive_a_redis_outage_and_resume() {
+    let m = default_mock().await;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Replica::start(dir.path(), "a", &config(&m.url(), &redis.url(), "allow"));
+    let b = Replica::start(dir.path(), "b", &config(&m.url(), &redis.url(), "deny"));
+    let c = http_client();
+
+    // Sharing: 60 requests against one budget of 40. Apart, the two would admit all 60.
+    let ok = alternate(&c, [&a, &b], "sharing", 60).await;
+    let total = ok[0] + ok[1];
+    assert!(
+        (32..=40).contains(&total),
+        "together within 40, less at most one unused lease (4) each: {ok:?}"
+    );
+    assert!(ok[0] > 0 && ok[1] > 0, "both served: {ok:?}");
+    assert!(redis.dbsize() >= 1, "the budget lives in Redis");
+    assert_eq!(m.request_count() as usize, total);
+
+    // Each replica leases 4 for `outage` (and spends 1), then Redis dies.
+    assert_eq!(a.send(&c, "outage").await.status(), 200);
+    assert_eq!(b.send(&c, "outage").await.status(), 200);
+    redis.kill();
+    let mut a_ok = 0;
+    let mut b_codes = Vec::new();
+    for _ in 0..10 {
+        if a.send(&c, "outage").await.status() == 200 {
+            a_ok += 1;
+        }
+        let r = b.send(&c, "outage").await;
+        b_codes.push(match r.status().as_u16() {
+            200 => "ok".to_string(),
+            s => format!(
+                "{s} {}",
+                r.headers()
+                    .get("x-llm-sidecar-error")
+                    .map_or("", |v| v.to_str().unwrap())
+            ),
+        });
+    }
+    assert_eq!(a_ok, 10, "allow: A keeps admitting");
+    let served = b_codes.iter().take_while(|c| *c == "ok").count();
+    assert_eq!(
+        served, 3,
+        "deny: B spends what its lease holds, then refuses: {b_codes:?}"
+    );
+    assert!(
+        b_codes[served..]
+            .iter()
+            .all(|c| c == "503 limits_backend_unavailable"),
+        "{b_codes:?}"
+    );
+    assert_eq!(a.metric(&c, "llm_sidecar_limits_backend_up").await, 0.0);
+    assert_eq!(b.metric(&c, "llm_sidecar_limits_backend_up").await, 0.0);
+    assert!(a.metric(&c, "llm_sidecar_limits_failed_open_total").await >= 7.0);
+    assert_eq!(
+        b.metric(
+            &c,
+            "llm_sidecar_limited_total{kind=\"backend_down\",rule=\"per-tenant\"}"
+        )
+        .await,
+        7.0
+    );
+
+    // Redis comes back (empty); after the reconnect pause both share again.
+    redis.restart();
+    assert_eq!(redis.dbsize(), 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ok = alternate(&c, [&a, &b], "resumed", 60).await;
+    let total = ok[0] + ok[1];
+    assert!(
+        (32..=40).contains(&total),
+        "sharing resumed: within 40 again: {ok:?}"
+    );
+    assert!(redis.dbsize() >= 1);
+    assert_eq!(a.metric(&c, "llm_sidecar_limits_backend_up").await, 1.0);
+    assert_eq!(b.metric(&c, "llm_sidecar_limits_backend_up").await, 1.0);
+}
+
+/// Two sidecars (separate registries, as two replicas) send 50 concurrent streams at one
+/// shared 10k-token budget: leases are taken before tokens are spent, so together they
+/// stay within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reserve_tokens_from_one_shared_budget() {
+    let redis = RedisServer::start();
+    let m = mock(llm_sidecar::mock::MockOptions {
+        chunks: 400,
+        interval: Duration::from_millis(1),
+        ..Default::default()
+    })
+    .await;
+    let yaml = format!(
+        r#"limits:
+  backend: {}
+  rules:
+    - {{ name: budget, tokens: {{ limit: 10000, per: 1h }} }}
+{}"#,
+        redis.url(),
+        openai_to(&m.url(), "sk-shared")
+    );
+    let replicas = [
+        TestSidecar::start(&yaml).await,
+        TestSidecar::start(&yaml).await,
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = &replicas[i % 2];
+        let (client, url) = (s.client.clone(), s.url("/openai/v1/chat/completions"));
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({
+                "model": "gpt-4o-mini", "stream": true, "max_tokens": 400,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "Write a long story"}]
+            });
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let _ = read_stream(r).await;
+            status
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let mut spent = 0.0;
+    for s in &replicas {
+        let metrics = s.metrics().await;
+        for ty in ["input", "output"] {
+            spent += metric_value(
+                &metrics,
+                &format!(
+                    "llm_sidecar_tokens_total{{provider=\"mock\",route=\"mock\",type=\"{ty}\"}}"
+                ),
+            );
+        }
+    }
+    println!("shared: {spent} tokens spent by {admitted} admitted requests");
+    assert!(
+        spent <= 10_000.0,
+        "the replicas overshot the shared budget: {spent}"
+    );
+    // each reserves ~430; at most one unused lease (1000) per replica sits idle
+    assert!(admitted >= 15, "only {admitted} admitted");
+    assert!(admitted < 50, "the budget did not hold anything back");
+}
+
+/// The Redis password lives in the backend URL: it must never show in logs, metrics,
+/// errors or `/config`, whether Redis accepts it or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_never_leaks() {
+    let logs = capture_logs();
+    let canary = format!("redis-canary-{}", std::process::id());
+    let redis = RedisServer::start_with_password(&canary);
+    let m = default_mock().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("redis-password");
+    std::fs::write(&file, &canary).unwrap();
+    let yaml = |password: &str, policy: &str| {
+        format!(
+            r#"limits:
+  backend: "redis://:{password}@127.0.0.1:{port}/0"
+  on_backend_failure: {policy}
+  rules:
+    - {{ name: shared, requests: {{ rate: 100/m }} }}
+{}"#,
+            openai_to(&m.url(), "sk-shared"),
+            port = redis.port
+        )
+    };
+    let good = TestSidecar::start(&yaml(&format!("${{file:{}}}", file.display()), "deny")).await;
+    let wrong = format!("{canary}-wrong");
+    let bad = TestSidecar::start(&yaml(&wrong, "deny")).await;
+
+    let r = good.chat("/openai/v1/chat/completions", false).await;
+    assert_eq!(r.status(), 200, "the right password leases from Redis");
+    assert!(redis.dbsize() >= 1);
+    let r = bad.chat("/openai/v1/chat/completions", false).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers()["x-llm-sidecar-error"],
+        "limits_backend_unavailable"
+    );
+    let headers = format!("{:?}", r.headers());
+    let mut seen = format!("{headers} {}", r.text().await.unwrap());
+    for s in [&good, &bad] {
+        seen.push_str(&s.get_text(&s.admin("/config")).await);
+        seen.push_str(&s.metrics().await);
+    }
+    good.shutdown().await;
+    bad.shutdown().await;
+    let log_text = logs.text();
+    assert!(
+        log_text.contains("limits backend unreachable"),
+        "the capture has the failure"
+    );
+    assert!(log_text.contains(&format!("127.0.0.1:{}", redis.port)));
+    for (what, text) in [("responses", &seen), ("logs", &log_text)] {
+        assert!(
+            !text.contains(&canary),
+            "the Redis password is in the {what}"
+        );
+    }
+}
