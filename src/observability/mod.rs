@@ -10,6 +10,7 @@
 //! [`log_filter`]); the canary test runs at TRACE to prove nothing else leaks.
 
 pub mod metrics;
+pub mod trace;
 
 use crate::config::schema::LogFormat;
 use tracing::level_filters::LevelFilter;

@@ -34,6 +34,7 @@ use crate::config::compile::Target;
 use crate::config::{ConfigStore, Snapshot};
 use crate::forward::ForwardConn;
 use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
+use crate::observability::trace::{self, TraceContext};
 use crate::resilience::{self, breaker::Admission};
 use crate::routing;
 use crate::tenant::{Tenant, TenantError};
@@ -71,6 +72,9 @@ pub struct AttemptPlan {
     /// (then the response is held back instead of forwarded).
     pub gate: RetryGate,
     pub report: AttemptReport,
+    /// The exchange's trace, and this attempt's span in it.
+    pub trace: TraceContext,
+    pub span: [u8; 8],
 }
 
 /// What follows a held-back response.
@@ -194,6 +198,8 @@ pub struct ExchangeState {
     held: Option<crate::limits::Held>,
     /// The tokens this request is expected to use (when a limit budgets tokens).
     estimate: crate::limits::Estimate,
+    /// The W3C trace this request belongs to (joined or started).
+    trace: Option<TraceContext>,
 }
 
 pub struct AttemptState {
@@ -252,6 +258,7 @@ impl SidecarProxy {
         x: &mut ExchangeState,
         started: Instant,
     ) -> Result<bool> {
+        x.trace = Some(TraceContext::from_headers(&session.req_header().headers));
         let raw_h1 = match session.downstream_session.as_http1() {
             Some(_) if session.req_header().headers.contains_key(TRANSFER_ENCODING) => {
                 Some(session.downstream_session.to_h1_raw())
@@ -595,6 +602,11 @@ impl SidecarProxy {
                 body: body.clone(),
                 body_sha256: body_sha256.clone(),
                 report: AttemptReport::default(),
+                trace: x
+                    .trace
+                    .clone()
+                    .unwrap_or_else(|| TraceContext::from_headers(&http::HeaderMap::new())),
+                span: trace::new_span_id(),
             });
             let outcome =
                 attempt::run(session, plan.clone(), &body, &provider.timeouts, deadline).await;
@@ -1167,6 +1179,14 @@ impl ProxyHttp for SidecarProxy {
         for (n, v) in &p.headers {
             req.insert_header(n.clone(), v.clone())?;
         }
+        // Trace context: a child span of the client's (or of a trace started here).
+        req.insert_header(trace::TRACEPARENT, plan.trace.child_header(plan.span))?;
+        match &plan.trace.state {
+            Some(state) => req.insert_header(trace::TRACESTATE, state.clone())?,
+            None => {
+                req.remove_header(trace::TRACESTATE);
+            }
+        }
         // Signing comes last: SigV4 covers content-type and x-amzn-* as finally sent.
         let method = req.method.clone();
         let cx = SignContext {
@@ -1303,6 +1323,11 @@ impl ProxyHttp for SidecarProxy {
             None => self.metrics.unrouted().record(status, elapsed),
         }
         let route_name = route.map_or("-", |r| &r.name);
+        let trace_id = x
+            .trace
+            .as_ref()
+            .map_or_else(String::new, TraceContext::trace_id_hex);
+        let trace_id = trace_id.as_str();
         let tenant = x.tenant.as_deref().unwrap_or("-");
         let key = x.key.as_deref().unwrap_or("-");
         let req = session.req_header();
@@ -1313,16 +1338,16 @@ impl ProxyHttp for SidecarProxy {
                 if (cause.status() >= 500 && cause != Cause::ProviderDisabled) || x.aborted =>
             {
                 tracing::warn!(
-                    route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                    trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                     attempts = x.attempts, duration_ms = ms, "request failed"
                 )
             }
             Some(cause) => tracing::info!(
-                route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                 duration_ms = ms, "request refused"
             ),
             None => tracing::debug!(
-                route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status,
+                trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status,
                 attempts = x.attempts, duration_ms = ms,
                 input_tokens = x.usage.map_or(0, |u| u.input),
                 output_tokens = x.usage.map_or(0, |u| u.output),

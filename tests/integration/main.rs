@@ -10,6 +10,7 @@ mod clients;
 mod conf_files;
 mod forward;
 mod limits;
+mod observability;
 mod proxy;
 mod reload;
 mod resilience;

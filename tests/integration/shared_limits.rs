@@ -191,17 +191,7 @@ async fn replicas_reserve_tokens_from_one_shared_budget() {
     for i in 0..50 {
         let s = &replicas[i % 2];
         let (client, url) = (s.client.clone(), s.url("/openai/v1/chat/completions"));
-        tasks.push(tokio::spawn(async move {
-            let body = serde_json::json!({
-                "model": "gpt-4o-mini", "stream": true, "max_tokens": 400,
-                "stream_options": {"include_usage": true},
-                "messages": [{"role": "user", "content": "Write a long story"}]
-            });
-            let r = client.post(url).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let _ = read_stream(r).await;
-            status
-        }));
+        tasks.push(tokio::spawn(long_stream(client, url)));
     }
     let mut admitted = 0;
     for t in tasks {

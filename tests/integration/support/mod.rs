@@ -309,6 +309,20 @@ pub fn chat_body(stream: bool) -> serde_json::Value {
 
 /// Reads a response body to its end: the text, and whether it ended cleanly (false when
 /// the connection or stream was cut).
+/// A streaming chat asking for 400 tokens with usage reported; read to the end. The
+/// status.
+pub async fn long_stream(client: reqwest::Client, url: String) -> u16 {
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini", "stream": true, "max_tokens": 400,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "Write a long story"}]
+    });
+    let r = client.post(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let _ = read_stream(r).await;
+    status
+}
+
 pub async fn read_stream(r: reqwest::Response) -> (String, bool) {
     use futures_util::StreamExt;
     let mut body = r.bytes_stream();
