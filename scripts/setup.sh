@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh           build tools (cmake, a C compiler)
 #   scripts/setup.sh --test    + curl, openssl, redis-server (shared limits),
+#                                promtool (package prometheus: /metrics lint),
 #                                python3 with the official openai/anthropic SDKs and
 #                                httpx, cargo-nextest
 #   scripts/setup.sh --bench   + nginx, wrk (the load benchmark's yardsticks)
@@ -30,6 +31,7 @@ if [ $want_test -eq 1 ]; then
   need curl curl
   need openssl openssl
   need redis-server redis-server
+  need promtool prometheus
   need python3 python3
   python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 fi

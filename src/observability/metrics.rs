@@ -50,6 +50,7 @@ pub struct Metrics {
     tokens: IntCounterVec,
     limited: IntCounterVec,
     limits_backend: crate::limits::shared::BackendMetrics,
+    genai: super::genai::GenAiMetrics,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     breaker_rejected: IntCounterVec,
@@ -326,7 +327,8 @@ impl Metrics {
             Box::new(config_last_success.clone()),
             Box::new(in_flight.clone()),
         ];
-        for c in collectors {
+        let genai = super::genai::GenAiMetrics::new();
+        for c in collectors.into_iter().chain(genai.collectors()) {
             must(registry.register(c));
         }
         #[cfg(target_os = "linux")]
@@ -338,6 +340,7 @@ impl Metrics {
             reloads.with_label_values(&[result]);
         }
         Arc::new(Metrics {
+            genai,
             registry,
             requests,
             duration,
@@ -479,12 +482,18 @@ impl Metrics {
             .set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 
+    /// Per-call LLM metrics (GenAI conventions, TTFT, tokens by tenant and model).
+    pub fn genai(&self) -> &super::genai::GenAiMetrics {
+        &self.genai
+    }
+
     pub fn in_flight(&self) -> &IntGauge {
         &self.in_flight
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.genai.refresh();
         let mut buf = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();
         // Encoding into a Vec cannot fail for valid families.

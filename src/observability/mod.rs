@@ -9,6 +9,7 @@
 //! injected credentials included. Those events are dropped at any configured level (see
 //! [`log_filter`]); the canary test runs at TRACE to prove nothing else leaks.
 
+pub mod genai;
 pub mod metrics;
 pub mod trace;
 

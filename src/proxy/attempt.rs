@@ -201,6 +201,11 @@ pub async fn run(
                             }
                             status = Some(code);
                             if code < 300 {
+                                plan.report.set_streaming(
+                                    h.headers
+                                        .get(http::header::CONTENT_TYPE)
+                                        .is_some_and(|v| crate::usage::is_stream(v.as_bytes())),
+                                );
                                 usage = h
                                     .headers
                                     .get(http::header::CONTENT_TYPE)
@@ -212,9 +217,13 @@ pub async fn run(
                         // Body before header cannot happen; be safe.
                         other if status.is_some() => {
                             // Read after the bytes are handed on, never holding them.
-                            if let (Some(p), HttpTask::Body(Some(b), _)) = (usage.as_mut(), &other)
-                            {
-                                p.feed(b);
+                            if let HttpTask::Body(Some(b), _) = &other {
+                                if !b.is_empty() {
+                                    plan.report.first_body(std::time::Instant::now());
+                                }
+                                if let Some(p) = usage.as_mut() {
+                                    p.feed(b);
+                                }
                             }
                             batch.push(other)
                         }
@@ -288,7 +297,7 @@ pub async fn run(
     }
 
     if let Some(p) = usage.as_mut() {
-        plan.report.set_usage(p.finish(response_done));
+        plan.report.settle(p, response_done);
     }
     if response_done {
         return Outcome::Complete {
@@ -312,7 +321,7 @@ pub async fn run(
 /// A response that ends early is charged the tokens seen so far.
 fn charge_seen(usage: &mut Option<crate::usage::UsageParser>, plan: &AttemptPlan) {
     if let Some(p) = usage.as_mut() {
-        plan.report.set_usage(p.finish(false));
+        plan.report.settle(p, false);
     }
 }
 

@@ -142,6 +142,12 @@ pub struct AttemptReport {
     usage: std::sync::OnceLock<crate::usage::Usage>,
     /// The provider's status and `Retry-After`, once its response header arrived.
     answer: std::sync::OnceLock<(u16, Option<Duration>)>,
+    /// The model the response names.
+    model: std::sync::OnceLock<String>,
+    /// When the first body byte of the response arrived.
+    first_body: std::sync::OnceLock<Instant>,
+    /// The response is a stream (SSE, event-stream, NDJSON).
+    streaming: AtomicBool,
 }
 
 impl AttemptReport {
@@ -159,6 +165,37 @@ impl AttemptReport {
 
     pub fn set_usage(&self, u: crate::usage::Usage) {
         let _ = self.usage.set(u);
+    }
+
+    /// Records what the response's parser read: usage (`complete`: the body ended) and
+    /// the model it named.
+    pub fn settle(&self, p: &mut crate::usage::UsageParser, complete: bool) {
+        self.set_usage(p.finish(complete));
+        if let Some(m) = p.model() {
+            let _ = self.model.set(m.to_string());
+        }
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.get().map(String::as_str)
+    }
+
+    pub fn first_body(&self, at: Instant) {
+        if self.first_body.get().is_none() {
+            let _ = self.first_body.set(at);
+        }
+    }
+
+    pub fn first_body_at(&self) -> Option<Instant> {
+        self.first_body.get().copied()
+    }
+
+    pub fn set_streaming(&self, yes: bool) {
+        self.streaming.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
     }
 
     pub fn usage(&self) -> Option<crate::usage::Usage> {
@@ -203,6 +240,21 @@ pub struct ExchangeState {
     estimate: crate::limits::Estimate,
     /// The W3C trace this request belongs to (joined or started).
     trace: Option<TraceContext>,
+    /// The model the request asks for, as a bounded label value.
+    model: Option<Arc<str>>,
+    /// `gen_ai.operation.name` of the request path.
+    operation: &'static str,
+    /// The provider whose answer the client got, and what its response said.
+    served: Option<Served>,
+}
+
+/// What the attempt whose answer reached the client saw.
+struct Served {
+    provider: Arc<str>,
+    gen_ai_provider: &'static str,
+    response_model: Option<Arc<str>>,
+    first_body: Option<Instant>,
+    streaming: bool,
 }
 
 pub struct AttemptState {
@@ -392,6 +444,14 @@ impl SidecarProxy {
             session
                 .req_header_mut()
                 .insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        }
+
+        // What the metrics call this request (bounded label values).
+        {
+            let path = session.req_header().uri.path();
+            x.operation = crate::observability::genai::operation_name(path);
+            let model = crate::observability::genai::request_model(path, &body);
+            x.model = Some(self.metrics.genai().models.label(model.as_deref()));
         }
 
         // Limits: admitted (reserving tokens, taking a slot) or 429.
@@ -630,6 +690,16 @@ impl SidecarProxy {
                     | attempt::Outcome::Broken { .. }
                     | attempt::Outcome::ClientGone { .. }
             ) {
+                x.served = Some(Served {
+                    provider: provider.name.clone(),
+                    gen_ai_provider: crate::observability::genai::provider_name(provider.kind),
+                    response_model: plan
+                        .report
+                        .model()
+                        .map(|m| self.metrics.genai().models.label(Some(m))),
+                    first_body: plan.report.first_body_at(),
+                    streaming: plan.report.streaming(),
+                });
                 // this attempt's answer is the client's: settle its key limits at the end
                 if let Some(h) = key_held.and_then(crate::limits::AttemptHeld::keep) {
                     match &mut x.held {
@@ -738,6 +808,55 @@ impl SidecarProxy {
 }
 
 impl SidecarProxy {
+    /// The per-call LLM metrics of a routed request.
+    fn record_call(
+        &self,
+        snap: &Snapshot,
+        route: &crate::routing::Route,
+        x: &ExchangeState,
+        started: Instant,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        use crate::observability::genai::{provider_name, Call};
+        let (provider, gen_ai_provider) = match (&x.served, snap.targets.get(route.index)) {
+            (Some(s), _) => (&*s.provider, s.gen_ai_provider),
+            (None, Some(Target::Ready(p))) => (&*p.name, provider_name(p.kind)),
+            (None, _) => (route.metrics.provider(), "none"),
+        };
+        let request_model = x.model.as_deref().unwrap_or("none");
+        let served = x.served.as_ref();
+        let response_model = served
+            .and_then(|s| s.response_model.as_deref())
+            .unwrap_or("none");
+        let error = match x.cause {
+            Some(c) => Some(c.as_str()),
+            None if status >= 400 => Some(status_error(status)),
+            None => None,
+        };
+        self.metrics.genai().record(&Call {
+            route: &route.name,
+            provider,
+            gen_ai_provider,
+            operation: if x.operation.is_empty() {
+                "other"
+            } else {
+                x.operation
+            },
+            tenant: x.tenant.as_deref().unwrap_or("-"),
+            request_model,
+            response_model,
+            status,
+            error,
+            duration: elapsed,
+            ttft: served
+                .filter(|s| s.streaming)
+                .and_then(|s| s.first_body)
+                .map(|t| t.saturating_duration_since(started)),
+            usage: x.usage,
+        });
+    }
+
     /// Admits one attempt under the rules scoped by key, for the key it picked.
     async fn key_limits(
         &self,
@@ -782,6 +901,28 @@ impl SidecarProxy {
             Some(r) if r.metrics.provider() == &*provider.name => r.metrics.tokens(u),
             _ => self.metrics.tokens(route_name, &provider.name, u),
         }
+    }
+}
+
+/// `error.type` for a provider's own error status.
+fn status_error(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        499 => "client_closed",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        529 => "529",
+        s if s < 500 => "4xx",
+        _ => "5xx",
     }
 }
 
@@ -1324,6 +1465,9 @@ impl ProxyHttp for SidecarProxy {
         match route {
             Some(r) => r.metrics.record(status, elapsed),
             None => self.metrics.unrouted().record(status, elapsed),
+        }
+        if let Some(r) = route {
+            self.record_call(snap, r, x, ctx.started, status, elapsed);
         }
         let route_name = route.map_or("-", |r| &r.name);
         let trace_id = x

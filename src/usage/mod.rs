@@ -122,6 +122,7 @@ struct Doc {
     usage: Option<Value>,
     message: Option<Inner>,
     response: Option<Inner>,
+    model: Option<String>,
     prompt_eval_count: Option<u64>,
     eval_count: Option<u64>,
 }
@@ -130,13 +131,31 @@ struct Doc {
 #[serde(default)]
 struct Inner {
     usage: Option<Value>,
+    model: Option<String>,
 }
 
 /// The usage in one JSON document (a whole body, or one event): its `usage`,
 /// `message.usage` (Anthropic's `message_start`) or `response.usage` (the Responses
 /// API's `response.completed`), else Ollama's native counts.
 pub fn extract(b: &[u8]) -> Option<Usage> {
-    let d: Doc = serde_json::from_slice(b).ok()?;
+    extract_with_model(b).0
+}
+
+/// [`extract`], with the model the document names (`model`, `message.model`,
+/// `response.model`).
+pub fn extract_with_model(b: &[u8]) -> (Option<Usage>, Option<String>) {
+    let Ok(mut d) = serde_json::from_slice::<Doc>(b) else {
+        return (None, None);
+    };
+    let model = d
+        .model
+        .take()
+        .or_else(|| d.message.as_mut().and_then(|m| m.model.take()))
+        .or_else(|| d.response.as_mut().and_then(|m| m.model.take()));
+    (usage_of(&d), model)
+}
+
+fn usage_of(d: &Doc) -> Option<Usage> {
     for u in [
         d.usage.as_ref(),
         d.message.as_ref().and_then(|m| m.usage.as_ref()),
@@ -159,6 +178,21 @@ pub fn extract(b: &[u8]) -> Option<Usage> {
     None
 }
 
+/// A streamed body type: SSE, AWS event-stream or NDJSON.
+pub fn is_stream(content_type: &[u8]) -> bool {
+    [
+        &b"text/event-stream"[..],
+        b"application/vnd.amazon.eventstream",
+        b"application/x-ndjson",
+    ]
+    .iter()
+    .any(|p| {
+        content_type
+            .get(..p.len())
+            .is_some_and(|c| c.eq_ignore_ascii_case(p))
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
     Json,
@@ -176,6 +210,8 @@ pub struct UsageParser {
     skipping: bool,
     usage: Usage,
     reported: bool,
+    /// The model the provider says answered (from the document or event with usage).
+    model: Option<String>,
     /// Data events without usage (content deltas, roughly one token or more each).
     events: u64,
 }
@@ -207,6 +243,7 @@ impl UsageParser {
             skipping: false,
             usage: Usage::default(),
             reported: false,
+            model: None,
             events: 0,
         })
     }
@@ -268,7 +305,7 @@ impl UsageParser {
         }
         // Only events that mention usage are parsed; content events are counted.
         if memchr_usage(payload) {
-            if let Some(u) = extract(payload) {
+            if let Some(u) = self.take(payload) {
                 self.reported = true;
                 self.usage.merge(u);
                 return;
@@ -301,7 +338,7 @@ impl UsageParser {
             let payload = &frame[12 + headers_len..total - 4];
             match event_type(headers) {
                 Some("metadata") => {
-                    if let Some(u) = extract(payload) {
+                    if let Some(u) = self.take(payload) {
                         self.reported = true;
                         self.usage.merge(u);
                     }
@@ -321,17 +358,31 @@ impl UsageParser {
             && !self.buf.is_empty()
             && memchr_usage(&self.buf)
         {
-            if let Some(u) = extract(&self.buf) {
+            let buf = std::mem::take(&mut self.buf);
+            if let Some(u) = self.take(&buf) {
                 self.reported = true;
                 self.usage.merge(u);
             }
-            self.buf.clear();
         }
         let mut u = self.usage;
         if !complete || !self.reported {
             u.output = u.output.max(self.events);
         }
         u
+    }
+
+    /// The usage in one document, keeping the first model named.
+    fn take(&mut self, doc: &[u8]) -> Option<Usage> {
+        let (u, model) = extract_with_model(doc);
+        if self.model.is_none() {
+            self.model = model;
+        }
+        u
+    }
+
+    /// The model the provider named in the response, if it did.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// Whether the provider reported usage (false: only an estimate from events).

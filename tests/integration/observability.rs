@@ -84,3 +84,114 @@ async fn trace_context_is_joined_or_started_and_each_attempt_is_a_new_span() {
         assert!(text.contains(t.as_str()), "trace id {t} in the request log");
     }
 }
+
+/// The `/metrics` text passes `promtool check metrics` (the Debian package), and the
+/// per-call series move by what the responses say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genai_metrics_move_by_the_right_amounts_and_pass_promtool() {
+    let m = mock(MockOptions {
+        chunks: 5,
+        interval: std::time::Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let s = TestSidecar::start(&format!(
+        "tenant: {{ id: team-obs }}\n{}",
+        openai_to(&m.url(), "sk-obs")
+    ))
+    .await;
+    let url = s.url("/openai/v1/chat/completions");
+    // non-streaming: usage from the JSON body
+    let r = s.chat("/openai/v1/chat/completions", false).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let (in1, out1) = (
+        v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+    );
+    let model = v["model"].as_str().unwrap().to_string();
+    // streaming with include_usage
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini", "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]
+    });
+    let r = s.client.post(&url).json(&body).send().await.unwrap();
+    let (text, _) = read_stream(r).await;
+    let usage_line = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage event");
+    let (in2, out2) = (
+        usage_line["usage"]["prompt_tokens"].as_u64().unwrap(),
+        usage_line["usage"]["completion_tokens"].as_u64().unwrap(),
+    );
+
+    let metrics = s.metrics().await;
+    let genai = |name: &str, ty: &str| {
+        metric_value(
+            &metrics,
+            &format!(
+                "{name}{{gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"gpt-4o-mini\",gen_ai_response_model=\"{model}\",gen_ai_token_type=\"{ty}\"}}"
+            ),
+        )
+    };
+    assert_eq!(genai("gen_ai_client_token_usage_count", "input"), 2.0);
+    assert_eq!(
+        genai("gen_ai_client_token_usage_sum", "input"),
+        (in1 + in2) as f64
+    );
+    assert_eq!(
+        genai("gen_ai_client_token_usage_sum", "output"),
+        (out1 + out2) as f64
+    );
+    let tenant = |ty: &str| {
+        metric_value(
+            &metrics,
+            &format!(
+                "llm_sidecar_tenant_tokens_total{{model=\"gpt-4o-mini\",tenant=\"team-obs\",type=\"{ty}\"}}"
+            ),
+        )
+    };
+    assert_eq!(tenant("output"), (out1 + out2) as f64);
+    let series = "{model=\"gpt-4o-mini\",provider=\"mock\",route=\"mock\"}";
+    // only the stream has a time to first token: 5 chunks 30 ms apart
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!("llm_sidecar_time_to_first_token_seconds_count{series}")
+        ),
+        1.0
+    );
+    let ttft = metric_value(
+        &metrics,
+        &format!("llm_sidecar_time_to_first_token_seconds_sum{series}"),
+    );
+    assert!(ttft > 0.0 && ttft < 0.5, "ttft {ttft}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "llm_sidecar_llm_requests_total{model=\"gpt-4o-mini\",provider=\"mock\",route=\"mock\",status_class=\"2xx\",tenant=\"team-obs\"}"
+        ),
+        2.0
+    );
+    assert!(metric_value(&metrics, "llm_sidecar_uptime_seconds") >= 0.0);
+
+    // promtool lints the exposition
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &metrics).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus): run scripts/setup.sh --test");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
