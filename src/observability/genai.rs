@@ -149,13 +149,7 @@ pub struct GenAiMetrics {
     pub models: ModelLabels,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        // Names and labels are constants: a failure is a bug caught by every test.
-        Err(e) => panic!("metric definition: {e}"),
-    }
-}
+use super::metrics::must;
 
 const GENAI_LABELS: [&str; 4] = [
     "gen_ai_operation_name",
@@ -285,13 +279,7 @@ impl GenAiMetrics {
                     .with_label_values(&with(ty))
                     .observe(n as f64);
             }
-            for (ty, n) in [
-                ("input", u.input),
-                ("output", u.output),
-                ("cache_read", u.cache_read),
-                ("cache_write", u.cache_write),
-                ("reasoning", u.reasoning),
-            ] {
+            for (ty, n) in u.by_type() {
                 if n > 0 {
                     self.tenant_tokens
                         .with_label_values(&[c.tenant, c.request_model, ty])

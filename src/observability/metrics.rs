@@ -95,7 +95,7 @@ impl ForwardMetrics {
     }
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
+pub(crate) fn must<T>(r: prometheus::Result<T>) -> T {
     // Metric definitions are static; they only fail on a programming error (bad name or
     // label set), which the unit tests below catch.
     #[allow(clippy::expect_used)]
@@ -373,13 +373,7 @@ impl Metrics {
     }
 
     pub fn tokens(&self, route: &str, provider: &str, u: &crate::usage::Usage) {
-        for (ty, n) in [
-            ("input", u.input),
-            ("output", u.output),
-            ("cache_read", u.cache_read),
-            ("cache_write", u.cache_write),
-            ("reasoning", u.reasoning),
-        ] {
+        for (ty, n) in u.by_type() {
             if n > 0 {
                 self.tokens
                     .with_label_values(&[route, provider, ty])

@@ -36,6 +36,18 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Each count with its metric label: input, output, cache_read, cache_write,
+    /// reasoning.
+    pub fn by_type(&self) -> [(&'static str, u64); 5] {
+        [
+            ("input", self.input),
+            ("output", self.output),
+            ("cache_read", self.cache_read),
+            ("cache_write", self.cache_write),
+            ("reasoning", self.reasoning),
+        ]
+    }
+
     /// Field-wise maximum: reports in one response are either partial (Anthropic's
     /// `message_start` then `message_delta`) or cumulative, never additive.
     fn merge(&mut self, o: Usage) {

@@ -24,17 +24,17 @@ async fn trace_context_is_joined_or_started_and_each_attempt_is_a_new_span() {
     .await;
     let s = TestSidecar::start(&openai_to(&m.url(), "sk-trace")).await;
     let url = s.url("/openai/v1/chat/completions");
+    let with_trace = |parent: &'static str, state: &'static str| {
+        s.client
+            .post(&url)
+            .header("traceparent", parent)
+            .header("tracestate", state)
+            .json(&chat_body(false))
+            .send()
+    };
 
     // 1: the client's trace is joined; tracestate passes untouched
-    let r = s
-        .client
-        .post(&url)
-        .header("traceparent", CLIENT)
-        .header("tracestate", "vendor=abc,other=1")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = with_trace(CLIENT, "vendor=abc,other=1").await.unwrap();
     assert_eq!(r.status(), 200);
     let rec = m.recorded();
     let (trace, span, flags) = upstream_trace(&rec[0]);
@@ -60,18 +60,12 @@ async fn trace_context_is_joined_or_started_and_each_attempt_is_a_new_span() {
     assert!(rec[1].header("tracestate").is_none());
 
     // 3: a malformed traceparent is not passed on: a new trace replaces it
-    let r = s
-        .client
-        .post(&url)
-        .header(
-            "traceparent",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-        )
-        .header("tracestate", "vendor=abc")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = with_trace(
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "vendor=abc",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let rec = m.recorded();
     let (t3, _, _) = upstream_trace(rec.last().unwrap());
