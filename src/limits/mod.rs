@@ -21,7 +21,7 @@ pub mod shared;
 
 use crate::config::schema::{TokenAccounting, TokenCount};
 use crate::usage::Usage;
-use gcra::{now_ns, Gcra, Snapshot};
+use gcra::{now_ns, Gcra};
 use shared::{Backend, Lease, Refused};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,16 +80,16 @@ impl Bucket {
         }
     }
 
-    async fn take(&self, now: u64, n: u64) -> Result<Snapshot, Refused> {
+    async fn take(&self, now: u64, n: u64) -> Result<(), Refused> {
         match self {
-            Bucket::Local(g) => g.try_take(now, n).map_err(Refused::Wait),
+            Bucket::Local(g) => g.try_take(now, n).map(drop).map_err(Refused::Wait),
             Bucket::Shared(l) => l.take(n).await,
         }
     }
 
-    async fn check(&self, now: u64) -> Result<Snapshot, Refused> {
+    async fn check(&self, now: u64) -> Result<(), Refused> {
         match self {
-            Bucket::Local(g) => g.check(now).map_err(Refused::Wait),
+            Bucket::Local(g) => g.check(now).map(drop).map_err(Refused::Wait),
             Bucket::Shared(l) => l.check().await,
         }
     }
@@ -279,24 +279,21 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    /// Reads `max_tokens` (or its newer names) from a JSON body, and guesses the input
-    /// from its size (about 4 bytes a token).
-    pub fn of_body(body: &[u8]) -> Estimate {
-        #[derive(serde::Deserialize, Default)]
-        #[serde(default)]
-        struct Probe {
-            max_tokens: Option<u64>,
-            max_completion_tokens: Option<u64>,
-            max_output_tokens: Option<u64>,
-        }
-        let p: Probe = serde_json::from_slice(body).unwrap_or_default();
+    /// A body of `len` bytes (about 4 bytes a token) naming `max_output` tokens.
+    pub fn new(len: usize, max_output: Option<u64>) -> Estimate {
         Estimate {
-            input: (body.len() as u64).div_ceil(4),
-            max_output: p
-                .max_completion_tokens
-                .or(p.max_tokens)
-                .or(p.max_output_tokens),
+            input: (len as u64).div_ceil(4),
+            max_output,
         }
+    }
+
+    /// Reads `max_tokens` (or its newer names) from a JSON body, and guesses the input
+    /// from its size.
+    pub fn of_body(body: &[u8]) -> Estimate {
+        Estimate::new(
+            body.len(),
+            crate::usage::RequestFields::parse("", body).max_output,
+        )
     }
 
     fn cost(&self, t: &TokenSpec, output: u64) -> u64 {
@@ -478,18 +475,13 @@ impl Limits {
         })
     }
 
-    /// The estimate a body's tokens are reserved by (only read when a rule needs it).
-    pub fn estimate(&self, body: &[u8]) -> Estimate {
+    /// The estimate a request's tokens are reserved by (only when a rule needs one).
+    pub fn estimate(&self, body_len: usize, max_output: Option<u64>) -> Estimate {
         if self.needs_estimate {
-            Estimate::of_body(body)
+            Estimate::new(body_len, max_output)
         } else {
             Estimate::default()
         }
-    }
-
-    /// Admits a request with this body, or says why not.
-    pub async fn admit(&self, s: Subject, body: &[u8]) -> Result<Held, Denied> {
-        self.admit_estimate(s, self.estimate(body)).await
     }
 
     /// Admits a request expected to use `est`. Counters taken before a refusal are given

@@ -19,7 +19,7 @@
 //! replicas together never admit more than the budget; at most one lease per replica
 //! sits unused in a slice (less available to the others, never more spent).
 
-use super::gcra::{now_ns, Snapshot};
+use super::gcra::now_ns;
 use crate::config::schema::BackendFailure;
 use prometheus::{IntCounter, IntGauge};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 /// Takes up to `want` units when at least `need` are free; else says how long until
 /// `need` would be. KEYS[1] the TAT; ARGV interval µs, tolerance µs, want, need.
-/// Returns {granted, wait µs, free after}.
+/// Returns {granted, wait µs}.
 const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -41,12 +41,12 @@ if tat < now then tat = now end
 local free = math.floor((now + tolerance - tat) / interval)
 if free < 0 then free = 0 end
 if free < need then
-  return {0, math.ceil(tat + need * interval - tolerance - now), free}
+  return {0, math.ceil(tat + need * interval - tolerance - now)}
 end
 local grant = math.min(want, free)
 tat = tat + grant * interval
 redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
-return {grant, 0, free - grant}
+return {grant, 0}
 "#;
 
 /// Gives `n` units back. KEYS[1] the TAT; ARGV interval µs, n.
@@ -96,8 +96,8 @@ pub struct Backend {
 /// A reply to a refill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
-    /// Units added to the slice; what the budget had left after.
-    Units { granted: u64, free: u64 },
+    /// Units added to the slice.
+    Units(u64),
     /// Not enough free: how long until there is.
     Wait(Duration),
 }
@@ -266,15 +266,12 @@ impl Backend {
             .arg(tolerance_us)
             .arg(want)
             .arg(need);
-        let (granted, wait_us, free): (i64, i64, i64) = self.call("lease", inv).await?;
+        let (granted, wait_us): (i64, i64) = self.call("lease", inv).await?;
         if granted > 0 {
             if let Some(m) = &self.metrics {
                 m.leases.inc();
             }
-            Some(Grant::Units {
-                granted: granted as u64,
-                free: free.max(0) as u64,
-            })
+            Some(Grant::Units(granted as u64))
         } else {
             Some(Grant::Wait(Duration::from_micros(wait_us.max(1) as u64)))
         }
@@ -302,13 +299,10 @@ pub struct Lease {
     key: String,
     interval_us: f64,
     tolerance_us: f64,
-    capacity: u64,
     /// Units per refill.
     size: u64,
     /// Units this sidecar may spend without asking (negative: a debt to pay first).
     slice: AtomicI64,
-    /// What the shared budget had free at the last refill.
-    free_hint: AtomicU64,
     refilling: AtomicBool,
     /// One refill at a time.
     refill: tokio::sync::Mutex<()>,
@@ -329,10 +323,8 @@ impl Lease {
             key,
             interval_us: period_us / capacity as f64,
             tolerance_us: period_us,
-            capacity,
             size: ((capacity as f64 * share).ceil() as u64).clamp(1, capacity),
             slice: AtomicI64::new(0),
-            free_hint: AtomicU64::new(capacity),
             refilling: AtomicBool::new(false),
             refill: tokio::sync::Mutex::new(()),
             backend,
@@ -355,14 +347,6 @@ impl Lease {
                 (s >= n).then_some(s - n)
             })
             .is_ok()
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let slice = self.slice().max(0) as u64;
-        Snapshot {
-            remaining: (self.free_hint.load(Ordering::Relaxed) + slice).min(self.capacity),
-            reset: Duration::ZERO,
-        }
     }
 
     /// Tops the slice up in the background when it runs low.
@@ -390,10 +374,7 @@ impl Lease {
         let have = self.slice();
         let missing = u64::try_from(i64::try_from(need).unwrap_or(i64::MAX) - have).unwrap_or(0);
         if missing == 0 {
-            return Some(Grant::Units {
-                granted: 0,
-                free: self.free_hint.load(Ordering::Relaxed),
-            });
+            return Some(Grant::Units(0));
         }
         let want = missing.max(self.size);
         let g = self
@@ -406,27 +387,24 @@ impl Lease {
                 missing,
             )
             .await?;
-        if let Grant::Units { granted, free } = g {
+        if let Grant::Units(granted) = g {
             self.slice
                 .fetch_add(i64::try_from(granted).unwrap_or(i64::MAX), Ordering::AcqRel);
-            self.free_hint.store(free, Ordering::Relaxed);
-        } else {
-            self.free_hint.store(0, Ordering::Relaxed);
         }
         Some(g)
     }
 
     /// Takes `n` units: from the slice when it holds them (no I/O), else after a refill.
-    pub async fn take(self: &Arc<Self>, n: u64) -> Result<Snapshot, Refused> {
+    pub async fn take(self: &Arc<Self>, n: u64) -> Result<(), Refused> {
         self.take_or_check(n, true).await
     }
 
     /// Admits while the budget is not spent, taking nothing (after-the-fact accounting).
-    pub async fn check(self: &Arc<Self>) -> Result<Snapshot, Refused> {
+    pub async fn check(self: &Arc<Self>) -> Result<(), Refused> {
         self.take_or_check(1, false).await
     }
 
-    async fn take_or_check(self: &Arc<Self>, n: u64, take: bool) -> Result<Snapshot, Refused> {
+    async fn take_or_check(self: &Arc<Self>, n: u64, take: bool) -> Result<(), Refused> {
         let local = |l: &Lease| {
             if take {
                 l.take_local(n)
@@ -437,16 +415,16 @@ impl Lease {
         for _ in 0..3 {
             if local(self) {
                 self.top_up();
-                return Ok(self.snapshot());
+                return Ok(());
             }
             match self.refill_now(n).await {
-                Some(Grant::Units { .. }) => continue,
+                Some(Grant::Units(_)) => continue,
                 Some(Grant::Wait(w)) => return Err(Refused::Wait(w)),
                 None => {
                     return match self.backend.policy {
                         BackendFailure::Allow => {
                             self.backend.failed_open();
-                            Ok(self.snapshot())
+                            Ok(())
                         }
                         BackendFailure::Deny => Err(Refused::BackendDown),
                     }

@@ -51,23 +51,6 @@ pub fn operation_name(path: &str) -> &'static str {
     }
 }
 
-/// The model a request asks for: the JSON body's `model`, else Bedrock's path segment
-/// after `/model/`.
-pub fn request_model<'a>(path: &'a str, body: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
-    #[derive(serde::Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        model: Option<std::borrow::Cow<'a, str>>,
-    }
-    if body.trim_ascii_start().first() == Some(&b'{') {
-        if let Ok(Probe { model: Some(m) }) = serde_json::from_slice::<Probe>(body) {
-            return Some(m);
-        }
-    }
-    let (_, rest) = path.split_once("/model/")?;
-    Some(std::borrow::Cow::Borrowed(rest.split('/').next()?))
-}
-
 /// Interns model names as label values, at most [`MAX_MODELS`] of them. Reads are a
 /// lock-free map lookup; a new name copies the map once.
 pub struct ModelLabels {
@@ -319,19 +302,6 @@ mod tests {
         assert_eq!(operation_name("/v1/messages"), "chat");
         assert_eq!(operation_name("/model/x/converse-stream"), "chat");
         assert_eq!(operation_name("/v1/models"), "other");
-        assert_eq!(
-            request_model(
-                "/v1/chat/completions",
-                br#" {"messages":[],"model":"gpt-4o"}"#
-            )
-            .as_deref(),
-            Some("gpt-4o")
-        );
-        assert_eq!(
-            request_model("/model/anthropic.claude-3-haiku/converse", b"{}").as_deref(),
-            Some("anthropic.claude-3-haiku")
-        );
-        assert_eq!(request_model("/v1/models", b""), None);
     }
 
     #[test]

@@ -42,17 +42,18 @@ impl TraceContext {
                 flags,
                 state: headers.get(TRACESTATE).filter(|v| v.len() <= 512).cloned(),
             },
-            None => TraceContext {
-                trace_id: new_trace_id(),
-                parent: None,
-                flags: 0x01,
-                state: None,
-            },
+            None => TraceContext::root(),
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+    /// A new trace, sampled, started by the sidecar.
+    pub fn root() -> TraceContext {
+        TraceContext {
+            trace_id: new_trace_id(),
+            parent: None,
+            flags: 0x01,
+            state: None,
+        }
     }
 
     pub fn sampled(&self) -> bool {
@@ -68,6 +69,18 @@ impl TraceContext {
         push_hex(&mut s, &span);
         let _ = write!(s, "-{:02x}", self.flags);
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// A trace id for log fields: lowercase hex, written only when a line is (empty: none).
+pub struct TraceId(pub Option<[u8; 16]>);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => id.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            None => Ok(()),
+        }
     }
 }
 

@@ -201,16 +201,13 @@ pub async fn run(
                             }
                             status = Some(code);
                             if code < 300 {
-                                plan.report.set_streaming(
-                                    h.headers
-                                        .get(http::header::CONTENT_TYPE)
-                                        .is_some_and(|v| crate::usage::is_stream(v.as_bytes())),
-                                );
                                 usage = h
                                     .headers
                                     .get(http::header::CONTENT_TYPE)
                                     .and_then(|v| v.to_str().ok())
                                     .and_then(crate::usage::UsageParser::for_content_type);
+                                plan.report
+                                    .set_streaming(usage.as_ref().is_some_and(|p| p.is_stream()));
                             }
                             batch.push(HttpTask::Header(h, end));
                         }
@@ -219,7 +216,7 @@ pub async fn run(
                             // Read after the bytes are handed on, never holding them.
                             if let HttpTask::Body(Some(b), _) = &other {
                                 if !b.is_empty() {
-                                    plan.report.first_body(std::time::Instant::now());
+                                    plan.report.body_seen();
                                 }
                                 if let Some(p) = usage.as_mut() {
                                     p.feed(b);

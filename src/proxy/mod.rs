@@ -180,9 +180,10 @@ impl AttemptReport {
         self.model.get().map(String::as_str)
     }
 
-    pub fn first_body(&self, at: Instant) {
+    /// Notes a response body byte: the clock is read for the first one only.
+    pub fn body_seen(&self) {
         if self.first_body.get().is_none() {
-            let _ = self.first_body.set(at);
+            let _ = self.first_body.set(Instant::now());
         }
     }
 
@@ -242,8 +243,6 @@ pub struct ExchangeState {
     trace: Option<TraceContext>,
     /// The model the request asks for, as a bounded label value.
     model: Option<Arc<str>>,
-    /// `gen_ai.operation.name` of the request path.
-    operation: &'static str,
     /// The provider whose answer the client got, and what its response said.
     served: Option<Served>,
 }
@@ -446,19 +445,16 @@ impl SidecarProxy {
                 .insert_header(CONTENT_LENGTH, body.len().to_string())?;
         }
 
-        // What the metrics call this request (bounded label values).
-        {
-            let path = session.req_header().uri.path();
-            x.operation = crate::observability::genai::operation_name(path);
-            let model = crate::observability::genai::request_model(path, &body);
-            x.model = Some(self.metrics.genai().models.label(model.as_deref()));
-        }
+        // The body's model (a bounded label value) and output cap, in one parse.
+        let fields = crate::usage::RequestFields::parse(session.req_header().uri.path(), &body);
+        x.model = Some(self.metrics.genai().models.label(fields.model.as_deref()));
+        x.estimate = snap.limits.estimate(body.len(), fields.max_output);
+        drop(fields);
 
         // Limits: admitted (reserving tokens, taking a slot) or 429.
         let mut body = body;
         if !snap.limits.is_empty() {
             let subject = snap.limits.subject(tenant.index, route.index);
-            x.estimate = snap.limits.estimate(&body);
             match snap.limits.admit_estimate(subject, x.estimate).await {
                 Ok(held) => {
                     if let Some(cap) = held.clamp_to {
@@ -665,10 +661,7 @@ impl SidecarProxy {
                 body: body.clone(),
                 body_sha256: body_sha256.clone(),
                 report: AttemptReport::default(),
-                trace: x
-                    .trace
-                    .clone()
-                    .unwrap_or_else(|| TraceContext::from_headers(&http::HeaderMap::new())),
+                trace: x.trace.clone().unwrap_or_else(TraceContext::root),
                 span: trace::new_span_id(),
             });
             let outcome =
@@ -809,16 +802,18 @@ impl SidecarProxy {
 
 impl SidecarProxy {
     /// The per-call LLM metrics of a routed request.
+    #[allow(clippy::too_many_arguments)]
     fn record_call(
         &self,
         snap: &Snapshot,
         route: &crate::routing::Route,
         x: &ExchangeState,
+        path: &str,
         started: Instant,
         status: u16,
         elapsed: Duration,
     ) {
-        use crate::observability::genai::{provider_name, Call};
+        use crate::observability::genai::{operation_name, provider_name, Call};
         let (provider, gen_ai_provider) = match (&x.served, snap.targets.get(route.index)) {
             (Some(s), _) => (&*s.provider, s.gen_ai_provider),
             (None, Some(Target::Ready(p))) => (&*p.name, provider_name(p.kind)),
@@ -838,11 +833,7 @@ impl SidecarProxy {
             route: &route.name,
             provider,
             gen_ai_provider,
-            operation: if x.operation.is_empty() {
-                "other"
-            } else {
-                x.operation
-            },
+            operation: operation_name(path),
             tenant: x.tenant.as_deref().unwrap_or("-"),
             request_model,
             response_model,
@@ -1467,14 +1458,12 @@ impl ProxyHttp for SidecarProxy {
             None => self.metrics.unrouted().record(status, elapsed),
         }
         if let Some(r) = route {
-            self.record_call(snap, r, x, ctx.started, status, elapsed);
+            let path = session.req_header().uri.path();
+            self.record_call(snap, r, x, path, ctx.started, status, elapsed);
         }
         let route_name = route.map_or("-", |r| &r.name);
-        let trace_id = x
-            .trace
-            .as_ref()
-            .map_or_else(String::new, TraceContext::trace_id_hex);
-        let trace_id = trace_id.as_str();
+        // formatted only if a line is written
+        let trace_id = trace::TraceId(x.trace.as_ref().map(|t| t.trace_id));
         let tenant = x.tenant.as_deref().unwrap_or("-");
         let key = x.key.as_deref().unwrap_or("-");
         let req = session.req_header();
@@ -1485,16 +1474,16 @@ impl ProxyHttp for SidecarProxy {
                 if (cause.status() >= 500 && cause != Cause::ProviderDisabled) || x.aborted =>
             {
                 tracing::warn!(
-                    trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                    trace_id = %trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                     attempts = x.attempts, duration_ms = ms, "request failed"
                 )
             }
             Some(cause) => tracing::info!(
-                trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
+                trace_id = %trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status, cause = cause.as_str(),
                 duration_ms = ms, "request refused"
             ),
             None => tracing::debug!(
-                trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status,
+                trace_id = %trace_id, route = route_name, tenant, key, method = %req.method, path = req.uri.path(), status,
                 attempts = x.attempts, duration_ms = ms,
                 input_tokens = x.usage.map_or(0, |u| u.input),
                 output_tokens = x.usage.map_or(0, |u| u.output),

@@ -190,19 +190,63 @@ fn usage_of(d: &Doc) -> Option<Usage> {
     None
 }
 
-/// A streamed body type: SSE, AWS event-stream or NDJSON.
-pub fn is_stream(content_type: &[u8]) -> bool {
-    [
-        &b"text/event-stream"[..],
-        b"application/vnd.amazon.eventstream",
-        b"application/x-ndjson",
-    ]
-    .iter()
-    .any(|p| {
-        content_type
-            .get(..p.len())
-            .is_some_and(|c| c.eq_ignore_ascii_case(p))
-    })
+/// What the sidecar reads from a request body, in one pass: the model it asks for and
+/// the output it caps.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RequestFields<'a> {
+    /// The JSON body's `model`, else Bedrock's path segment after `/model/`.
+    pub model: Option<std::borrow::Cow<'a, str>>,
+    /// `max_completion_tokens`, else `max_tokens`, else `max_output_tokens`.
+    pub max_output: Option<u64>,
+}
+
+impl<'a> RequestFields<'a> {
+    pub fn parse(path: &'a str, body: &'a [u8]) -> RequestFields<'a> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Probe<'a> {
+            #[serde(borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+            max_tokens: Option<u64>,
+            max_completion_tokens: Option<u64>,
+            max_output_tokens: Option<u64>,
+        }
+        let p: Probe = if body.trim_ascii_start().first() == Some(&b'{') {
+            serde_json::from_slice(body).unwrap_or_default()
+        } else {
+            Probe::default()
+        };
+        let model = p.model.or_else(|| {
+            let (_, rest) = path.split_once("/model/")?;
+            rest.split('/').next().map(std::borrow::Cow::Borrowed)
+        });
+        RequestFields {
+            model,
+            max_output: p
+                .max_completion_tokens
+                .or(p.max_tokens)
+                .or(p.max_output_tokens),
+        }
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn request_fields() {
+    let f = RequestFields::parse(
+        "/v1/chat/completions",
+        br#" {"messages":[],"model":"gpt-4o","max_tokens":9}"#,
+    );
+    assert_eq!(
+        (f.model.as_deref(), f.max_output),
+        (Some("gpt-4o"), Some(9))
+    );
+    let f = RequestFields::parse("/model/anthropic.claude-3-haiku/converse", b"{}");
+    assert_eq!(f.model.as_deref(), Some("anthropic.claude-3-haiku"));
+    assert_eq!(
+        RequestFields::parse("/v1/models", b""),
+        RequestFields::default()
+    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,6 +434,11 @@ impl UsageParser {
             self.model = model;
         }
         u
+    }
+
+    /// The body is a stream of events (SSE, AWS event-stream, NDJSON).
+    pub fn is_stream(&self) -> bool {
+        self.framing != Framing::Json
     }
 
     /// The model the provider named in the response, if it did.

@@ -234,15 +234,7 @@ async fn usage_is_counted_per_route_and_provider_for_json_and_sse() {
         s.chat("/openai/v1/chat/completions", false).await.status(),
         200
     );
-    let mut body = chat_body(true);
-    body["stream_options"] = serde_json::json!({"include_usage": true});
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.stream_with_usage("/openai/v1/chat/completions").await;
     let (_, clean) = read_stream(r).await;
     assert!(clean);
     let metrics = s.metrics().await;

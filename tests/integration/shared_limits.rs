@@ -26,7 +26,7 @@ struct Replica {
     _child: ChildGuard,
     reverse: String,
     admin: String,
-    _logs: std::sync::mpsc::Receiver<String>,
+    logs: std::sync::mpsc::Receiver<String>,
 }
 
 impl Replica {
@@ -38,7 +38,7 @@ impl Replica {
             _child: child,
             reverse,
             admin,
-            _logs: logs,
+            logs,
         }
     }
 
@@ -160,6 +160,11 @@ async fn two_processes_share_one_budget_survive_a_redis_outage_and_resume() {
     assert!(redis.dbsize() >= 1);
     assert_eq!(a.metric(&c, "llm_sidecar_limits_backend_up").await, 1.0);
     assert_eq!(b.metric(&c, "llm_sidecar_limits_backend_up").await, 1.0);
+    // the outage is logged once each way
+    let lines: Vec<String> = b.logs.try_iter().collect();
+    let count = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("limits backend unreachable"), 1, "{lines:#?}");
+    assert_eq!(count("limits backend reachable again"), 1, "{lines:#?}");
 }
 
 /// Two sidecars (separate registries, as two replicas) send 50 concurrent streams at one
@@ -279,4 +284,80 @@ async fn the_redis_password_never_leaks() {
             "the Redis password is in the {what}"
         );
     }
+}
+
+/// The lease mechanics, on the library API against a real Redis: concurrent requests
+/// on an empty slice share one refill; a slice grown past two leases returns the
+/// excess; a dropped lease (its rule changed or went away) returns what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_share_one_refill_and_give_back_what_they_do_not_need() {
+    use llm_sidecar::config::schema::BackendFailure;
+    use llm_sidecar::limits::shared::{Backend, BackendMetrics, BackendSpec, Lease, Refused};
+    use std::sync::Arc;
+    let redis = RedisServer::start();
+    let metrics = BackendMetrics {
+        up: prometheus::IntGauge::new("up", "-").unwrap(),
+        errors: prometheus::IntCounter::new("errors", "-").unwrap(),
+        leases: prometheus::IntCounter::new("leases", "-").unwrap(),
+        failed_open: prometheus::IntCounter::new("failed_open", "-").unwrap(),
+    };
+    let backend = Arc::new(
+        Backend::new(
+            &BackendSpec {
+                url: redis.url(),
+                policy: BackendFailure::Deny,
+                timeout: Duration::from_secs(1),
+                prefix: "t:".into(),
+            },
+            Some(metrics.clone()),
+        )
+        .unwrap(),
+    );
+    let hour = Duration::from_secs(3600);
+    let lease = |share: f64| {
+        Arc::new(Lease::new(
+            backend.clone(),
+            "t:budget".into(),
+            100,
+            hour,
+            share,
+        ))
+    };
+
+    // 20 concurrent takes on an empty slice of 10: one refill serves them all
+    // (10 units leased once, then 10 more once the first 10 are spent)
+    let a = lease(0.1);
+    let takes: Vec<_> = (0..20)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.take(1).await })
+        })
+        .collect();
+    for t in takes {
+        t.await.unwrap().unwrap();
+    }
+    assert!(
+        metrics.leases.get() <= 3,
+        "{} refills for 20 units in leases of 10",
+        metrics.leases.get()
+    );
+    // a big reservation, then most of it refunded: the slice keeps one lease and
+    // returns the rest, which another lease can then take
+    a.take(50).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // a background top-up lands
+    a.refund(45);
+    assert_eq!(a.slice(), 10, "keeps one lease");
+    tokio::time::sleep(Duration::from_millis(200)).await; // the give-back is async
+                                                          // `a` holds what it spent (20 + 50 - 45) and its slice (10)
+    let b = lease(1.0);
+    b.take(100 - 35)
+        .await
+        .expect("the returned units are free again");
+    assert!(matches!(b.take(1).await, Err(Refused::Wait(_))));
+
+    // dropping `a` returns its 10
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.take(10).await.expect("the dropped lease's units");
+    assert!(matches!(b.take(1).await, Err(Refused::Wait(_))));
 }

@@ -52,15 +52,7 @@ async fn sse_from_the_mock_arrives_event_by_event() {
     })
     .await;
     let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
-    let mut body = chat_body(true);
-    body["stream_options"] = serde_json::json!({"include_usage": true});
-    let r = s
-        .client
-        .post(s.url("/openai/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.stream_with_usage("/openai/v1/chat/completions").await;
     assert_eq!(
         r.headers()["content-type"],
         "text/event-stream; charset=utf-8"

@@ -153,7 +153,7 @@ impl Compiler<'_> {
         out.tenant_key_base = providers
             .values()
             .map(|t| match t {
-                Target::Ready(p) => p.auth.keys.as_ref().map_or(1, |k| k.len()),
+                Target::Ready(p) => provider_key_slots(p),
                 Target::Disabled { .. } => 1,
             })
             .collect();
@@ -294,6 +294,11 @@ impl Compiler<'_> {
     }
 }
 
+/// A provider's own key slots: its pool's keys, or its one credential.
+fn provider_key_slots(p: &crate::upstream::Provider) -> usize {
+    p.auth.keys.as_ref().map_or(1, |k| k.len())
+}
+
 /// Every provider key a `key`-scoped rule counts: (provider index, slot, name). A pool's
 /// keys by their names, a provider's one credential as `default`, and a tenant's own key
 /// as `tenant:ID` (slots from [`Limits::tenant_key_base`]).
@@ -304,18 +309,15 @@ fn key_slots(
     let mut out = Vec::new();
     for (pi, t) in providers.values().enumerate() {
         let Target::Ready(p) = t else { continue };
-        let base = match &p.auth.keys {
-            Some(pool) => {
-                for k in 0..pool.len() {
-                    out.push((pi, k, pool.name(k).to_string()));
-                }
-                pool.len()
-            }
-            None => {
-                out.push((pi, 0, "default".to_string()));
-                1
-            }
-        };
+        let base = provider_key_slots(p);
+        for k in 0..base {
+            let name = p
+                .auth
+                .keys
+                .as_ref()
+                .map_or(Arc::from("default"), |pool| pool.name(k));
+            out.push((pi, k, name.to_string()));
+        }
         for (ti, own) in p.tenant_auth.iter().enumerate() {
             if own.is_some() {
                 let id = tenant_ids.get(ti).copied().unwrap_or("-");

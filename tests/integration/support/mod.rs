@@ -351,4 +351,16 @@ impl TestSidecar {
             .await
             .unwrap()
     }
+
+    /// A streaming chat that asks for usage in its last event (`include_usage`).
+    pub async fn stream_with_usage(&self, path: &str) -> reqwest::Response {
+        let mut body = chat_body(true);
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
 }
