@@ -35,6 +35,20 @@ enum Command {
     /// The local CA for HTTPS_PROXY interception.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit log's hash chain; exit 1 at the first edited, inserted or removed
+    /// record, naming its line. Give rotated files oldest first to check them joined:
+    /// `audit verify audit.jsonl.2 audit.jsonl.1 audit.jsonl`.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +97,33 @@ fn main() -> ExitCode {
         Command::Check => check(&path),
         Command::Run => run(&path),
         Command::Ca(c) => ca(&path, c),
+        Command::Audit(AuditCommand::Verify { files }) => audit_verify(&files),
+    }
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    use llm_sidecar::observability::audit;
+    match audit::verify(files) {
+        Ok(v) if v.records == 0 => {
+            println!("no records");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            let start = if v.starts_after == audit::GENESIS {
+                "from the first record".to_string()
+            } else {
+                format!("continuing a chain at hash {}", &v.starts_after[..16])
+            };
+            println!(
+                "ok: {} records, seq {}..{}, {start}",
+                v.records, v.first_seq, v.last_seq
+            );
+            ExitCode::SUCCESS
+        }
+        Err(b) => {
+            eprintln!("llm-sidecar audit verify: {b}");
+            ExitCode::FAILURE
+        }
     }
 }
 

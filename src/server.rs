@@ -20,6 +20,7 @@ use crate::admin::{self, Readiness};
 use crate::config::watch::{self, ReloadHandle};
 use crate::config::{ConfigStore, ReloadOutcome};
 use crate::forward::ForwardFront;
+use crate::observability::audit::AuditLog;
 use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
@@ -61,6 +62,11 @@ pub enum StartError {
     },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot open the audit log ({target}): {source}")]
+    Audit {
+        target: String,
+        source: std::io::Error,
+    },
 }
 
 /// Counts open client connections and wakes whoever waits for zero.
@@ -128,6 +134,7 @@ pub struct Sidecar {
     background_stop: CancellationToken,
     connections: Arc<Connections>,
     signal_shutdown: Arc<Notify>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// What a shutdown did.
@@ -182,7 +189,19 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
     conf.upstream_keepalive_pool_size = startup.upstream_pool_size.div_ceil(conf.threads);
     conf.max_retries = 16;
     let conf = Arc::new(conf);
-    let mut proxy = http_proxy(&conf, SidecarProxy::new(store.clone(), resolver.clone()));
+    let audit = match &startup.audit {
+        Some(settings) => Some(AuditLog::start(settings, store.metrics().audit()).map_err(
+            |source| StartError::Audit {
+                target: settings.to_string(),
+                source,
+            },
+        )?),
+        None => None,
+    };
+    let mut proxy = http_proxy(
+        &conf,
+        SidecarProxy::new(store.clone(), resolver.clone(), audit.clone()),
+    );
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
     proxy.server_options = Some(server_options);
@@ -296,6 +315,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         background_stop,
         connections,
         signal_shutdown,
+        audit,
     })
 }
 
@@ -512,6 +532,10 @@ impl Sidecar {
                 tokio::time::timeout(Duration::from_secs(1), self.connections.wait_zero()).await;
         }
         self.background_stop.cancel();
+        if let Some(audit) = self.audit.clone() {
+            // The last records of the requests that just finished.
+            let _ = tokio::task::spawn_blocking(move || audit.close(Duration::from_secs(5))).await;
+        }
         tracing::info!(drained, cut, "llm-sidecar stopped");
         ShutdownReport { drained, cut }
     }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod audit;
 mod auth;
 mod forward;
 mod limits;
@@ -44,6 +45,8 @@ pub struct LoadContext<'a> {
 }
 
 /// Settings that only take effect at start-up.
+pub use audit::{AuditSettings, AuditSink, BodyCapture, TelemetrySettings};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartupSettings {
     pub reverse: SocketAddr,
@@ -54,6 +57,10 @@ pub struct StartupSettings {
     pub upstream_pool_size: usize,
     pub log_level: String,
     pub log_format: schema::LogFormat,
+    /// The audit sink (None: off).
+    pub audit: Option<AuditSettings>,
+    /// OTLP trace export (None: off).
+    pub telemetry: Option<TelemetrySettings>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +95,8 @@ pub struct RoutePlan {
     pub fallbacks: Vec<FallbackPlan>,
     /// `[i]`: a fallback at position `i` or later is ready (for i = 0..=fallbacks.len()).
     ready_after: Box<[bool]>,
+    /// Bodies written into the audit log (None: none).
+    pub audit_bodies: Option<BodyCapture>,
 }
 
 impl RoutePlan {
@@ -120,6 +129,9 @@ pub struct Snapshot {
     pub tenants: Tenants,
     /// The HTTPS_PROXY mode's rules and CA.
     pub forward: Arc<crate::forward::ForwardSettings>,
+    /// The audit log's redaction rules, with every secret of this config (None: the
+    /// audit log is off).
+    pub redactor: Option<Arc<crate::observability::redact::Redactor>>,
     /// `dns.overrides`.
     pub dns_overrides: crate::upstream::dns::Overrides,
     /// The effective config as JSON, secrets shown as `[redacted]`.
@@ -172,6 +184,8 @@ struct Compiler<'a> {
     fingerprint: Sha256,
     /// `dns.overrides`, needed while compiling providers.
     overrides: crate::upstream::dns::Overrides,
+    /// Every secret value resolved, for the audit log's redaction by value.
+    secrets: Vec<String>,
 }
 
 impl<'a> Compiler<'a> {
@@ -186,6 +200,7 @@ impl<'a> Compiler<'a> {
             files: Vec::new(),
             fingerprint,
             overrides: Default::default(),
+            secrets: Vec::new(),
         }
     }
 
@@ -225,6 +240,14 @@ impl<'a> Compiler<'a> {
             &tenants,
             startup.as_ref().is_some_and(|s| s.forward.is_some()),
         );
+
+        let (audit, redactor) = self.audit(&file);
+        let telemetry = self.telemetry(&file.telemetry);
+        let startup = startup.map(|s| StartupSettings {
+            audit,
+            telemetry,
+            ..s
+        });
 
         for (name, _) in &file.providers {
             if !file.routes.iter().any(|r| &r.provider == name) {
@@ -270,6 +293,7 @@ impl<'a> Compiler<'a> {
             providers,
             tenants,
             forward,
+            redactor,
             dns_overrides,
             effective,
             files,
@@ -335,6 +359,8 @@ impl<'a> Compiler<'a> {
             upstream_pool_size: file.server.upstream_pool_size,
             log_level: file.log.level.clone(),
             log_format: file.log.format,
+            audit: None,
+            telemetry: None,
         })
     }
 
@@ -415,6 +441,9 @@ impl<'a> Compiler<'a> {
         match t.resolve(self.ctx.env) {
             Ok(r) => {
                 self.fingerprint.update(r.value.as_bytes());
+                if !path.ends_with(".base_url") {
+                    self.secrets.push(r.value.clone());
+                }
                 self.files.extend(r.files);
                 Ok(r.value)
             }
@@ -452,6 +481,7 @@ impl<'a> Compiler<'a> {
     /// rotated value is a change.
     fn fingerprint_secret(&mut self, value: &str) {
         self.fingerprint.update(value.as_bytes());
+        self.secrets.push(value.to_string());
     }
 
     fn provider(
@@ -933,6 +963,7 @@ impl<'a> Compiler<'a> {
             retry,
             fallbacks,
             ready_after: ready_after.into(),
+            audit_bodies: self.audit_bodies(base, r),
         }
     }
 }

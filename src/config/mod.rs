@@ -205,6 +205,25 @@ impl ConfigStore {
                 format!("{:?}", new.log_format),
             ));
         }
+        let off = || "off".to_string();
+        if a.audit != new.audit {
+            changed.push((
+                "audit",
+                a.audit.as_ref().map_or_else(off, |s| s.to_string()),
+                new.audit.as_ref().map_or_else(off, |s| s.to_string()),
+            ));
+        }
+        if a.telemetry != new.telemetry {
+            changed.push((
+                "telemetry",
+                a.telemetry
+                    .as_ref()
+                    .map_or_else(off, |t| t.endpoint.clone()),
+                new.telemetry
+                    .as_ref()
+                    .map_or_else(off, |t| t.endpoint.clone()),
+            ));
+        }
         for (key, from, to) in changed {
             tracing::warn!(
                 setting = key,

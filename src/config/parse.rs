@@ -121,6 +121,8 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
 
     let forward: schema::Forward = section(&mut map, "forward", &mut errs);
     let limits: schema::Limits = section(&mut map, "limits", &mut errs);
+    let audit: schema::Audit = section(&mut map, "audit", &mut errs);
+    let telemetry: schema::Telemetry = section(&mut map, "telemetry", &mut errs);
 
     let mut providers = IndexMap::new();
     match map.remove("providers") {
@@ -180,6 +182,8 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
         virtual_keys,
         forward,
         limits,
+        audit,
+        telemetry,
         providers,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
     })
@@ -196,6 +200,7 @@ fn placeholder_route() -> schema::Route {
         keep_path: None,
         retry: Default::default(),
         fallback: Vec::new(),
+        audit_bodies: None,
     }
 }
 

@@ -28,6 +28,8 @@ pub struct ConfigFile {
     pub virtual_keys: Vec<VirtualKey>,
     pub forward: Forward,
     pub limits: Limits,
+    pub audit: Audit,
+    pub telemetry: Telemetry,
     pub providers: IndexMap<String, Provider>,
     pub routes: Vec<Route>,
 }
@@ -45,6 +47,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "virtual_keys",
     "forward",
     "limits",
+    "audit",
+    "telemetry",
     "providers",
     "routes",
 ];
@@ -1118,6 +1122,220 @@ pub struct Route {
     /// Tried in order when the provider's attempts are used up or its breaker is open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<FallbackTarget>,
+    /// Write this route's request and response bodies into the audit log (redacted,
+    /// capped). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_bodies: Option<AuditBodies>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditBodies {
+    #[serde(default = "yes")]
+    pub request: bool,
+    #[serde(default = "yes")]
+    pub response: bool,
+    /// Each body is cut after this many bytes (after redaction).
+    #[serde(default = "default_audit_body")]
+    pub max_bytes: ByteSize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_audit_body() -> ByteSize {
+    ByteSize::kib(16)
+}
+
+/// Where audit records go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutput {
+    #[default]
+    Off,
+    Stdout,
+    File,
+}
+
+/// What happens to a record when the audit queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditWhenFull {
+    /// The new record is dropped (and counted).
+    #[default]
+    DropNew,
+    /// The oldest queued record is dropped (and counted) to make room.
+    DropOldest,
+}
+
+/// The audit log: one JSON line per request, redacted and hash-chained.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    #[serde(default)]
+    pub output: AuditOutput,
+    /// With `output: file`: the file records are appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// With `output: file`: the file is rotated (`path.1`, `path.2`, ...) at this size.
+    #[serde(default = "default_audit_max_size")]
+    pub max_size: ByteSize,
+    /// With `output: file`: rotated files kept.
+    #[serde(default = "default_audit_max_files")]
+    pub max_files: usize,
+    /// Records waiting to be written; past this, `when_full` applies.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+    #[serde(default)]
+    pub when_full: AuditWhenFull,
+    #[serde(default)]
+    pub redact: Redact,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            output: AuditOutput::Off,
+            path: None,
+            max_size: default_audit_max_size(),
+            max_files: default_audit_max_files(),
+            queue: default_audit_queue(),
+            when_full: AuditWhenFull::DropNew,
+            redact: Redact::default(),
+        }
+    }
+}
+
+fn default_audit_max_size() -> ByteSize {
+    ByteSize::mib(100)
+}
+fn default_audit_max_files() -> usize {
+    5
+}
+fn default_audit_queue() -> usize {
+    8192
+}
+
+/// Redaction of what the audit log writes. Every configured secret is always masked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redact {
+    /// Built-in rules in use: api_key, bearer, email, phone, cn_mobile, cn_id, card.
+    #[serde(default = "default_builtins")]
+    pub builtins: Vec<String>,
+    /// Extra regex rules; a rule without `pattern` changes the mask of the built-in it
+    /// names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RedactRule>,
+    /// Fields of JSON bodies to mask, e.g. `$.user` or `$.messages[*].name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub json_paths: Vec<RedactPath>,
+}
+
+impl Default for Redact {
+    fn default() -> Self {
+        Redact {
+            builtins: default_builtins(),
+            rules: Vec::new(),
+            json_paths: Vec::new(),
+        }
+    }
+}
+
+fn default_builtins() -> Vec<String> {
+    crate::observability::redact::builtin_names()
+        .map(String::from)
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskStyle {
+    /// `[REDACTED:<rule>]`
+    #[default]
+    Full,
+    /// Keeps `keep_prefix` and `keep_suffix` characters: `138****5678`.
+    Partial,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRule {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub mask: MaskStyle,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_prefix: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_suffix: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactPath {
+    pub path: String,
+    #[serde(default)]
+    pub mask: MaskStyle,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_prefix: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_suffix: Option<usize>,
+}
+
+/// OTLP trace export: one CLIENT span per upstream attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans waiting for export; past this, new spans are dropped (and counted).
+    #[serde(default = "default_span_queue")]
+    pub queue: usize,
+    /// Spans sent in one export request.
+    #[serde(default = "default_span_batch")]
+    pub batch: usize,
+    /// How long spans may wait before a batch is sent.
+    #[serde(default = "default_span_delay")]
+    pub delay: HumanDuration,
+    /// One export request may take this long.
+    #[serde(default = "default_span_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            queue: default_span_queue(),
+            batch: default_span_batch(),
+            delay: default_span_delay(),
+            timeout: default_span_timeout(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "llm-sidecar".into()
+}
+fn default_span_queue() -> usize {
+    2048
+}
+fn default_span_batch() -> usize {
+    512
+}
+fn default_span_delay() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+fn default_span_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

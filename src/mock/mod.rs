@@ -14,6 +14,7 @@
 //! |---|---|
 //! | `x-mock-latency-ms` | wait before the response headers |
 //! | `x-mock-chunks` | number of content tokens (SSE events) |
+//! | `x-mock-echo` | chat: the answer repeats the last user message first |
 //! | `x-mock-interval-ms` | pause between SSE events |
 //! | `x-mock-status` | answer with this status and the provider's error JSON |
 //! | `x-mock-stall-after` | stop sending (but keep the connection open) after N events |
@@ -346,6 +347,7 @@ async fn handle(
     let interval =
         header_num(h, "x-mock-interval-ms").map_or(state.opts.interval, Duration::from_millis);
     let stall_after = header_num(h, "x-mock-stall-after").map(|s| s as usize);
+    let echo = h.contains_key("x-mock-echo");
 
     let resp = match (&parts.method, route.as_str()) {
         (&Method::POST, r) if r.ends_with("/chat/completions") => {
@@ -356,7 +358,8 @@ async fn handle(
                     "We could not parse the JSON body of your request.",
                 ));
             };
-            chat(&req, n, chunks, interval, stall_after)
+            let echo = echo.then(|| last_user_text(&req));
+            chat(&req, n, chunks, interval, stall_after, echo)
         }
         (&Method::POST, r) if r.ends_with("/messages") => {
             let Ok(req) = serde_json::from_slice::<Value>(&body) else {
@@ -564,12 +567,23 @@ fn named_event(name: &str, v: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
 }
 
+/// The last user message's text (`x-mock-echo`: the answer repeats it first).
+fn last_user_text(req: &Value) -> String {
+    req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn chat(
     req: &Value,
     n: u64,
     chunks: usize,
     interval: Duration,
     stall_after: Option<usize>,
+    echo: Option<String>,
 ) -> Response<Body> {
     let model = req["model"].as_str().unwrap_or("mock-model").to_string();
     let prompt = estimate_tokens(&req["messages"]);
@@ -585,7 +599,7 @@ fn chat(
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     });
     if req["stream"].as_bool() != Some(true) {
-        let text: String = (0..tokens).map(word).collect();
+        let text: String = echo.into_iter().chain((0..tokens).map(word)).collect();
         return json_response(
             StatusCode::OK,
             &json!({
@@ -611,6 +625,9 @@ fn chat(
         json!({"role": "assistant", "content": "", "refusal": null}),
         Value::Null,
     )];
+    if let Some(e) = echo {
+        events.push(chunk(json!({ "content": e }), Value::Null));
+    }
     for i in 0..tokens {
         events.push(chunk(json!({"content": word(i)}), Value::Null));
     }

@@ -51,6 +51,7 @@ pub struct Metrics {
     limited: IntCounterVec,
     limits_backend: crate::limits::shared::BackendMetrics,
     genai: super::genai::GenAiMetrics,
+    audit: super::audit::AuditMetrics,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     breaker_rejected: IntCounterVec,
@@ -296,7 +297,25 @@ impl Metrics {
                 "Requests admitted without the shared backend because it was unreachable and on_backend_failure is allow.",
             )),
         };
+        let audit = super::audit::AuditMetrics {
+            written: must(IntCounter::new(
+                "llm_sidecar_audit_records_total",
+                "Audit records written since the sidecar started.",
+            )),
+            dropped: must(IntCounterVec::new(
+                Opts::new(
+                    "llm_sidecar_audit_dropped_total",
+                    "Audit records dropped: reason=\"queue_full\" (the writer fell behind; audit.when_full applied) or \"write_error\" (the sink failed).",
+                ),
+                &["reason"],
+            )),
+        };
+        for reason in ["queue_full", "write_error"] {
+            audit.dropped.with_label_values(&[reason]);
+        }
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(audit.written.clone()),
+            Box::new(audit.dropped.clone()),
             Box::new(limits_backend.up.clone()),
             Box::new(limits_backend.errors.clone()),
             Box::new(limits_backend.leases.clone()),
@@ -341,6 +360,7 @@ impl Metrics {
         }
         Arc::new(Metrics {
             genai,
+            audit,
             registry,
             requests,
             duration,
@@ -394,6 +414,10 @@ impl Metrics {
 
     pub fn fallback(&self, route: &str, provider: &str) {
         self.fallbacks.with_label_values(&[route, provider]).inc();
+    }
+
+    pub fn audit(&self) -> super::audit::AuditMetrics {
+        self.audit.clone()
     }
 
     pub fn limits_backend(&self) -> crate::limits::shared::BackendMetrics {

@@ -9,8 +9,10 @@
 //! injected credentials included. Those events are dropped at any configured level (see
 //! [`log_filter`]); the canary test runs at TRACE to prove nothing else leaks.
 
+pub mod audit;
 pub mod genai;
 pub mod metrics;
+pub mod redact;
 pub mod trace;
 
 use crate::config::schema::LogFormat;

@@ -221,6 +221,9 @@ pub async fn run(
                                 if let Some(p) = usage.as_mut() {
                                     p.feed(b);
                                 }
+                                if plan.capture > 0 {
+                                    plan.report.capture(b, plan.capture);
+                                }
                             }
                             batch.push(other)
                         }

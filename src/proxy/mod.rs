@@ -33,6 +33,7 @@ use crate::auth::{AcquireError, Auth, Credential, SignContext, Verdict};
 use crate::config::compile::Target;
 use crate::config::{ConfigStore, Snapshot};
 use crate::forward::ForwardConn;
+use crate::observability::audit::{AuditLog, Record as AuditRecord};
 use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
 use crate::observability::trace::{self, TraceContext};
 use crate::resilience::{self, breaker::Admission};
@@ -75,6 +76,8 @@ pub struct AttemptPlan {
     /// The exchange's trace, and this attempt's span in it.
     pub trace: TraceContext,
     pub span: [u8; 8],
+    /// Keep this many bytes of the response body for the audit log (0: none).
+    pub capture: usize,
 }
 
 /// What follows a held-back response.
@@ -148,6 +151,9 @@ pub struct AttemptReport {
     first_body: std::sync::OnceLock<Instant>,
     /// The response is a stream (SSE, event-stream, NDJSON).
     streaming: AtomicBool,
+    /// The start of the response body, for the audit log (only with `capture`), and
+    /// whether it is all of it so far.
+    captured: parking_lot::Mutex<(Vec<u8>, bool)>,
 }
 
 impl AttemptReport {
@@ -181,6 +187,23 @@ impl AttemptReport {
     }
 
     /// Notes a response body byte: the clock is read for the first one only.
+    /// Keeps the start of the response body for the audit log, up to `cap` bytes.
+    pub fn capture(&self, chunk: &[u8], cap: usize) {
+        let mut c = self.captured.lock();
+        let room = cap.saturating_sub(c.0.len());
+        if chunk.len() > room {
+            c.1 = true; // cut
+        }
+        c.0.extend_from_slice(&chunk[..room.min(chunk.len())]);
+    }
+
+    /// The captured body, and whether it is complete.
+    fn captured(&self) -> (Bytes, bool) {
+        let mut c = self.captured.lock();
+        let cut = c.1;
+        (Bytes::from(std::mem::take(&mut c.0)), !cut)
+    }
+
     pub fn body_seen(&self) {
         if self.first_body.get().is_none() {
             let _ = self.first_body.set(Instant::now());
@@ -245,6 +268,24 @@ pub struct ExchangeState {
     model: Option<Arc<str>>,
     /// The provider whose answer the client got, and what its response said.
     served: Option<Served>,
+    /// An audit record will be written: keep the decisions (and bodies, if the route
+    /// says so).
+    auditing: bool,
+    /// Why the request went the way it did (audit log only).
+    decisions: Vec<std::borrow::Cow<'static, str>>,
+    /// The request body, when the route's `audit_bodies.request` is on.
+    audit_request: Option<Bytes>,
+    /// The answer's body as captured, when `audit_bodies.response` is on.
+    audit_response: Option<(Bytes, bool)>,
+}
+
+impl ExchangeState {
+    /// Notes a decision for the audit record (formatted only when one is written).
+    fn note(&mut self, f: impl FnOnce() -> std::borrow::Cow<'static, str>) {
+        if self.auditing {
+            self.decisions.push(f());
+        }
+    }
 }
 
 /// What the attempt whose answer reached the client saw.
@@ -272,15 +313,21 @@ pub struct SidecarProxy {
     store: Arc<ConfigStore>,
     resolver: Arc<Resolver>,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl SidecarProxy {
-    pub fn new(store: Arc<ConfigStore>, resolver: Arc<Resolver>) -> SidecarProxy {
+    pub fn new(
+        store: Arc<ConfigStore>,
+        resolver: Arc<Resolver>,
+        audit: Option<Arc<AuditLog>>,
+    ) -> SidecarProxy {
         let metrics = store.metrics().clone();
         SidecarProxy {
             store,
             resolver,
             metrics,
+            audit,
         }
     }
 
@@ -313,6 +360,7 @@ impl SidecarProxy {
         started: Instant,
     ) -> Result<bool> {
         x.trace = Some(TraceContext::from_headers(&session.req_header().headers));
+        x.auditing = self.audit.is_some();
         let raw_h1 = match session.downstream_session.as_http1() {
             Some(_) if session.req_header().headers.contains_key(TRANSFER_ENCODING) => {
                 Some(session.downstream_session.to_h1_raw())
@@ -445,6 +493,14 @@ impl SidecarProxy {
                 .insert_header(CONTENT_LENGTH, body.len().to_string())?;
         }
 
+        if x.auditing
+            && snap.plans[route.index]
+                .audit_bodies
+                .is_some_and(|b| b.request)
+        {
+            x.audit_request = Some(body.clone());
+        }
+
         // The body's model (a bounded label value) and output cap, in one parse.
         let fields = crate::usage::RequestFields::parse(session.req_header().uri.path(), &body);
         x.model = Some(self.metrics.genai().models.label(fields.model.as_deref()));
@@ -466,6 +522,7 @@ impl SidecarProxy {
                 }
                 Err(denied) => {
                     self.metrics.limited(&denied.rule, denied.kind);
+                    x.note(|| format!("limit {}: refused", denied.rule).into());
                     let e = limit_error(&denied, style);
                     return self.answer(session, x, style, e, true).await;
                 }
@@ -487,6 +544,7 @@ impl SidecarProxy {
                 match &fb.target {
                     Target::Ready(p) => {
                         self.metrics.fallback(&route.name, &fb.provider);
+                        x.note(|| format!("fallback to {}", fb.provider).into());
                         let req = session.req_header();
                         let up = route.fallback_path(&fb.mount, req.uri.path(), req.uri.query());
                         let body = match &fb.model {
@@ -555,12 +613,21 @@ impl SidecarProxy {
         let mut attempts = 0u32;
         let mut stale_retries = 0;
         let mut token_replayed = false;
+        // Bytes of the answer kept for the audit log: the cap, plus room for a secret
+        // that starts before the cap to be seen whole (and masked) when redacted.
+        let capture = match (&snap.redactor, snap.plans[route_index].audit_bodies) {
+            (Some(r), Some(b)) if x.auditing && b.response => {
+                b.max_bytes + r.longest_secret() + 256
+            }
+            _ => 0,
+        };
         loop {
             let admission = provider
                 .breaker
                 .as_ref()
                 .map_or(Admission::Allowed, |b| b.admit());
             if let Admission::Rejected { retry_in } = admission {
+                x.note(|| format!("breaker open: {}", provider.name).into());
                 let mut e = SidecarError::new(
                     Cause::CircuitOpen,
                     format!(
@@ -631,6 +698,7 @@ impl SidecarProxy {
                             }
                             _ => false,
                         };
+                        x.note(|| format!("key limit {}: key passed over", d.rule).into());
                         if !other {
                             record(true);
                             self.metrics.limited(&d.rule, d.kind);
@@ -663,6 +731,7 @@ impl SidecarProxy {
                 report: AttemptReport::default(),
                 trace: x.trace.clone().unwrap_or_else(TraceContext::root),
                 span: trace::new_span_id(),
+                capture,
             });
             let outcome =
                 attempt::run(session, plan.clone(), &body, &provider.timeouts, deadline).await;
@@ -674,6 +743,7 @@ impl SidecarProxy {
                 {
                     record(true);
                     token_replayed = true;
+                    x.note(|| "access token rejected: refreshed, sent again".into());
                     continue;
                 }
             }
@@ -705,6 +775,9 @@ impl SidecarProxy {
                 attempt::Outcome::Complete { status } => {
                     record(status < 500);
                     x.status = status;
+                    if capture > 0 {
+                        x.audit_response = Some(plan.report.captured());
+                    }
                     if let Some(u) = plan.report.usage() {
                         self.count_tokens(snap, route_index, route_name, provider, &u);
                         x.usage = Some(u);
@@ -715,13 +788,17 @@ impl SidecarProxy {
                     record(status < 500);
                     match plan.gate.decision() {
                         Some(NextStep::Retry { wait }) => {
-                            self.metrics
-                                .retry(route_name, resilience::retry::reason_for_status(status));
+                            let reason = resilience::retry::reason_for_status(status);
+                            self.metrics.retry(route_name, reason);
+                            x.note(|| format!("retry after {reason}").into());
                             tracing::debug!(provider = %provider.name, status, ?wait, "retrying");
                             tokio::time::sleep(wait).await;
                             continue;
                         }
                         Some(NextStep::Fallback) => {
+                            x.note(|| {
+                                format!("{} answered {status}: next target", provider.name).into()
+                            });
                             return TargetEnd::Next(SidecarError::new(
                                 Cause::UpstreamProtocol,
                                 format!("provider \"{}\" answered {status}", provider.name),
@@ -753,16 +830,16 @@ impl SidecarProxy {
                         record(true);
                         stale_retries += 1;
                         attempts -= 1;
+                        x.note(|| "stale pooled connection: sent again".into());
                         tracing::debug!(provider = %provider.name, "pooled connection was closed by the provider; retrying on a fresh one");
                         continue;
                     }
                     record(!upstream_fault);
                     if resilience::retry::retryable_cause(error.cause) {
                         if let Some(wait) = plan.gate.retry_wait(None) {
-                            self.metrics.retry(
-                                route_name,
-                                resilience::retry::reason_for_cause(error.cause),
-                            );
+                            let reason = resilience::retry::reason_for_cause(error.cause);
+                            self.metrics.retry(route_name, reason);
+                            x.note(|| format!("retry after {reason}").into());
                             tokio::time::sleep(wait).await;
                             continue;
                         }
@@ -771,6 +848,9 @@ impl SidecarProxy {
                 }
                 attempt::Outcome::Broken { status, cause } => {
                     record(false);
+                    if capture > 0 {
+                        x.audit_response = Some((plan.report.captured().0, false));
+                    }
                     if let Some(u) = plan.report.usage() {
                         self.count_tokens(snap, route_index, route_name, provider, &u);
                         x.usage = Some(u);
@@ -846,6 +926,72 @@ impl SidecarProxy {
                 .map(|t| t.saturating_duration_since(started)),
             usage: x.usage,
         });
+    }
+
+    /// The audit record of a finished request (the writer thread redacts it).
+    #[allow(clippy::too_many_arguments)]
+    fn audit_record(
+        &self,
+        session: &Session,
+        snap: &Snapshot,
+        x: &mut ExchangeState,
+        started: Instant,
+        status: u16,
+        elapsed: Duration,
+        redactor: &Arc<crate::observability::redact::Redactor>,
+    ) -> Box<AuditRecord> {
+        use crate::observability::audit::RawBody;
+        let route = x.route.and_then(|i| snap.routes.get(i));
+        let cap = x
+            .route
+            .and_then(|i| snap.plans.get(i))
+            .and_then(|p| p.audit_bodies)
+            .map_or(0, |b| b.max_bytes);
+        let req = session.req_header();
+        let served = x.served.as_ref();
+        let provider = served.map(|s| s.provider.clone()).or_else(|| {
+            route.and_then(|r| match snap.targets.get(r.index) {
+                Some(Target::Ready(p)) => Some(p.name.clone()),
+                _ => None,
+            })
+        });
+        Box::new(AuditRecord {
+            time: std::time::SystemTime::now(),
+            trace_id: x.trace.as_ref().map(|t| t.trace_id),
+            tenant: x.tenant.clone(),
+            route: route.map(|r| r.name.clone()),
+            provider,
+            key: x.key.clone(),
+            model: x.model.clone().filter(|m| &**m != "none"),
+            response_model: served.and_then(|s| s.response_model.clone()),
+            method: req.method.clone(),
+            target: req
+                .uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string()),
+            status,
+            error: x.cause.map(|c| c.as_str()),
+            attempts: x.attempts,
+            usage: x.usage,
+            latency: elapsed,
+            ttft: served
+                .filter(|s| s.streaming)
+                .and_then(|s| s.first_body)
+                .map(|t| t.saturating_duration_since(started)),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            decisions: std::mem::take(&mut x.decisions),
+            request_body: x.audit_request.take().map(|bytes| RawBody {
+                bytes,
+                complete: true,
+                cap,
+            }),
+            response_body: x.audit_response.take().map(|(bytes, complete)| RawBody {
+                bytes,
+                complete,
+                cap,
+            }),
+            redactor: redactor.clone(),
+        })
     }
 
     /// Admits one attempt under the rules scoped by key, for the key it picked.
@@ -1460,6 +1606,17 @@ impl ProxyHttp for SidecarProxy {
         if let Some(r) = route {
             let path = session.req_header().uri.path();
             self.record_call(snap, r, x, path, ctx.started, status, elapsed);
+        }
+        if let (Some(audit), Some(redactor)) = (&self.audit, &snap.redactor) {
+            audit.submit(self.audit_record(
+                session,
+                snap,
+                x,
+                ctx.started,
+                status,
+                elapsed,
+                redactor,
+            ));
         }
         let route_name = route.map_or("-", |r| &r.name);
         // formatted only if a line is written

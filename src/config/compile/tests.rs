@@ -569,3 +569,60 @@ routes: [ { match: { path_prefix: /o }, provider: o } ]
     ))
     .is_ok());
 }
+
+#[test]
+fn audit_and_telemetry_mistakes() {
+    let base = r#"version: 1
+providers: { o: { kind: openai, base_url: "https://api.openai.com/v1" } }
+"#;
+    let e = errors(&format!(
+        r#"{base}routes: [ {{ match: {{ path_prefix: /o }}, provider: o, audit_bodies: {{ max_bytes: 0 }} }} ]
+audit:
+  output: file
+  queue: 0
+  redact:
+    builtins: [email, ssn]
+    rules:
+      - {{ name: "bad name", pattern: "(" }}
+      - {{ name: empty, pattern: "x*" }}
+      - {{ name: card, mask: full, keep_prefix: 2 }}
+      - {{ name: nothing }}
+    json_paths:
+      - {{ path: "user" }}
+telemetry:
+  otlp_endpoint: "grpc://collector:4317"
+  queue: 4
+  batch: 8
+"#
+    ));
+    for want in [
+        "audit.path: `output: file` needs a path",
+        "audit.queue: must be between 1 and 1048576",
+        "audit.redact.rules[0].name: use letters",
+        "audit.redact.rules[2]: keep_prefix and keep_suffix need `mask: partial`",
+        "audit.redact.json_paths[0].path: a JSON path starts with `$`",
+        "audit.redact.builtins[1]: ssn: unknown built-in rule; the built-ins are api_key, bearer, email",
+        "audit.redact.rules[0]: bad name: regex parse error",
+        "audit.redact.rules[1]: empty: the pattern matches the empty string",
+        "audit.redact.rules[3]: nothing: a rule without `pattern` changes a built-in's mask",
+        "routes[0].audit_bodies.max_bytes: must be between 1 byte and 16MiB",
+        "telemetry.otlp_endpoint: must be an http:// or https:// URL",
+        "telemetry.batch: must be between 1 and telemetry.queue (4)",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    // a good one compiles
+    let snap = load(&format!(
+        r#"{base}routes: [ {{ match: {{ path_prefix: /o }}, provider: o, audit_bodies: {{}} }} ]
+audit: {{ output: stdout, redact: {{ rules: [ {{ name: phone, mask: partial, keep_prefix: 4 }} ] }} }}
+telemetry: {{ otlp_endpoint: "http://127.0.0.1:4318/v1/traces" }}
+"#
+    ))
+    .expect("valid");
+    assert!(snap.redactor.is_some());
+    assert_eq!(
+        snap.plans[0].audit_bodies.map(|b| b.max_bytes),
+        Some(16 * 1024)
+    );
+    assert!(snap.startup.telemetry.is_some());
+}

@@ -36,15 +36,28 @@ pub fn spawn_binary(
         .unwrap();
     let mut child = ChildGuard(child);
     let stderr = child.0.stderr.take().unwrap();
+    let (reverse, admin, rx) = read_listening(stderr);
+    (child, reverse, admin, rx)
+}
+
+/// The reverse and admin addresses from a starting sidecar's JSON log; the rest of its
+/// log keeps being read (so the pipe never fills) and is dropped.
+pub fn listening_addrs(stderr: std::process::ChildStderr) -> (String, String) {
+    let (reverse, admin, _rx) = read_listening(stderr);
+    (reverse, admin)
+}
+
+fn read_listening(
+    stderr: std::process::ChildStderr,
+) -> (String, String, std::sync::mpsc::Receiver<String>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            if tx.send(line).is_err() {
-                break;
-            }
+            // a receiver that went away still lets the reading go on
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -55,7 +68,6 @@ pub fn spawn_binary(
         if line.contains("llm-sidecar listening") {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             return (
-                child,
                 v["reverse"].as_str().unwrap().to_string(),
                 v["admin"].as_str().unwrap().to_string(),
                 rx,

@@ -1,0 +1,254 @@
+//! Compiling `audit` (the sink, its redaction rules), routes' `audit_bodies`, and
+//! `telemetry` (OTLP export).
+
+use super::Compiler;
+use crate::config::schema::{self, AuditOutput, ConfigFile, MaskStyle};
+use crate::observability::redact::{JsonPath, Mask, Redactor, RuleSpec};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where audit records are written; a startup setting (changing it needs a restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    File {
+        path: PathBuf,
+        max_size: u64,
+        max_files: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub sink: AuditSink,
+    pub queue: usize,
+    pub when_full: schema::AuditWhenFull,
+}
+
+impl std::fmt::Display for AuditSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sink {
+            AuditSink::Stdout => write!(f, "stdout")?,
+            AuditSink::File {
+                path,
+                max_size,
+                max_files,
+            } => write!(
+                f,
+                "file {} (rotated at {max_size} bytes, {max_files} kept)",
+                path.display()
+            )?,
+        }
+        write!(f, ", queue {}, {:?}", self.queue, self.when_full)
+    }
+}
+
+/// OTLP/HTTP trace export; a startup setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    pub endpoint: String,
+    pub service_name: String,
+    pub queue: usize,
+    pub batch: usize,
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
+/// A route's body capture for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyCapture {
+    pub request: bool,
+    pub response: bool,
+    pub max_bytes: usize,
+}
+
+/// Most bytes one audited body may keep.
+const MAX_AUDIT_BODY: u64 = 16 << 20;
+
+impl Compiler<'_> {
+    /// The sink settings and the redactor (built over every secret resolved so far, so
+    /// call it after providers, tenants, forward and limits).
+    pub(super) fn audit(
+        &mut self,
+        file: &ConfigFile,
+    ) -> (Option<AuditSettings>, Option<Arc<Redactor>>) {
+        let a = &file.audit;
+        let sink = match a.output {
+            AuditOutput::Off => None,
+            AuditOutput::Stdout => {
+                if a.path.is_some() {
+                    self.errs
+                        .push("audit.path", "only used with `output: file`");
+                }
+                Some(AuditSink::Stdout)
+            }
+            AuditOutput::File => match &a.path {
+                None => {
+                    self.errs.push(
+                        "audit.path",
+                        "`output: file` needs a path, e.g. /var/log/llm-sidecar/audit.jsonl",
+                    );
+                    None
+                }
+                Some(p) => {
+                    if a.max_size.get() < 4096 {
+                        self.errs.push("audit.max_size", "must be at least 4KiB");
+                    }
+                    Some(AuditSink::File {
+                        path: p.clone(),
+                        max_size: a.max_size.get(),
+                        max_files: a.max_files,
+                    })
+                }
+            },
+        };
+        if a.queue == 0 || a.queue > 1 << 20 {
+            self.errs
+                .push("audit.queue", "must be between 1 and 1048576 records");
+        }
+        let with_bodies = file.routes.iter().any(|r| r.audit_bodies.is_some());
+        if a.output == AuditOutput::Off && with_bodies {
+            self.warnings.push(
+                "routes[].audit_bodies is set but audit.output is off: no bodies are written"
+                    .into(),
+            );
+        }
+        let redactor = self.redactor(&a.redact);
+        let settings = sink.map(|sink| AuditSettings {
+            sink,
+            queue: a.queue.clamp(1, 1 << 20),
+            when_full: a.when_full,
+        });
+        match settings {
+            Some(s) => (Some(s), redactor.map(Arc::new)),
+            None => (None, None),
+        }
+    }
+
+    fn mask(
+        &mut self,
+        path: &str,
+        style: MaskStyle,
+        prefix: Option<usize>,
+        suffix: Option<usize>,
+    ) -> Mask {
+        match style {
+            MaskStyle::Full => {
+                if prefix.is_some() || suffix.is_some() {
+                    self.errs
+                        .push(path, "keep_prefix and keep_suffix need `mask: partial`");
+                }
+                Mask::Full
+            }
+            MaskStyle::Partial => Mask::Keep {
+                prefix: prefix.unwrap_or(3),
+                suffix: suffix.unwrap_or(4),
+            },
+        }
+    }
+
+    fn redactor(&mut self, r: &schema::Redact) -> Option<Redactor> {
+        let mut rules = Vec::new();
+        for (i, rule) in r.rules.iter().enumerate() {
+            let path = format!("audit.redact.rules[{i}]");
+            if rule.name.is_empty()
+                || !rule
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                self.errs.push(
+                    format!("{path}.name"),
+                    "use letters, digits, '_' and '-' (it is written into masked text)",
+                );
+            }
+            let mask = self.mask(&path, rule.mask, rule.keep_prefix, rule.keep_suffix);
+            rules.push(RuleSpec {
+                name: rule.name.clone(),
+                pattern: rule.pattern.clone(),
+                mask,
+            });
+        }
+        let mut paths = Vec::new();
+        for (i, p) in r.json_paths.iter().enumerate() {
+            let base = format!("audit.redact.json_paths[{i}]");
+            let mask = self.mask(&base, p.mask, p.keep_prefix, p.keep_suffix);
+            match JsonPath::parse(&p.path, mask) {
+                Ok(j) => paths.push(j),
+                Err(e) => self.errs.push(format!("{base}.path"), e),
+            }
+        }
+        let secrets = std::mem::take(&mut self.secrets);
+        match Redactor::new(secrets, &r.builtins, &rules, paths) {
+            Ok(red) => Some(red),
+            Err(errs) => {
+                for (name, e) in errs {
+                    let at = r
+                        .rules
+                        .iter()
+                        .position(|x| x.name == name)
+                        .map(|i| format!("audit.redact.rules[{i}]"))
+                        .or_else(|| {
+                            r.builtins
+                                .iter()
+                                .position(|b| *b == name)
+                                .map(|i| format!("audit.redact.builtins[{i}]"))
+                        })
+                        .unwrap_or_else(|| "audit.redact".into());
+                    self.errs.push(at, format!("{name}: {e}"));
+                }
+                None
+            }
+        }
+    }
+
+    pub(super) fn audit_bodies(&mut self, base: &str, r: &schema::Route) -> Option<BodyCapture> {
+        let b = r.audit_bodies.as_ref()?;
+        if b.max_bytes.get() == 0 || b.max_bytes.get() > MAX_AUDIT_BODY {
+            self.errs.push(
+                format!("{base}.audit_bodies.max_bytes"),
+                "must be between 1 byte and 16MiB",
+            );
+        }
+        Some(BodyCapture {
+            request: b.request,
+            response: b.response,
+            max_bytes: b.max_bytes.get().clamp(1, MAX_AUDIT_BODY) as usize,
+        })
+    }
+
+    pub(super) fn telemetry(&mut self, t: &schema::Telemetry) -> Option<TelemetrySettings> {
+        let endpoint = t.otlp_endpoint.as_ref()?;
+        match endpoint.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {
+            }
+            _ => self.errs.push(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces",
+            ),
+        }
+        if t.queue == 0 || t.batch == 0 || t.batch > t.queue {
+            self.errs.push(
+                "telemetry.batch",
+                format!(
+                    "must be between 1 and telemetry.queue ({}), and queue at least 1",
+                    t.queue
+                ),
+            );
+        }
+        if t.service_name.is_empty() {
+            self.errs
+                .push("telemetry.service_name", "must not be empty");
+        }
+        Some(TelemetrySettings {
+            endpoint: endpoint.clone(),
+            service_name: t.service_name.clone(),
+            queue: t.queue.max(1),
+            batch: t.batch.clamp(1, t.queue.max(1)),
+            delay: t.delay.get(),
+            timeout: t.timeout.get(),
+        })
+    }
+}

@@ -1,0 +1,364 @@
+use super::*;
+
+fn all() -> Redactor {
+    Redactor::builtins_only()
+}
+
+fn with_secrets(secrets: &[&str]) -> Redactor {
+    let names: Vec<String> = builtin_names().map(String::from).collect();
+    Redactor::new(
+        secrets.iter().map(|s| s.to_string()),
+        &names,
+        &[],
+        Vec::new(),
+    )
+    .expect("rules")
+}
+
+/// Each case: input, what must be gone, what the output must contain.
+fn masks(r: &Redactor, input: &str, gone: &str, shown: &str) {
+    let out = r.text(input);
+    assert!(!out.contains(gone), "{gone:?} survived in {out:?}");
+    assert!(out.contains(shown), "{shown:?} missing from {out:?}");
+}
+
+fn keeps(r: &Redactor, input: &str) {
+    assert_eq!(r.text(input), input, "{input:?} must pass unchanged");
+}
+
+#[test]
+fn api_keys_positive_and_negative() {
+    let r = all();
+    masks(
+        &r,
+        "key=sk-proj-AbCdEf0123456789xyz end",
+        "sk-proj-AbCdEf0123456789xyz",
+        "key=[REDACTED:api_key] end",
+    );
+    masks(
+        &r,
+        r#"{"k":"sk-ant-api03-abcdefghijklmnop_qr"}"#,
+        "abcdefghijklmnop",
+        r#"{"k":"[REDACTED:api_key]"}"#,
+    );
+    masks(
+        &r,
+        "AKIAIOSFODNN7EXAMPLE",
+        "AKIAIOSFODNN7EXAMPLE",
+        "[REDACTED:api_key]",
+    );
+    masks(
+        &r,
+        "ASIAIOSFODNN7EXAMPLE!",
+        "IOSFODNN7",
+        "[REDACTED:api_key]!",
+    );
+    keeps(&r, "sk-short");
+    keeps(&r, "task-abcdefghijklmnopqrstuvwxyz"); // `sk-` inside a word
+    keeps(&r, "AKIAiosfodnn7example"); // lowercase is not an access key id
+    keeps(&r, "AKIAIOSFODNN7EXAMPLEX"); // 17 characters after AKIA
+}
+
+#[test]
+fn bearer_tokens_positive_and_negative() {
+    let r = all();
+    masks(
+        &r,
+        "Authorization: Bearer eyJhbGciOi.J9eyJzdWIi.Ok",
+        "eyJhbGciOi",
+        "Authorization: Bearer [REDACTED:bearer]",
+    );
+    masks(
+        &r,
+        "bearer ya29.a0AfH6SMB",
+        "ya29",
+        "bearer [REDACTED:bearer]",
+    );
+    keeps(&r, "the bearer information was lost");
+    keeps(&r, "Bearer abc1"); // too short to be a token
+}
+
+#[test]
+fn email_positive_and_negative() {
+    let r = all();
+    masks(
+        &r,
+        "write to jane.doe+llm@mail.example.co.uk today",
+        "jane.doe",
+        "write to [REDACTED:email] today",
+    );
+    keeps(&r, "user@localhost");
+    keeps(&r, "@example.com handle");
+    keeps(&r, "a @ b.com");
+}
+
+#[test]
+fn phones_positive_and_negative() {
+    let r = all();
+    masks(&r, "call +44 20 7946 0958.", "7946", "call +44");
+    masks(&r, "tel:+8613912345678", "1391234", "+86*******5678");
+    // Luhn-valid by chance: the phone and card matches overlap and the union is masked whole
+    masks(&r, "tel:+8613812345678", "1381234", "tel:[REDACTED:phone]");
+    masks(&r, "手机13812345678。", "1381234", "138****5678");
+    masks(&r, "m 19912345678", "1991234", "m 199****5678");
+    keeps(&r, "+12345"); // too short for E.164
+    keeps(&r, "version 1.2.3+4");
+    keeps(&r, "12812345678"); // no mainland mobile starts with 12
+    keeps(&r, "138123456789"); // 12 digits
+    keeps(&r, "1381234567"); // 10 digits
+    keeps(&r, "order 213812345678 shipped");
+    masks(&r, "tel13912345678.", "1391234", "tel139****5678.");
+    masks(
+        &r,
+        "13912345678,13812345678",
+        "1234",
+        "139****5678,138****5678",
+    );
+}
+
+#[test]
+fn cn_resident_ids_need_their_check_digit() {
+    let r = all();
+    masks(
+        &r,
+        "id 11010519491231002X ok",
+        "11010519491231002X",
+        "id [REDACTED:cn_id] ok",
+    );
+    masks(
+        &r,
+        "id 11010519491231002x",
+        "11010519491231002x",
+        "[REDACTED:cn_id]",
+    );
+    masks(
+        &r,
+        "440304199001011233",
+        "440304199001011233",
+        "[REDACTED:cn_id]",
+    );
+    masks(
+        &r,
+        "320106198512154412",
+        "320106198512154412",
+        "[REDACTED:cn_id]",
+    );
+    // one digit off: the check digit no longer matches
+    keeps(&r, "id 110105194912310021 ok");
+    keeps(&r, "440304199001011234");
+    // a valid check digit but an impossible month
+    keeps(&r, "440304199013011230");
+    assert!(cn_id_checksum("11010519491231002X"));
+    assert!(!cn_id_checksum("11010519491231002"));
+}
+
+#[test]
+fn card_numbers_need_luhn() {
+    let r = all();
+    masks(
+        &r,
+        "card 4111 1111 1111 1111 exp",
+        "1111 1111",
+        "card [REDACTED:card] exp",
+    );
+    masks(&r, "4111-1111-1111-1111", "4111", "[REDACTED:card]");
+    masks(
+        &r,
+        "5500000000000004",
+        "5500000000000004",
+        "[REDACTED:card]",
+    );
+    masks(
+        &r,
+        "amex 378282246310005",
+        "378282246310005",
+        "[REDACTED:card]",
+    );
+    keeps(&r, "card 4111 1111 1111 1112 exp"); // fails Luhn
+    keeps(&r, "5500000000000005");
+    keeps(&r, "ts 1732190000123"); // 13 digits, not Luhn-valid
+    keeps(&r, "123456789012"); // 12 digits
+                               // bounded by non-digits, not word boundaries; a card inside a longer run of digits
+    masks(&r, "4111111111111111exp", "4111", "[REDACTED:card]exp");
+    masks(
+        &r,
+        "1234 4111 1111 1111 1111",
+        "4111 1111 1111 1111",
+        "1234 [REDACTED:card]",
+    );
+    masks(
+        &r,
+        "4111 1111 1111 1111 2024",
+        "4111",
+        "[REDACTED:card] 2024",
+    );
+    masks(
+        &r,
+        "4111111111111111,5500000000000004",
+        "5500",
+        "[REDACTED:card],[REDACTED:card]",
+    );
+    assert!(!luhn("79927398713")); // Luhn-valid, but 11 digits: too short for a card
+    assert!(luhn("4111111111111111"));
+    assert!(!luhn("4111111111111121"));
+}
+
+#[test]
+fn secrets_by_exact_value_and_overlaps_masked_whole() {
+    let r = with_secrets(&["canary-provider-secret-77", "s3cr3t-header-value", "abc"]);
+    masks(
+        &r,
+        "prefix canary-provider-secret-77 suffix",
+        "canary-provider-secret-77",
+        "prefix [REDACTED:secret] suffix",
+    );
+    masks(&r, "xs3cr3t-header-valuex", "s3cr3t", "x[REDACTED:secret]x");
+    // too short to be matched by value
+    keeps(&r, "abc");
+    // a secret that overlaps an email: the union goes, nothing of either stays
+    let r = with_secrets(&["secretvalue@exa"]);
+    let out = r.text("to mysecretvalue@example.com now");
+    assert!(!out.contains("secretvalue"), "{out}");
+    assert!(!out.contains("example.com"), "{out}");
+    assert!(out.ends_with(" now"), "{out}");
+}
+
+#[test]
+fn user_rules_and_masks() {
+    let names: Vec<String> = builtin_names().map(String::from).collect();
+    let r = Redactor::new(
+        Vec::new(),
+        &names,
+        &[
+            RuleSpec {
+                name: "employee".into(),
+                pattern: Some(r"EMP-\d{6}".into()),
+                mask: Mask::Keep {
+                    prefix: 4,
+                    suffix: 0,
+                },
+            },
+            RuleSpec {
+                name: "cn_mobile".into(),
+                pattern: None,
+                mask: Mask::Full,
+            },
+        ],
+        Vec::new(),
+    )
+    .expect("rules");
+    masks(&r, "by EMP-123456.", "123456", "by EMP-******.");
+    masks(&r, "13812345678", "5678", "[REDACTED:cn_mobile]");
+
+    let err = Redactor::new(
+        Vec::new(),
+        &["nope".to_string()],
+        &[
+            RuleSpec {
+                name: "empty".into(),
+                pattern: Some("a*".into()),
+                mask: Mask::Full,
+            },
+            RuleSpec {
+                name: "bad".into(),
+                pattern: Some("(".into()),
+                mask: Mask::Full,
+            },
+            RuleSpec {
+                name: "email".into(),
+                pattern: None,
+                mask: Mask::Full,
+            },
+        ],
+        Vec::new(),
+    )
+    .expect_err("mistakes");
+    let text = format!("{err:?}");
+    for needle in [
+        "unknown built-in",
+        "matches the empty string",
+        "bad",
+        "no built-in in use",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+}
+
+#[test]
+fn json_paths_mask_fields_then_text_rules_run() {
+    let names: Vec<String> = builtin_names().map(String::from).collect();
+    let paths = vec![
+        JsonPath::parse("$.user", Mask::Full).expect("path"),
+        JsonPath::parse(
+            "$.messages[*].name",
+            Mask::Keep {
+                prefix: 1,
+                suffix: 0,
+            },
+        )
+        .expect("path"),
+        JsonPath::parse("$..ssn", Mask::Full).expect("path"),
+    ];
+    let r = Redactor::new(Vec::new(), &names, &[], paths).expect("rules");
+    let body = br#"{"user":"alice-42","messages":[{"name":"Bobby","content":"mail me at bob@example.com"}],"meta":{"deep":{"ssn":123456789}}}"#;
+    let (out, cut) = r.body(body, 1 << 20, true).expect("json");
+    assert!(!cut);
+    let v: Value = serde_json::from_str(&out).expect("still JSON");
+    assert_eq!(v["user"], "[REDACTED:json_path]");
+    assert_eq!(v["messages"][0]["name"], "B****");
+    assert_eq!(v["messages"][0]["content"], "mail me at [REDACTED:email]");
+    assert_eq!(v["meta"]["deep"]["ssn"], "[REDACTED:json_path]");
+
+    // SSE: each data line on its own
+    let sse = b"data: {\"user\":\"carol\"}\n\ndata: [DONE]\n\n";
+    let (out, _) = r.body(sse, 1 << 20, true).expect("sse");
+    assert!(!out.contains("carol"), "{out}");
+    assert!(out.contains("[DONE]"));
+
+    // a cut JSON document cannot be path-masked: it is left out
+    assert!(r.body(&body[..40], 1 << 20, false).is_none());
+    // plain text with path rules: left out too
+    assert!(r.body(b"not json", 1 << 20, true).is_none());
+}
+
+#[test]
+fn bodies_are_cut_after_redaction() {
+    let r = with_secrets(&["canary-provider-secret-77"]);
+    let mut body = "x".repeat(95);
+    body.push_str("canary-provider-secret-77 and more");
+    // the cap falls inside the secret: the mask is cut, never the secret
+    let (out, cut) = r.body(body.as_bytes(), 100, true).expect("text");
+    assert!(cut);
+    assert!(!out.contains("canary"), "{out}");
+    assert!(out.len() <= 100);
+    // multi-byte text is cut on a character boundary
+    let (out, cut) = r.body("é".repeat(60).as_bytes(), 51, true).expect("text");
+    assert!(cut);
+    assert_eq!(out.chars().count(), 25);
+}
+
+#[test]
+fn json_path_syntax_errors_are_specific() {
+    for (path, needle) in [
+        ("user", "starts with `$`"),
+        ("$", "whole document"),
+        ("$.a[", "not closed"),
+        ("$.a[x]", "not an index"),
+        ("$..", "needs a key"),
+        ("$.a.", "empty key"),
+        ("$a", "expected `.` or `[`"),
+    ] {
+        let e = JsonPath::parse(path, Mask::Full).expect_err(path);
+        assert!(e.contains(needle), "{path}: {e}");
+    }
+    let p = JsonPath::parse("$.a['b c'][2].*", Mask::Full).expect("path");
+    assert_eq!(
+        p.steps,
+        vec![
+            Step::Key("a".into()),
+            Step::Key("b c".into()),
+            Step::Index(2),
+            Step::Any
+        ]
+    );
+}
