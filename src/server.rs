@@ -21,6 +21,7 @@ use crate::config::watch::{self, ReloadHandle};
 use crate::config::{ConfigStore, ReloadOutcome};
 use crate::forward::ForwardFront;
 use crate::observability::audit::AuditLog;
+use crate::observability::otlp::Spans;
 use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
@@ -62,6 +63,8 @@ pub enum StartError {
     },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot start OTLP export to {endpoint}: {reason}")]
+    Telemetry { endpoint: String, reason: String },
     #[error("cannot open the audit log ({target}): {source}")]
     Audit {
         target: String,
@@ -135,6 +138,7 @@ pub struct Sidecar {
     connections: Arc<Connections>,
     signal_shutdown: Arc<Notify>,
     audit: Option<Arc<AuditLog>>,
+    spans: Option<Arc<Spans>>,
 }
 
 /// What a shutdown did.
@@ -198,9 +202,23 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         )?),
         None => None,
     };
+    let spans = match &startup.telemetry {
+        Some(t) => Some(Spans::start(t, store.metrics().spans()).map_err(|reason| {
+            StartError::Telemetry {
+                endpoint: t.endpoint.clone(),
+                reason,
+            }
+        })?),
+        None => None,
+    };
     let mut proxy = http_proxy(
         &conf,
-        SidecarProxy::new(store.clone(), resolver.clone(), audit.clone()),
+        SidecarProxy::new(
+            store.clone(),
+            resolver.clone(),
+            audit.clone(),
+            spans.clone(),
+        ),
     );
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
@@ -316,6 +334,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         connections,
         signal_shutdown,
         audit,
+        spans,
     })
 }
 
@@ -532,6 +551,10 @@ impl Sidecar {
                 tokio::time::timeout(Duration::from_secs(1), self.connections.wait_zero()).await;
         }
         self.background_stop.cancel();
+        if let Some(spans) = self.spans.clone() {
+            // The spans of the last attempts (the collector may be down: bounded).
+            let _ = tokio::task::spawn_blocking(move || spans.close(Duration::from_secs(2))).await;
+        }
         if let Some(audit) = self.audit.clone() {
             // The last records of the requests that just finished.
             let _ = tokio::task::spawn_blocking(move || audit.close(Duration::from_secs(5))).await;

@@ -52,6 +52,7 @@ pub struct Metrics {
     limits_backend: crate::limits::shared::BackendMetrics,
     genai: super::genai::GenAiMetrics,
     audit: super::audit::AuditMetrics,
+    spans: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_opened: IntCounterVec,
     breaker_rejected: IntCounterVec,
@@ -313,7 +314,18 @@ impl Metrics {
         for reason in ["queue_full", "write_error"] {
             audit.dropped.with_label_values(&[reason]);
         }
+        let spans = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_otlp_spans_total",
+                "Upstream-attempt spans for OTLP export: result=\"exported\", \"failed\" (the collector did not take them) or \"dropped\" (the export queue was full).",
+            ),
+            &["result"],
+        ));
+        for result in ["exported", "failed", "dropped"] {
+            spans.with_label_values(&[result]);
+        }
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(spans.clone()),
             Box::new(audit.written.clone()),
             Box::new(audit.dropped.clone()),
             Box::new(limits_backend.up.clone()),
@@ -361,6 +373,7 @@ impl Metrics {
         Arc::new(Metrics {
             genai,
             audit,
+            spans,
             registry,
             requests,
             duration,
@@ -414,6 +427,14 @@ impl Metrics {
 
     pub fn fallback(&self, route: &str, provider: &str) {
         self.fallbacks.with_label_values(&[route, provider]).inc();
+    }
+
+    pub fn spans(&self) -> super::otlp::SpanMetrics {
+        super::otlp::SpanMetrics {
+            exported: self.spans.with_label_values(&["exported"]),
+            failed: self.spans.with_label_values(&["failed"]),
+            dropped: self.spans.with_label_values(&["dropped"]),
+        }
     }
 
     pub fn audit(&self) -> super::audit::AuditMetrics {

@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod genai;
 pub mod metrics;
+pub mod otlp;
 pub mod redact;
 pub mod trace;
 

@@ -35,6 +35,7 @@ use crate::config::{ConfigStore, Snapshot};
 use crate::forward::ForwardConn;
 use crate::observability::audit::{AuditLog, Record as AuditRecord};
 use crate::observability::metrics::{Metrics, STATUS_CLIENT_CLOSED};
+use crate::observability::otlp::Spans;
 use crate::observability::trace::{self, TraceContext};
 use crate::resilience::{self, breaker::Admission};
 use crate::routing;
@@ -147,6 +148,8 @@ pub struct AttemptReport {
     answer: std::sync::OnceLock<(u16, Option<Duration>)>,
     /// The model the response names.
     model: std::sync::OnceLock<String>,
+    /// Why the model stopped, as the response said.
+    finish_reasons: std::sync::OnceLock<Box<[Box<str>]>>,
     /// When the first body byte of the response arrived.
     first_body: std::sync::OnceLock<Instant>,
     /// The response is a stream (SSE, event-stream, NDJSON).
@@ -179,6 +182,9 @@ impl AttemptReport {
         self.set_usage(p.finish(complete));
         if let Some(m) = p.model() {
             let _ = self.model.set(m.to_string());
+        }
+        if !p.finish_reasons().is_empty() {
+            let _ = self.finish_reasons.set(p.finish_reasons().into());
         }
     }
 
@@ -314,6 +320,7 @@ pub struct SidecarProxy {
     resolver: Arc<Resolver>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditLog>>,
+    spans: Option<Arc<Spans>>,
 }
 
 impl SidecarProxy {
@@ -321,6 +328,7 @@ impl SidecarProxy {
         store: Arc<ConfigStore>,
         resolver: Arc<Resolver>,
         audit: Option<Arc<AuditLog>>,
+        spans: Option<Arc<Spans>>,
     ) -> SidecarProxy {
         let metrics = store.metrics().clone();
         SidecarProxy {
@@ -328,6 +336,7 @@ impl SidecarProxy {
             resolver,
             metrics,
             audit,
+            spans,
         }
     }
 
@@ -733,8 +742,12 @@ impl SidecarProxy {
                 span: trace::new_span_id(),
                 capture,
             });
+            let attempt_start = std::time::SystemTime::now();
             let outcome =
                 attempt::run(session, plan.clone(), &body, &provider.timeouts, deadline).await;
+            if let Some(spans) = &self.spans {
+                self.export_span(spans, &plan, &outcome, attempt_start, route_name, x);
+            }
             if let Some((status, retry_after)) = plan.report.answer() {
                 let verdict = auth.feedback(&credential, status, retry_after);
                 if verdict == Verdict::TokenRejected
@@ -925,6 +938,59 @@ impl SidecarProxy {
                 .and_then(|s| s.first_body)
                 .map(|t| t.saturating_duration_since(started)),
             usage: x.usage,
+        });
+    }
+
+    /// The span of one finished attempt, for OTLP export.
+    fn export_span(
+        &self,
+        spans: &Spans,
+        plan: &AttemptPlan,
+        outcome: &attempt::Outcome,
+        start: std::time::SystemTime,
+        route: &str,
+        x: &ExchangeState,
+    ) {
+        use crate::observability::genai::{operation_name, provider_name};
+        let answer = plan.report.answer().map(|(s, _)| s);
+        let error = match outcome {
+            attempt::Outcome::Complete { status } | attempt::Outcome::HeldBack { status } => {
+                (*status >= 400).then(|| status_error(*status))
+            }
+            attempt::Outcome::NotStarted { error, .. } => Some(error.cause.as_str()),
+            attempt::Outcome::Broken { cause, .. } => Some(cause.as_str()),
+            attempt::Outcome::ClientGone { .. } => Some("client_closed"),
+        };
+        let p = &plan.provider;
+        let default_port = if p.tls { 443 } else { 80 };
+        let authority = p.authority.to_str().unwrap_or_default();
+        let (server, port) = match authority.rsplit_once(':') {
+            // host:port, or [v6]:port (a bare v6 address has no brackets in Host)
+            Some((h, port)) if !h.contains(':') || h.ends_with(']') => {
+                (h, port.parse().unwrap_or(default_port))
+            }
+            _ => (authority, default_port),
+        };
+        spans.record(&crate::observability::otlp::AttemptSpan {
+            trace_id: plan.trace.trace_id,
+            span_id: plan.span,
+            parent: plan.trace.parent,
+            sampled: plan.trace.sampled(),
+            start,
+            end: std::time::SystemTime::now(),
+            operation: operation_name(plan.uri.path()),
+            provider: provider_name(p.kind),
+            request_model: x.model.as_deref().filter(|m| *m != "none"),
+            response_model: plan.report.model(),
+            usage: plan.report.usage(),
+            finish_reasons: plan.report.finish_reasons.get().map_or(&[][..], |r| &r[..]),
+            server,
+            port,
+            status: answer,
+            error,
+            route,
+            provider_name: &p.name,
+            attempt: x.attempts,
         });
     }
 

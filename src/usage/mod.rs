@@ -270,6 +270,46 @@ pub struct UsageParser {
     model: Option<String>,
     /// Data events without usage (content deltas, roughly one token or more each).
     events: u64,
+    /// Why the model stopped (`finish_reason`, `stop_reason`, `stopReason`), each value
+    /// once, at most [`MAX_FINISH_REASONS`].
+    finish_reasons: Vec<Box<str>>,
+}
+
+/// Finish reasons kept per response (one per choice; `n` > 4 is rare).
+pub const MAX_FINISH_REASONS: usize = 4;
+
+/// Adds the finish reasons named in `doc` to `out`: the string values of
+/// `finish_reason`, `stop_reason` and `stopReason` (null and other types are skipped).
+/// A byte scan, not a parse: it runs on every event of a stream.
+pub fn finish_reasons(doc: &[u8], out: &mut Vec<Box<str>>) {
+    const TAIL: &[u8] = b"eason\":";
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&doc[from..], TAIL) {
+        let at = from + i;
+        from = at + TAIL.len();
+        let key_ok = [&b"\"finish_r"[..], b"\"stop_r", b"\"stopR"]
+            .iter()
+            .any(|k| doc[..at].ends_with(k));
+        if !key_ok {
+            continue;
+        }
+        let rest = doc[from..].trim_ascii_start();
+        let Some(v) = rest.strip_prefix(b"\"") else {
+            continue;
+        };
+        let Some(end) = memchr::memchr(b'"', v) else {
+            return;
+        };
+        let value = &v[..end];
+        if value.is_empty() || value.len() > 64 || value.contains(&b'\\') {
+            continue;
+        }
+        if out.len() < MAX_FINISH_REASONS && !out.iter().any(|r| r.as_bytes() == value) {
+            if let Ok(s) = std::str::from_utf8(value) {
+                out.push(s.into());
+            }
+        }
+    }
 }
 
 impl UsageParser {
@@ -301,6 +341,7 @@ impl UsageParser {
             reported: false,
             model: None,
             events: 0,
+            finish_reasons: Vec::new(),
         })
     }
 
@@ -359,6 +400,7 @@ impl UsageParser {
         if payload.is_empty() || payload == b"[DONE]" {
             return;
         }
+        finish_reasons(payload, &mut self.finish_reasons);
         // Only events that mention usage are parsed; content events are counted.
         if memchr_usage(payload) {
             if let Some(u) = self.take(payload) {
@@ -400,6 +442,7 @@ impl UsageParser {
                     }
                 }
                 Some("contentBlockDelta") | Some("chunk") => self.events += 1,
+                Some("messageStop") => finish_reasons(payload, &mut self.finish_reasons),
                 _ => {}
             }
         }
@@ -409,6 +452,9 @@ impl UsageParser {
     /// nothing reported, or for a cut stream, at least one output token per content
     /// event seen.
     pub fn finish(&mut self, complete: bool) -> Usage {
+        if self.framing == Framing::Json && !self.skipping {
+            finish_reasons(&self.buf, &mut self.finish_reasons);
+        }
         if self.framing == Framing::Json
             && !self.skipping
             && !self.buf.is_empty()
@@ -439,6 +485,11 @@ impl UsageParser {
     /// The body is a stream of events (SSE, AWS event-stream, NDJSON).
     pub fn is_stream(&self) -> bool {
         self.framing != Framing::Json
+    }
+
+    /// Why the model stopped, as the response said (`stop`, `length`, `end_turn`, ...).
+    pub fn finish_reasons(&self) -> &[Box<str>] {
+        &self.finish_reasons
     }
 
     /// The model the provider named in the response, if it did.

@@ -161,3 +161,42 @@ fn unknown_and_broken_bodies_are_harmless() {
     p.feed(&[0xff; 40]);
     assert_eq!(p.finish(true), Usage::default());
 }
+
+#[test]
+fn finish_reasons_from_documents_and_streams() {
+    let mut out = Vec::new();
+    finish_reasons(
+        br#"{"choices":[{"index":0,"finish_reason":"stop"},{"index":1,"finish_reason": "length"},{"finish_reason":null}]}"#,
+        &mut out,
+    );
+    assert_eq!(out, vec!["stop".into(), "length".into()] as Vec<Box<str>>);
+    // repeated values once; other keys ending the same way are not reasons
+    finish_reasons(
+        br#"{"stop_reason":"stop","my_reason":"x","stopReason":"end_turn"}"#,
+        &mut out,
+    );
+    assert_eq!(out.len(), 3);
+    assert_eq!(&*out[2], "end_turn");
+
+    // through the parser, over a stream cut at every byte
+    let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+    let mut p = UsageParser::for_content_type("text/event-stream").expect("sse");
+    for b in sse.chunks(1) {
+        p.feed(b);
+    }
+    p.finish(true);
+    assert_eq!(p.finish_reasons(), &["tool_calls".into()] as &[Box<str>]);
+
+    // Anthropic's message_delta, and a whole JSON body
+    let mut p = UsageParser::for_content_type("text/event-stream").expect("sse");
+    p.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},\"usage\":{\"output_tokens\":5}}\n\n");
+    p.finish(true);
+    assert_eq!(p.finish_reasons(), &["max_tokens".into()] as &[Box<str>]);
+    let mut p = UsageParser::for_content_type("application/json").expect("json");
+    p.feed(br#"{"choices":[{"finish_reason":"content_filter"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
+    p.finish(true);
+    assert_eq!(
+        p.finish_reasons(),
+        &["content_filter".into()] as &[Box<str>]
+    );
+}

@@ -3,6 +3,7 @@
 use crate::support::*;
 use llm_sidecar::mock::MockOptions;
 use llm_sidecar::observability::trace::parse_traceparent;
+use std::time::Duration;
 
 const CLIENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -187,4 +188,153 @@ async fn genai_metrics_move_by_the_right_amounts_and_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn otlp_config(mock: &str, endpoint: &str) -> String {
+    format!(
+        r#"telemetry:
+  otlp_endpoint: "{endpoint}"
+  service_name: checkout-sidecar
+  delay: 50ms
+  timeout: 500ms
+providers:
+  mock:
+    kind: openai
+    base_url: {mock}/v1
+    auth: {{ type: bearer, token: sk-otlp }}
+routes:
+  - match: {{ path_prefix: /openai/v1 }}
+    provider: mock
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_upstream_attempt_is_exported_as_a_client_span_with_genai_attributes() {
+    use crate::support::otlp::OtlpReceiver;
+    let rx = OtlpReceiver::start().await;
+    let m = mock(MockOptions {
+        fail_every: Some(3),
+        record: 16,
+        chunks: 3,
+        ..Default::default()
+    })
+    .await;
+    let s = TestSidecar::start(&otlp_config(&m.url(), &rx.endpoint())).await;
+    let url = s.url("/openai/v1/chat/completions");
+    let post = |stream: bool| {
+        let mut b = chat_body(stream);
+        b["model"] = "gpt-4o-mini".into();
+        if stream {
+            b["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        s.client
+            .post(&url)
+            .header("traceparent", CLIENT)
+            .json(&b)
+            .send()
+    };
+    // 1 plain, 2 streamed, 3 fails (500) and is retried (4)
+    assert_eq!(post(false).await.unwrap().status(), 200);
+    let (_, done) = read_stream(post(true).await.unwrap()).await;
+    assert!(done);
+    assert_eq!(post(false).await.unwrap().status(), 200);
+    eventually("4 spans exported", Duration::from_secs(10), || async {
+        rx.spans().len() >= 4
+    })
+    .await;
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 4, "one span per attempt");
+    assert!(rx
+        .content_types
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| c == "application/x-protobuf"));
+    let sent = m.recorded();
+    for (i, got) in spans.iter().enumerate() {
+        let sp = &got.span;
+        assert_eq!(got.service, "checkout-sidecar");
+        assert_eq!(
+            hex::encode(&sp.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            hex::encode(&sp.parent_span_id),
+            "00f067aa0ba902b7",
+            "child of the client's span"
+        );
+        // the span id is the one the provider saw in traceparent
+        let (_, upstream_span, _) = upstream_trace(&sent[i]);
+        assert_eq!(hex::encode(&sp.span_id), upstream_span);
+        assert_eq!(sp.kind, 3, "SPAN_KIND_CLIENT");
+        assert_eq!(sp.name, "chat gpt-4o-mini");
+        assert!(sp.end_time_unix_nano >= sp.start_time_unix_nano);
+        assert_eq!(got.str_attr("gen_ai.operation.name"), Some("chat"));
+        assert_eq!(got.str_attr("gen_ai.provider.name"), Some("openai"));
+        assert_eq!(got.str_attr("gen_ai.request.model"), Some("gpt-4o-mini"));
+        assert_eq!(got.str_attr("server.address"), Some("127.0.0.1"));
+        assert_eq!(
+            got.int_attr("server.port"),
+            Some(i64::from(m.addr().port()))
+        );
+        assert_eq!(got.str_attr("llm_sidecar.route"), Some("mock"));
+    }
+    for ok in [&spans[0], &spans[1], &spans[3]] {
+        assert_eq!(ok.str_attr("gen_ai.response.model"), Some("gpt-4o-mini"));
+        assert!(ok.int_attr("gen_ai.usage.input_tokens").unwrap() > 0);
+        assert_eq!(ok.int_attr("gen_ai.usage.output_tokens"), Some(3));
+        assert_eq!(ok.int_attr("http.response.status_code"), Some(200));
+        assert!(ok.attr("error.type").is_none());
+        match ok.attr("gen_ai.response.finish_reasons") {
+            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::ArrayValue(a)) => {
+                assert_eq!(a.values.len(), 1);
+            }
+            other => panic!("finish reasons: {other:?}"),
+        }
+    }
+    let failed = &spans[2];
+    assert_eq!(failed.str_attr("error.type"), Some("500"));
+    assert_eq!(failed.int_attr("http.response.status_code"), Some(500));
+    assert_eq!(
+        failed.span.status.as_ref().map(|s| s.code),
+        Some(2),
+        "STATUS_CODE_ERROR"
+    );
+    assert_eq!(
+        s.metric("llm_sidecar_otlp_spans_total{result=\"exported\"}")
+            .await,
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_requests_nothing_and_is_counted() {
+    // a port that refuses connections
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}/v1/traces", closed.local_addr().unwrap());
+    drop(closed);
+    let m = default_mock().await;
+    let s = TestSidecar::start(&otlp_config(&m.url(), &endpoint)).await;
+    for _ in 0..30 {
+        let r = s.chat("/openai/v1/chat/completions", false).await;
+        assert_eq!(r.status(), 200);
+    }
+    eventually(
+        "failed exports counted",
+        Duration::from_secs(10),
+        || async {
+            s.metric("llm_sidecar_otlp_spans_total{result=\"failed\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        s.metric("llm_sidecar_otlp_spans_total{result=\"exported\"}")
+            .await,
+        0.0
+    );
+    let report = s.shutdown().await;
+    assert!(report.drained);
 }

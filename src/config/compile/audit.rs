@@ -221,12 +221,14 @@ impl Compiler<'_> {
     pub(super) fn telemetry(&mut self, t: &schema::Telemetry) -> Option<TelemetrySettings> {
         let endpoint = t.otlp_endpoint.as_ref()?;
         match endpoint.parse::<http::Uri>() {
-            Ok(u)
-                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {
-            }
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("https") => self.errs.push(
+                "telemetry.otlp_endpoint",
+                "https:// is not supported yet: export to a collector agent next to the sidecar over http://, e.g. http://127.0.0.1:4318/v1/traces",
+            ),
             _ => self.errs.push(
                 "telemetry.otlp_endpoint",
-                "must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces",
+                "must be an http:// URL, e.g. http://127.0.0.1:4318/v1/traces",
             ),
         }
         if t.queue == 0 || t.batch == 0 || t.batch > t.queue {

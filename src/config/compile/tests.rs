@@ -606,7 +606,7 @@ telemetry:
         "audit.redact.rules[1]: empty: the pattern matches the empty string",
         "audit.redact.rules[3]: nothing: a rule without `pattern` changes a built-in's mask",
         "routes[0].audit_bodies.max_bytes: must be between 1 byte and 16MiB",
-        "telemetry.otlp_endpoint: must be an http:// or https:// URL",
+        "telemetry.otlp_endpoint: must be an http:// URL",
         "telemetry.batch: must be between 1 and telemetry.queue (4)",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod leaks;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 pub mod token_server;
