@@ -195,6 +195,8 @@ pub struct Rule {
     /// (tenant, route, provider, key) with unused dimensions as 0 → counters.
     pub states: HashMap<StateKey, Arc<State>>,
     pub spec: Spec,
+    /// Requests this rule admitted (`llm_sidecar_limit_admitted_total{rule}`).
+    pub admitted: Option<prometheus::IntCounter>,
 }
 
 /// (tenant, route, provider, key slot).
@@ -588,6 +590,11 @@ async fn admit_rules(rules: &[Rule], s: Subject, est: Estimate) -> Result<Held, 
             }
         }
     }
+    for rule in rules.iter().filter(|r| r.applies(s)) {
+        if let Some(c) = &rule.admitted {
+            c.inc();
+        }
+    }
     Ok(held)
 }
 
@@ -669,6 +676,7 @@ mod tests {
                 providers: None,
                 states,
                 spec,
+                admitted: None,
             }],
             ..Default::default()
         }

@@ -33,6 +33,10 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_connections: IntCounterVec,
+    upstream_connect: HistogramVec,
+    upstream_tls: HistogramVec,
+    upstream_tls_handshakes: IntCounterVec,
+    upstream_pool_wait: HistogramVec,
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
     config_last_success: IntGauge,
@@ -49,6 +53,7 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     tokens: IntCounterVec,
     limited: IntCounterVec,
+    limit_admitted: IntCounterVec,
     limits_backend: crate::limits::shared::BackendMetrics,
     genai: super::genai::GenAiMetrics,
     audit: super::audit::AuditMetrics,
@@ -280,6 +285,13 @@ impl Metrics {
             ),
             &["rule", "kind"],
         ));
+        let limit_admitted = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_limit_admitted_total",
+                "Requests a limits rule admitted (with llm_sidecar_limited_total, the rule's decisions).",
+            ),
+            &["rule"],
+        ));
         let limits_backend = crate::limits::shared::BackendMetrics {
             up: must(IntGauge::new(
                 "llm_sidecar_limits_backend_up",
@@ -324,7 +336,47 @@ impl Metrics {
         for result in ["exported", "failed", "dropped"] {
             spans.with_label_values(&[result]);
         }
+        let connect_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let upstream_connect = must(HistogramVec::new(
+            HistogramOpts::new(
+                "llm_sidecar_upstream_connect_seconds",
+                "New upstream connections: time from choosing the peer to a ready connection (TCP connect, plus the TLS handshake for TLS providers).",
+            )
+            .buckets(connect_buckets.clone()),
+            &["provider"],
+        ));
+        let upstream_tls = must(HistogramVec::new(
+            HistogramOpts::new(
+                "llm_sidecar_upstream_tls_handshake_seconds",
+                "New TLS upstream connections: time of the TLS handshake (the setup time after TCP connected; observed when Pingora timed the TCP connect).",
+            )
+            .buckets(connect_buckets),
+            &["provider"],
+        ));
+        let upstream_tls_handshakes = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_upstream_tls_handshakes_total",
+                "TLS handshakes with providers (one per new TLS connection).",
+            ),
+            &["provider"],
+        ));
+        let upstream_pool_wait = must(HistogramVec::new(
+            HistogramOpts::new(
+                "llm_sidecar_upstream_pool_wait_seconds",
+                "Reused upstream connections: time from choosing the peer to holding a pooled connection.",
+            )
+            .buckets(vec![
+                0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            &["provider"],
+        ));
         let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(upstream_connect.clone()),
+            Box::new(upstream_tls.clone()),
+            Box::new(upstream_tls_handshakes.clone()),
+            Box::new(upstream_pool_wait.clone()),
             Box::new(spans.clone()),
             Box::new(audit.written.clone()),
             Box::new(audit.dropped.clone()),
@@ -333,6 +385,7 @@ impl Metrics {
             Box::new(limits_backend.leases.clone()),
             Box::new(limits_backend.failed_open.clone()),
             Box::new(limited.clone()),
+            Box::new(limit_admitted.clone()),
             Box::new(tokens.clone()),
             Box::new(retries.clone()),
             Box::new(fallbacks.clone()),
@@ -378,6 +431,10 @@ impl Metrics {
             requests,
             duration,
             upstream_connections,
+            upstream_connect,
+            upstream_tls,
+            upstream_tls_handshakes,
+            upstream_pool_wait,
             reloads,
             config_info,
             config_last_success,
@@ -394,6 +451,7 @@ impl Metrics {
             fallbacks,
             tokens,
             limited,
+            limit_admitted,
             limits_backend,
             breaker_state,
             breaker_opened,
@@ -423,6 +481,11 @@ impl Metrics {
             crate::limits::DeniedKind::BackendDown => "backend_down",
         };
         self.limited.with_label_values(&[rule, k]).inc();
+    }
+
+    /// The admitted-requests counter of one limits rule.
+    pub fn limit_admitted(&self, rule: &str) -> IntCounter {
+        self.limit_admitted.with_label_values(&[rule])
     }
 
     pub fn fallback(&self, route: &str, provider: &str) {
@@ -503,6 +566,10 @@ impl Metrics {
             conn_reused: self
                 .upstream_connections
                 .with_label_values(&[provider, "true"]),
+            connect: self.upstream_connect.with_label_values(&[provider]),
+            tls: self.upstream_tls.with_label_values(&[provider]),
+            tls_handshakes: self.upstream_tls_handshakes.with_label_values(&[provider]),
+            pool_wait: self.upstream_pool_wait.with_label_values(&[provider]),
         }
     }
 
@@ -619,6 +686,10 @@ impl std::fmt::Debug for RouteMetrics {
 pub struct ProviderMetrics {
     conn_new: IntCounter,
     conn_reused: IntCounter,
+    connect: Histogram,
+    tls: Histogram,
+    tls_handshakes: IntCounter,
+    pool_wait: Histogram,
 }
 
 impl ProviderMetrics {
@@ -627,6 +698,24 @@ impl ProviderMetrics {
             self.conn_reused.inc()
         } else {
             self.conn_new.inc()
+        }
+    }
+
+    /// A pooled connection was handed over `waited` after the peer was chosen.
+    pub fn pool_wait(&self, waited: Duration) {
+        self.pool_wait.observe(waited.as_secs_f64());
+    }
+
+    /// A new connection: its setup time, and its TLS handshake when it has one.
+    pub fn established(&self, setup: Option<Duration>, tls: Option<Option<Duration>>) {
+        if let Some(d) = setup {
+            self.connect.observe(d.as_secs_f64());
+        }
+        if let Some(handshake) = tls {
+            self.tls_handshakes.inc();
+            if let Some(d) = handshake {
+                self.tls.observe(d.as_secs_f64());
+            }
         }
     }
 }

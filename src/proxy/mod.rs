@@ -307,6 +307,8 @@ pub struct AttemptState {
     plan: Arc<AttemptPlan>,
     candidates: Option<Candidates>,
     tries: usize,
+    /// When `upstream_peer` chose the peer (the pool wait starts).
+    peer_at: Option<Instant>,
 }
 
 /// Stale pooled connections are retried at most this many times per exchange.
@@ -1396,6 +1398,7 @@ impl ProxyHttp for SidecarProxy {
                 plan,
                 candidates: None,
                 tries: 0,
+                peer_at: None,
             });
             return Ok(());
         }
@@ -1456,6 +1459,7 @@ impl ProxyHttp for SidecarProxy {
                 )
             })?;
         a.tries += 1;
+        a.peer_at = Some(Instant::now());
         Ok(Box::new(provider.peer(addr)))
     }
 
@@ -1559,11 +1563,32 @@ impl ProxyHttp for SidecarProxy {
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
-        _digest: Option<&pingora::protocols::Digest>,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Role::Attempt(a) = &ctx.role {
-            a.plan.provider.metrics.connection(reused);
+            let m = &a.plan.provider.metrics;
+            m.connection(reused);
+            if reused {
+                if let Some(t) = a.peer_at {
+                    m.pool_wait(t.elapsed());
+                }
+            } else {
+                // The whole setup is timed here; Pingora times the TCP layer
+                // (timing_digest[0]) when it can, and the TLS handshake is the rest.
+                let total = a.peer_at.map(|t| t.elapsed());
+                let tcp = digest.and_then(|d| {
+                    d.timing_digest
+                        .first()
+                        .and_then(Option::as_ref)
+                        .and_then(|t| t.establishment_duration)
+                });
+                let tls = digest.is_some_and(|d| d.ssl_digest.is_some()) || a.plan.provider.tls;
+                m.established(
+                    total,
+                    tls.then(|| total.zip(tcp).map(|(t, c)| t.saturating_sub(c))),
+                );
+            }
         }
         Ok(())
     }

@@ -47,6 +47,17 @@ async fn a_burst_over_the_request_limit_gets_exactly_the_excess_as_429s() {
         }
     }
     assert_eq!((ok, limited.len()), (5, 7));
+    // the rule's decisions, both ways
+    assert_eq!(
+        s.metric(r#"llm_sidecar_limit_admitted_total{rule="tenant-rate"}"#)
+            .await,
+        5.0
+    );
+    assert_eq!(
+        s.metric(r#"llm_sidecar_limited_total{kind="requests",rule="tenant-rate"}"#)
+            .await,
+        7.0
+    );
     let r = &limited[0];
     assert_eq!(r.headers()["x-llm-sidecar-error"], "rate_limited");
     let retry: u64 = r.headers()["retry-after"]

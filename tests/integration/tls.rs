@@ -113,6 +113,32 @@ async fn http2_upstream_connections_are_reused() {
         1,
         "sequential requests reuse one connection"
     );
+    // one TCP connect and one TLS handshake, timed; four pooled handovers
+    for (series, n) in [
+        (
+            "llm_sidecar_upstream_connect_seconds_count{provider=\"secure\"}",
+            1.0,
+        ),
+        (
+            "llm_sidecar_upstream_tls_handshake_seconds_count{provider=\"secure\"}",
+            1.0,
+        ),
+        (
+            "llm_sidecar_upstream_tls_handshakes_total{provider=\"secure\"}",
+            1.0,
+        ),
+        (
+            "llm_sidecar_upstream_pool_wait_seconds_count{provider=\"secure\"}",
+            4.0,
+        ),
+    ] {
+        assert_eq!(s.metric(series).await, n, "{series}");
+    }
+    assert!(
+        s.metric("llm_sidecar_upstream_tls_handshake_seconds_sum{provider=\"secure\"}")
+            .await
+            > 0.0
+    );
 
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -178,6 +204,17 @@ async fn http1_upstream_connections_are_pooled() {
         s.metric(r#"llm_sidecar_upstream_connections_total{provider="mock",reused="true"}"#)
             .await,
         9.0
+    );
+    // plain HTTP: a timed TCP connect, no TLS handshake
+    assert_eq!(
+        s.metric(r#"llm_sidecar_upstream_connect_seconds_count{provider="mock"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        s.metric(r#"llm_sidecar_upstream_tls_handshakes_total{provider="mock"}"#)
+            .await,
+        0.0
     );
 }
 

@@ -132,6 +132,7 @@ impl Compiler<'_> {
                 providers: pf,
                 states,
                 spec,
+                admitted: Some(self.ctx.metrics.limit_admitted(&r.name)),
             };
             if dims.key {
                 out.key_rules.push(rule);
