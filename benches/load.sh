@@ -40,7 +40,7 @@ trap cleanup EXIT
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then CPU0=(taskset -c 0); CPU1=(taskset -c 1); else CPU0=(); CPU1=(); fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADMIN=$(free_port); SCL=$(free_port); ADMINL=$(free_port)
+UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADMIN=$(free_port); SCL=$(free_port); ADMINL=$(free_port); SCA=$(free_port); ADMINA=$(free_port)
 
 body='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
 
@@ -107,6 +107,12 @@ limits:
     - { name: budget, scope: [tenant, route], tokens: { limit: 100000000000, per: 1h } }
     - { name: slots, concurrency: { max: 100000 } }
 EOF
+# audit log on: every request written (redacted, hash-chained) with both bodies
+sed -e "s/127.0.0.1:$SC\"/127.0.0.1:$SCA\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMINA\"/" \
+  -e "s|^    provider: upstream$|    provider: upstream\n    audit_bodies: { max_bytes: 16KiB }|" "$work/sidecar.yaml" > "$work/sidecar-audit.yaml"
+cat >> "$work/sidecar-audit.yaml" <<EOF
+audit: { output: file, path: $work/audit.jsonl, queue: 65536, max_size: 64MiB, max_files: 2 }
+EOF
 cat > "$work/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -120,11 +126,13 @@ EOF
 pids+=($!)
 "${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar-limits.yaml" 2>"$work/logs/sidecar-limits.err" &
 pids+=($!)
+"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar-audit.yaml" 2>"$work/logs/sidecar-audit.err" &
+pids+=($!)
 for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$ADMINL/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$UP/v1/x" && break
+  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$ADMINL/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$ADMINA/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$UP/v1/x" && break
   sleep 0.1
 done
-for url in "http://127.0.0.1:$UP/v1/chat/completions" "http://127.0.0.1:$NGX/openai/v1/chat/completions" "http://127.0.0.1:$SC/openai/v1/chat/completions" "http://127.0.0.1:$SCL/openai/v1/chat/completions"; do
+for url in "http://127.0.0.1:$UP/v1/chat/completions" "http://127.0.0.1:$NGX/openai/v1/chat/completions" "http://127.0.0.1:$SC/openai/v1/chat/completions" "http://127.0.0.1:$SCL/openai/v1/chat/completions" "http://127.0.0.1:$SCA/openai/v1/chat/completions"; do
   out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$url")
   [ "$out" = "$body" ] || { echo "bad response from $url: $out" >&2; exit 1; }
 done
@@ -149,6 +157,10 @@ read -r d_rps d_p50 d_p99 < <(run "http://127.0.0.1:$UP/v1/chat/completions")
 read -r n_rps n_p50 n_p99 < <(run "http://127.0.0.1:$NGX/openai/v1/chat/completions")
 read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$SC/openai/v1/chat/completions")
 read -r l_rps l_p50 l_p99 < <(run "http://127.0.0.1:$SCL/openai/v1/chat/completions")
+read -r a_rps a_p50 a_p99 < <(run "http://127.0.0.1:$SCA/openai/v1/chat/completions")
+a_metrics=$(curl -sf "http://127.0.0.1:$ADMINA/metrics")
+a_dropped=$(echo "$a_metrics" | awk '/^llm_sidecar_audit_dropped_total\{reason="queue_full"\}/ {print $2}')
+a_written=$(echo "$a_metrics" | awk '/^llm_sidecar_audit_records_total/ {print $2}')
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
@@ -164,9 +176,11 @@ report="benches/results/load-$(date -u +%Y%m%dT%H%M%SZ).md"
   echo "| nginx proxy_pass, keepalive | $n_rps | $n_p50 | $n_p99 |"
   echo "| llm-sidecar | $s_rps | $s_p50 | $s_p99 |"
   echo "| llm-sidecar + limits (rate, token budget, concurrency) | $l_rps | $l_p50 | $l_p99 |"
+  echo "| llm-sidecar + audit log (file, redaction, both bodies) | $a_rps | $a_p50 | $a_p99 |"
   echo
   echo "llm-sidecar / nginx: $(ratio "$s_rps" "$n_rps")x requests/s; llm-sidecar / direct: $(ratio "$s_rps" "$d_rps")x"
   echo "limits cost: $(ratio "$l_rps" "$s_rps")x the sidecar's requests/s without them"
+  echo "audit log: $(ratio "$a_rps" "$s_rps")x the sidecar's requests/s without it; $a_written records written, $a_dropped dropped (queue full)"
   echo "added p50 over direct: $(python3 -c "print(round($s_p50-$d_p50,3))") ms (nginx: $(python3 -c "print(round($n_p50-$d_p50,3))") ms)"
 } | tee "$report"
 echo "(written to $report)"

@@ -338,3 +338,130 @@ async fn a_collector_that_is_down_costs_requests_nothing_and_is_counted() {
     let report = s.shutdown().await;
     assert!(report.drained);
 }
+
+/// Every metric the shipped Grafana dashboard queries is one the sidecar exports, seen on
+/// a sidecar that used every feature the dashboard shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_exists() {
+    use crate::support::otlp::OtlpReceiver;
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/helm/llm-sidecar/dashboards/llm-sidecar.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 25, "{}", exprs.len());
+
+    let rx = OtlpReceiver::start().await;
+    let (secure, trust, _ca) = crate::tls::tls_mock(
+        &["127.0.0.1"],
+        &[b"h2"],
+        MockOptions {
+            fail_every: Some(3),
+            chunks: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let backup = default_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestSidecar::start(&format!(
+        r#"tenant: {{ id: team-a }}
+audit: {{ output: file, path: {audit} }}
+telemetry: {{ otlp_endpoint: "{otlp}", delay: 50ms }}
+limits:
+  rules:
+    - {{ name: tiny, scope: [route], match: {{ routes: [tiny] }}, requests: {{ rate: 1/m, burst: 1 }} }}
+providers:
+  secure:
+    kind: openai
+    base_url: {secure}/v1
+    auth: {{ type: bearer, token: sk-dash }}
+    tls: {{ {trust} }}
+  dead:
+    kind: openai
+    base_url: http://127.0.0.1:1/v1
+    auth: {{ type: bearer, token: sk-dash }}
+  backup:
+    kind: openai
+    base_url: {backup}/v1
+    auth: {{ type: bearer, token: sk-dash }}
+routes:
+  - {{ name: main, match: {{ path_prefix: /openai/v1 }}, provider: secure }}
+  - name: dead
+    match: {{ path_prefix: /dead/v1 }}
+    provider: dead
+    fallback: [ {{ provider: backup }} ]
+  - {{ name: tiny, match: {{ path_prefix: /tiny/v1 }}, provider: backup }}
+"#,
+        audit = dir.path().join("audit.jsonl").display(),
+        otlp = rx.endpoint(),
+        secure = secure.url(),
+        backup = backup.url(),
+    ))
+    .await;
+    // plain, streamed (TTFT, per-token time), a 500 that is retried, a fallback, a
+    // limit refusal
+    assert_eq!(
+        s.chat("/openai/v1/chat/completions", false).await.status(),
+        200
+    );
+    let (_, done) = read_stream(s.stream_with_usage("/openai/v1/chat/completions").await).await;
+    assert!(done);
+    assert_eq!(
+        s.chat("/openai/v1/chat/completions", false).await.status(),
+        200
+    );
+    assert_eq!(
+        s.chat("/openai/v1/chat/completions", false).await.status(),
+        200
+    );
+    assert_eq!(
+        s.chat("/dead/v1/chat/completions", false).await.status(),
+        200
+    );
+    assert_eq!(
+        s.chat("/tiny/v1/chat/completions", false).await.status(),
+        200
+    );
+    assert_eq!(
+        s.chat("/tiny/v1/chat/completions", false).await.status(),
+        429
+    );
+    eventually("spans exported", Duration::from_secs(10), || async {
+        !rx.spans().is_empty()
+    })
+    .await;
+
+    let metrics = s.metrics().await;
+    let series: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let mut missing = Vec::new();
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let is_metric = ["llm_sidecar_", "gen_ai_client_", "process_"]
+                .iter()
+                .any(|p| word.starts_with(p));
+            if is_metric && !series.contains(word) {
+                missing.push(word.to_string());
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics lacks: {missing:?}"
+    );
+}

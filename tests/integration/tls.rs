@@ -4,7 +4,7 @@ use crate::support::*;
 use llm_sidecar::mock::{MockOptions, MockServer};
 use std::time::Duration;
 
-fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
+pub(crate) fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
     format!(
         "providers:\n  secure:\n    kind: openai\n    base_url: {url}/v1\n    auth: {{ type: bearer, token: sk-tls }}\n    tls: {{ {tls} }}\n    pool: {{ {pool} }}\nroutes:\n  - match: {{ path_prefix: /openai/v1 }}\n    provider: secure\n"
     )
@@ -13,7 +13,7 @@ fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
 /// A TLS mock upstream whose certificate (for `names`, offering `alpn`) is issued by a
 /// fresh test CA; returns the mock, the `ca_file: PATH` setting that trusts it, and the
 /// directory holding the PEM (keep it alive for the test).
-async fn tls_mock(
+pub(crate) async fn tls_mock(
     names: &[&str],
     alpn: &[&[u8]],
     opts: MockOptions,
