@@ -396,14 +396,7 @@ routes:
         assert_eq!(r.status(), 200);
     }
     let took = started.elapsed();
-    let metrics = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_at(&client, &admin).await;
     let dropped = metric_value(
         &metrics,
         "llm_sidecar_audit_dropped_total{reason=\"queue_full\"}",

@@ -55,15 +55,7 @@ impl Replica {
     }
 
     async fn metric(&self, c: &reqwest::Client, name: &str) -> f64 {
-        let text = c
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&text, name)
+        metric_value(&metrics_at(c, &self.admin).await, name)
     }
 }
 

@@ -277,6 +277,17 @@ impl TestSidecar {
     }
 }
 
+/// The `/metrics` text of a sidecar (another process) at its admin address.
+pub async fn metrics_at(c: &reqwest::Client, admin: &str) -> String {
+    c.get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn metric_value(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
