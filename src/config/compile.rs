@@ -129,8 +129,8 @@ pub struct Snapshot {
     pub tenants: Tenants,
     /// The HTTPS_PROXY mode's rules and CA.
     pub forward: Arc<crate::forward::ForwardSettings>,
-    /// The audit log's redaction rules, with every secret of this config (None: the
-    /// audit log is off).
+    /// The audit log's redaction rules, with every secret of this config (None only
+    /// when they did not compile, and then the load fails).
     pub redactor: Option<Arc<crate::observability::redact::Redactor>>,
     /// `dns.overrides`.
     pub dns_overrides: crate::upstream::dns::Overrides,

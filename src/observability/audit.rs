@@ -624,20 +624,25 @@ fn resume(file: &mut File) -> io::Result<(Chain, u64, bool)> {
     if size == 0 {
         return Ok((Chain::genesis(), 0, false));
     }
-    let tail_len = size.min(256 << 10);
-    file.seek(SeekFrom::Start(size - tail_len))?;
-    let mut tail = Vec::with_capacity(tail_len as usize);
-    file.read_to_end(&mut tail)?;
-    let cut = !tail.ends_with(b"\n");
-    let chain = tail
-        .split(|b| *b == b'\n')
-        .rev()
-        .find_map(unseal)
-        .map_or_else(Chain::genesis, |s| Chain {
-            seq: s.seq,
-            hash: s.hash,
-        });
-    Ok((chain, size, cut))
+    // The last record may be large (bodies): widen the window until a whole one is in
+    // it, or the whole file is.
+    let mut window: u64 = 256 << 10;
+    loop {
+        let tail_len = size.min(window);
+        file.seek(SeekFrom::Start(size - tail_len))?;
+        let mut tail = Vec::with_capacity(tail_len as usize);
+        file.read_to_end(&mut tail)?;
+        let cut = !tail.ends_with(b"\n");
+        let last = tail.split(|b| *b == b'\n').rev().find_map(unseal);
+        if last.is_some() || tail_len == size {
+            let chain = last.map_or_else(Chain::genesis, |s| Chain {
+                seq: s.seq,
+                hash: s.hash,
+            });
+            return Ok((chain, size, cut));
+        }
+        window = window.saturating_mul(4);
+    }
 }
 
 #[cfg(test)]
@@ -705,6 +710,24 @@ mod tests {
         let e = verify(std::slice::from_ref(&p)).expect_err("inserted");
         assert_eq!(e.line, 6);
         assert!(e.reason.contains("not an audit record"), "{e}");
+    }
+
+    #[test]
+    fn a_restart_continues_the_chain_after_a_record_larger_than_the_first_window() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("a.jsonl");
+        let mut c = Chain::genesis();
+        let mut out = c.seal(record(1));
+        out.extend(c.seal(format!("{{\"body\":\"{}\"", "x".repeat(600 << 10)).into_bytes()));
+        std::fs::write(&p, out).expect("write");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&p)
+            .expect("open");
+        let (resumed, _, cut) = resume(&mut f).expect("resume");
+        assert_eq!(resumed, c, "seq 2 and its hash, not the genesis");
+        assert!(!cut);
     }
 
     #[test]

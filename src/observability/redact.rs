@@ -345,11 +345,12 @@ fn walk(v: &mut Value, steps: &[Step], f: &mut dyn FnMut(&mut Value)) -> usize {
 
 fn mask_value(v: &mut Value, mask: Mask, redactor: &Redactor) {
     let masked = match (&*v, mask) {
-        (Value::String(s), Mask::Keep { .. }) => {
-            // the kept ends must not keep part of a secret
+        // A value holding a secret or a rule's match is masked whole: the kept ends
+        // could otherwise keep part of it (and once starred, no rule finds it).
+        (Value::String(s), Mask::Keep { .. }) if matches!(redactor.text(s), Cow::Borrowed(_)) => {
             let mut out = String::new();
             mask.apply("json_path", s, &mut out);
-            redactor.text(&out).into_owned()
+            out
         }
         (Value::Null, _) => return,
         _ => "[REDACTED:json_path]".to_string(),

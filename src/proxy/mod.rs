@@ -908,12 +908,9 @@ impl SidecarProxy {
         status: u16,
         elapsed: Duration,
     ) {
-        use crate::observability::genai::{operation_name, provider_name, Call};
-        let (provider, gen_ai_provider) = match (&x.served, snap.targets.get(route.index)) {
-            (Some(s), _) => (&*s.provider, s.gen_ai_provider),
-            (None, Some(Target::Ready(p))) => (&*p.name, provider_name(p.kind)),
-            (None, _) => (route.metrics.provider(), "none"),
-        };
+        use crate::observability::genai::{operation_name, Call};
+        let (provider, gen_ai_provider) = answering_provider(snap, route, x)
+            .map_or((route.metrics.provider(), "none"), |(p, g)| (&**p, g));
         let request_model = x.model.as_deref().unwrap_or("none");
         let served = x.served.as_ref();
         let response_model = served
@@ -964,15 +961,6 @@ impl SidecarProxy {
             attempt::Outcome::ClientGone { .. } => Some("client_closed"),
         };
         let p = &plan.provider;
-        let default_port = if p.tls { 443 } else { 80 };
-        let authority = p.authority.to_str().unwrap_or_default();
-        let (server, port) = match authority.rsplit_once(':') {
-            // host:port, or [v6]:port (a bare v6 address has no brackets in Host)
-            Some((h, port)) if !h.contains(':') || h.ends_with(']') => {
-                (h, port.parse().unwrap_or(default_port))
-            }
-            _ => (authority, default_port),
-        };
         spans.record(&crate::observability::otlp::AttemptSpan {
             trace_id: plan.trace.trace_id,
             span_id: plan.span,
@@ -986,8 +974,8 @@ impl SidecarProxy {
             response_model: plan.report.model(),
             usage: plan.report.usage(),
             finish_reasons: plan.report.finish_reasons.get().map_or(&[][..], |r| &r[..]),
-            server,
-            port,
+            server: p.endpoint.host(),
+            port: p.endpoint.port(),
             status: answer,
             error,
             route,
@@ -1017,12 +1005,9 @@ impl SidecarProxy {
             .map_or(0, |b| b.max_bytes);
         let req = session.req_header();
         let served = x.served.as_ref();
-        let provider = served.map(|s| s.provider.clone()).or_else(|| {
-            route.and_then(|r| match snap.targets.get(r.index) {
-                Some(Target::Ready(p)) => Some(p.name.clone()),
-                _ => None,
-            })
-        });
+        let provider = route
+            .and_then(|r| answering_provider(snap, r, x))
+            .map(|(p, _)| p.clone());
         Box::new(AuditRecord {
             time: std::time::SystemTime::now(),
             trace_id: x.trace.as_ref().map(|t| t.trace_id),
@@ -1106,6 +1091,22 @@ impl SidecarProxy {
             Some(r) if r.metrics.provider() == &*provider.name => r.metrics.tokens(u),
             _ => self.metrics.tokens(route_name, &provider.name, u),
         }
+    }
+}
+
+/// The provider whose answer the client got, else the route's own when it is ready:
+/// its name and `gen_ai.provider.name`.
+fn answering_provider<'a>(
+    snap: &'a Snapshot,
+    route: &crate::routing::Route,
+    x: &'a ExchangeState,
+) -> Option<(&'a Arc<str>, &'static str)> {
+    match (&x.served, snap.targets.get(route.index)) {
+        (Some(s), _) => Some((&s.provider, s.gen_ai_provider)),
+        (None, Some(Target::Ready(p))) => {
+            Some((&p.name, crate::observability::genai::provider_name(p.kind)))
+        }
+        (None, _) => None,
     }
 }
 
@@ -1583,11 +1584,8 @@ impl ProxyHttp for SidecarProxy {
                         .and_then(Option::as_ref)
                         .and_then(|t| t.establishment_duration)
                 });
-                let tls = digest.is_some_and(|d| d.ssl_digest.is_some()) || a.plan.provider.tls;
-                m.established(
-                    total,
-                    tls.then(|| total.zip(tcp).map(|(t, c)| t.saturating_sub(c))),
-                );
+                let handshake = total.zip(tcp).map(|(t, c)| t.saturating_sub(c));
+                m.established(total, a.plan.provider.tls.then_some(handshake));
             }
         }
         Ok(())

@@ -212,6 +212,10 @@ impl HostEntry {
         &self.host
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Addresses for a request. Waits only when nothing usable is cached.
     pub async fn candidates(
         self: &Arc<Self>,

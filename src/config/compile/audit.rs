@@ -120,10 +120,9 @@ impl Compiler<'_> {
             queue: a.queue.clamp(1, 1 << 20),
             when_full: a.when_full,
         });
-        match settings {
-            Some(s) => (Some(s), redactor.map(Arc::new)),
-            None => (None, None),
-        }
+        // Built even with the output off: a sink opened at start keeps writing (with
+        // the new rules) after a reload that turns it off, until a restart.
+        (settings, redactor.map(Arc::new))
     }
 
     fn mask(

@@ -96,6 +96,7 @@ fn email_positive_and_negative() {
 fn phones_positive_and_negative() {
     let r = all();
     masks(&r, "call +44 20 7946 0958.", "7946", "call +44");
+    masks(&r, "+44 20 7946 0958", "7946", "+44*********0958"); // as docs/config.md shows
     masks(&r, "tel:+8613912345678", "1391234", "+86*******5678");
     // Luhn-valid by chance: the phone and card matches overlap and the union is masked whole
     masks(&r, "tel:+8613812345678", "1381234", "tel:[REDACTED:phone]");
@@ -308,6 +309,31 @@ fn json_paths_mask_fields_then_text_rules_run() {
     assert_eq!(v["messages"][0]["name"], "B****");
     assert_eq!(v["messages"][0]["content"], "mail me at [REDACTED:email]");
     assert_eq!(v["meta"]["deep"]["ssn"], "[REDACTED:json_path]");
+
+    // a partial mask never keeps the start of a secret: the value is masked whole
+    let paths = vec![JsonPath::parse(
+        "$.note",
+        Mask::Keep {
+            prefix: 4,
+            suffix: 0,
+        },
+    )
+    .expect("path")];
+    let r2 = Redactor::new(
+        vec!["canary-provider-secret-77".to_string()],
+        &names,
+        &[],
+        paths,
+    )
+    .expect("rules");
+    let (out, _) = r2
+        .body(br#"{"note":"canary-provider-secret-77"}"#, 1 << 20, true)
+        .expect("json");
+    assert_eq!(out, r#"{"note":"[REDACTED:json_path]"}"#);
+    let (out, _) = r2
+        .body(br#"{"note":"plain words"}"#, 1 << 20, true)
+        .expect("json");
+    assert_eq!(out, r#"{"note":"plai*******"}"#);
 
     // SSE: each data line on its own
     let sse = b"data: {\"user\":\"carol\"}\n\ndata: [DONE]\n\n";
