@@ -138,3 +138,50 @@ pub async fn serve(
         });
     }
 }
+
+/// Polls `url` (`http://host:port/path`, plain HTTP) until it answers 200 or `timeout`
+/// passes; the error names the last thing that went wrong. Blocking: for the CLI.
+pub fn wait_ready(url: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::{Duration, Instant};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = || -> Result<(), String> {
+            let addr = authority
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{authority} has no address"))?;
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+            )
+            .map_err(|e| format!("write: {e}"))?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).map_err(|e| format!("read: {e}"))?;
+            match &head[9..12] {
+                b"200" => Ok(()),
+                code => Err(format!("status {}", String::from_utf8_lossy(code))),
+            }
+        };
+        let last = match attempt() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("not ready after {timeout:?} (last: {last})"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -38,6 +38,22 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the config file's JSON Schema (for editors and CI checks).
+    Schema,
+    /// Wait until the sidecar answers 200 on its admin /readyz; exit 1 after --timeout.
+    /// For the classic (non-native) Kubernetes sidecar pattern's postStart hook, which
+    /// holds the app container back until the sidecar is ready.
+    WaitReady {
+        /// The readiness URL [default: /readyz on the config's listeners.admin, with an
+        /// unspecified address (0.0.0.0, ::) replaced by loopback]
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value = "60s")]
+        timeout: humantime::Duration,
+    },
+    /// Sleep, then exit 0. For a preStop hook in images with no shell: it keeps the
+    /// sidecar serving while the app drains (the classic sidecar pattern).
+    Sleep { duration: humantime::Duration },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +96,14 @@ enum CaCommand {
         /// The CA directory [default: the config's forward.ca]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Print a trust bundle instead: Mozilla's public roots (the ones the sidecar
+        /// itself trusts) followed by this root. For SSL_CERT_FILE / REQUESTS_CA_BUNDLE,
+        /// which replace a runtime's default trust store.
+        #[arg(long)]
+        bundle: bool,
+        /// Write to this file (atomically, mode 0644) instead of stdout
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -98,6 +122,19 @@ fn main() -> ExitCode {
         Command::Run => run(&path),
         Command::Ca(c) => ca(&path, c),
         Command::Audit(AuditCommand::Verify { files }) => audit_verify(&files),
+        Command::Schema => {
+            let schema = config::schema::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::WaitReady { url, timeout } => wait_ready(&path, url, timeout.into()),
+        Command::Sleep { duration } => {
+            std::thread::sleep(duration.into());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -177,11 +214,18 @@ fn ca(path: &std::path::Path, cmd: CaCommand) -> ExitCode {
             }
             ca_init(path, dir, domains, validity.into(), new_root)
         }
-        CaCommand::Print { dir } => ca_files(path, dir).and_then(|f| {
+        CaCommand::Print { dir, bundle, out } => ca_files(path, dir).and_then(|f| {
             let pem = std::fs::read_to_string(&f.root)
                 .map_err(|e| format!("cannot read {}: {}", f.root.display(), e.kind()))?;
-            print!("{pem}");
-            Ok(())
+            let text = if bundle { ca::trust_bundle(&pem) } else { pem };
+            match out {
+                Some(out) => ca::write_public(&out, text.as_bytes())
+                    .map_err(|e| format!("cannot write {}: {e}", out.display())),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
         }),
     };
     match result {
@@ -243,6 +287,47 @@ fn ca_init(
         dir.join(ca::ROOT_KEY).display()
     );
     Ok(())
+}
+
+/// Polls a readiness URL (plain HTTP on loopback) until it answers 200.
+fn wait_ready(
+    path: &std::path::Path,
+    url: Option<String>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match read_schema(path) {
+            Ok(f) => {
+                let admin = match f.listeners.admin.parse::<std::net::SocketAddr>() {
+                    Ok(mut a) if a.ip().is_unspecified() => {
+                        a.set_ip(if a.is_ipv4() {
+                            std::net::Ipv4Addr::LOCALHOST.into()
+                        } else {
+                            std::net::Ipv6Addr::LOCALHOST.into()
+                        });
+                        a.to_string()
+                    }
+                    _ => f.listeners.admin,
+                };
+                format!("http://{admin}/readyz")
+            }
+            Err(e) => {
+                eprintln!("llm-sidecar wait-ready: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match llm_sidecar::admin::wait_ready(&url, timeout) {
+        Ok(()) => {
+            println!("{url}: ready");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("llm-sidecar wait-ready: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn open(path: &std::path::Path) -> Result<std::sync::Arc<ConfigStore>, ExitCode> {

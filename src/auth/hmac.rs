@@ -12,7 +12,7 @@
 //!
 //! It is signed with HMAC-SHA256 and sent base64-encoded (standard alphabet, padded) in
 //! `X-Signature`, along with `X-Timestamp`, `X-Nonce` and `X-Key-Id` (names configurable).
-//! `docs/config.md#hmac` has a worked example to reproduce with `openssl dgst`.
+//! `docs/configuration.md#hmac` has a worked example to reproduce with `openssl dgst`.
 
 use super::{Credential, SignContext, SignError, Signer};
 use crate::config::secret::Secret;
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(sig, "XG5PZIrd3FMAyLX6e0ZKtK3Joxt9JW6dUuOoSM2IrnQ=");
     }
 
-    /// The worked example in docs/config.md#hmac, so the documentation cannot drift.
+    /// The worked example in docs/configuration.md#hmac, so the documentation cannot drift.
     #[test]
     fn the_documented_example() {
         let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;

@@ -4,18 +4,19 @@
 //! the effective config that `/config` shows (secrets as `[redacted]`). They never reach
 //! the request path: [`super::compile`] turns them into runtime types.
 //!
-//! The reference for every key is `docs/config.md`; keep the two in step.
+//! The reference for every key is `docs/configuration.md`; keep the two in step.
 
 use super::secret::{PlainTemplate, SecretTemplate};
 use super::units::{ByteSize, HumanDuration};
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub const CONFIG_VERSION: u32 = 1;
 
 /// The whole file once every section parsed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ConfigFile {
     pub version: u32,
     pub listeners: Listeners,
@@ -53,7 +54,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
 ];
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listeners {
     /// Base-URL mode: apps point their SDK here.
@@ -85,7 +86,7 @@ fn default_admin() -> String {
     "127.0.0.1:9901".into()
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Worker threads. Default: the number of CPUs the process may use.
@@ -123,7 +124,7 @@ fn default_debounce() -> HumanDuration {
     HumanDuration::from_millis(250)
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -131,7 +132,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// A `tracing` filter, e.g. `info` or `info,llm_sidecar=debug`. `RUST_LOG` overrides it.
@@ -154,7 +155,7 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// Answers are cached for their TTL, but at least this long...
@@ -195,7 +196,7 @@ fn default_negative_ttl() -> HumanDuration {
     HumanDuration::from_secs(2)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestGuards {
     /// Request line plus headers; larger requests get 431.
@@ -241,7 +242,7 @@ pub fn default_strip_credentials() -> Vec<String> {
 }
 
 /// How the sidecar knows which tenant a request belongs to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantSource {
     /// One app per sidecar: every request is tenant `tenant.id`.
@@ -253,7 +254,7 @@ pub enum TenantSource {
     VirtualKey,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     #[serde(default)]
@@ -300,7 +301,7 @@ fn default_trusted_sources() -> Vec<String> {
 }
 
 /// A known tenant.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantDef {
     /// Values for `{tenant.NAME}` in tenant headers.
@@ -313,7 +314,7 @@ pub struct TenantDef {
 }
 
 /// A sidecar-issued key an app presents instead of a provider key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualKey {
     pub key: SecretTemplate,
@@ -321,7 +322,7 @@ pub struct VirtualKey {
 }
 
 /// Request-rate, concurrency and token-budget limits.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Where counters live: `local` (the default; this process only) or a Redis URL,
@@ -373,7 +374,7 @@ fn default_key_prefix() -> String {
 }
 
 /// What a shared limit does when its backend is unreachable and the local lease is spent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendFailure {
     /// Admit (fail open): availability over exactness.
@@ -383,7 +384,7 @@ pub enum BackendFailure {
     Deny,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitScope {
     Tenant,
@@ -397,7 +398,7 @@ pub enum LimitScope {
 
 /// One limit. `scope` says what gets its own counter: `[tenant]` is one per tenant,
 /// `[tenant, route]` one per tenant and route, `[]` one shared by all it matches.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRule {
     pub name: String,
@@ -414,7 +415,7 @@ pub struct LimitRule {
     pub tokens: Option<TokenLimit>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitMatch {
     #[serde(default)]
@@ -425,7 +426,7 @@ pub struct LimitMatch {
     pub providers: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLimit {
     /// `"10/s"`, `"600/m"`, `"10000/h"`.
@@ -435,7 +436,7 @@ pub struct RequestLimit {
     pub burst: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyLimit {
     pub max: u32,
@@ -450,7 +451,7 @@ fn default_queue_timeout() -> HumanDuration {
     HumanDuration::from_secs(5)
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenCount {
     #[default]
@@ -459,7 +460,7 @@ pub enum TokenCount {
     Output,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenAccounting {
     /// Reserve an estimate at admission, reconcile with the real usage at the end.
@@ -470,7 +471,7 @@ pub enum TokenAccounting {
     After,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenLimit {
     /// Tokens per `per`.
@@ -496,7 +497,7 @@ fn default_output_reserve() -> u64 {
 
 /// The HTTPS_PROXY (forward proxy) mode: which CONNECT targets are intercepted, tunnelled
 /// or refused, and the local CA that signs intercepted hosts' certificates.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Forward {
     /// The CA made by `llm-sidecar ca init`. Needed when `listeners.forward` is set.
@@ -546,7 +547,7 @@ fn default_forward_ports() -> Vec<u16> {
 
 /// Where the interception CA's files are. `dir` holds the files `ca init` writes; the
 /// `*_file` keys override single files.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardCa {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -562,7 +563,7 @@ pub struct ForwardCa {
     pub root_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelSettings {
     /// Connecting to a pass-through host.
@@ -596,7 +597,7 @@ fn default_tunnel_total() -> HumanDuration {
     HumanDuration::from_secs(3600)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyAuth {
     /// Refuse (407) clients without valid proxy credentials. When false, a client without
@@ -607,7 +608,7 @@ pub struct ProxyAuth {
     pub users: Vec<ProxyUser>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyUser {
     pub user: String,
@@ -618,7 +619,7 @@ pub struct ProxyUser {
 
 /// The providers llm-sidecar knows. The kind decides the error shape the sidecar answers
 /// with and provider-specific defaults (e.g. `anthropic-version`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     Openai,
@@ -633,7 +634,7 @@ pub enum ProviderKind {
     OpenaiCompatible,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub kind: ProviderKind,
@@ -661,7 +662,7 @@ pub struct Provider {
 }
 
 /// The provider endpoint's circuit breaker.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     #[serde(default = "default_true")]
@@ -719,7 +720,7 @@ fn default_breaker_probes() -> u32 {
 }
 
 /// A route's retries.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts per target, the first included (1: never retry).
@@ -775,7 +776,7 @@ fn default_budget_floor() -> u32 {
 }
 
 /// A target to use when the route's provider fails or its breaker is open.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackTarget {
     pub provider: String,
@@ -784,7 +785,7 @@ pub struct FallbackTarget {
     pub model: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
     /// Send no credential (e.g. a local Ollama).
@@ -814,7 +815,7 @@ pub enum Auth {
         #[serde(default = "default_cooldown")]
         cooldown: HumanDuration,
     },
-    /// HMAC-SHA256 request signature (see `docs/config.md#hmac`): one `key_id` + `secret`,
+    /// HMAC-SHA256 request signature (see `docs/configuration.md#hmac`): one `key_id` + `secret`,
     /// or a pool of `keys` (each with its `key_id`).
     Hmac {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -870,7 +871,7 @@ pub enum Auth {
 }
 
 /// One key of a pool.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolKey {
     /// Used in metrics and logs (never the key itself).
@@ -887,7 +888,7 @@ fn default_weight() -> u32 {
     1
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStrategy {
     #[default]
@@ -899,7 +900,7 @@ fn default_cooldown() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacHeaderNames {
     #[serde(default = "default_sig_header")]
@@ -936,7 +937,7 @@ fn default_key_id_header() -> String {
     "X-Key-Id".into()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestampUnit {
     #[default]
@@ -949,7 +950,7 @@ fn default_aws_service() -> String {
 }
 
 /// Where AWS credentials come from. Read again on every reload.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AwsCredentials {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
@@ -973,14 +974,14 @@ fn default_profile() -> String {
     "default".into()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuthFlow {
     ClientCredentials,
     GoogleServiceAccount,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuthClientAuth {
     #[default]
@@ -992,7 +993,7 @@ fn default_refresh_before() -> HumanDuration {
     HumanDuration::from_secs(60)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP connect, per address tried.
@@ -1040,7 +1041,7 @@ fn default_total() -> HumanDuration {
     HumanDuration::from_secs(1800)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
     /// How long an idle upstream connection is kept for reuse.
@@ -1074,7 +1075,7 @@ fn default_h2_streams() -> usize {
     100
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// PEM file with extra CA certificates to trust for this provider.
@@ -1099,7 +1100,7 @@ impl Default for Tls {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Unique name, used in metrics and logs. Default: the provider's name.
@@ -1128,7 +1129,7 @@ pub struct Route {
     pub audit_bodies: Option<AuditBodies>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditBodies {
     #[serde(default = "yes")]
@@ -1149,7 +1150,7 @@ fn default_audit_body() -> ByteSize {
 }
 
 /// Where audit records go.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditOutput {
     #[default]
@@ -1159,7 +1160,7 @@ pub enum AuditOutput {
 }
 
 /// What happens to a record when the audit queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditWhenFull {
     /// The new record is dropped (and counted).
@@ -1170,7 +1171,7 @@ pub enum AuditWhenFull {
 }
 
 /// The audit log: one JSON line per request, redacted and hash-chained.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     #[serde(default)]
@@ -1218,7 +1219,7 @@ fn default_audit_queue() -> usize {
 }
 
 /// Redaction of what the audit log writes. Every configured secret is always masked.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redact {
     /// Built-in rules in use: api_key, bearer, email, phone, cn_mobile, cn_id, card.
@@ -1249,7 +1250,7 @@ fn default_builtins() -> Vec<String> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MaskStyle {
     /// `[REDACTED:<rule>]`
@@ -1259,7 +1260,7 @@ pub enum MaskStyle {
     Partial,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedactRule {
     pub name: String,
@@ -1273,7 +1274,7 @@ pub struct RedactRule {
     pub keep_suffix: Option<usize>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedactPath {
     pub path: String,
@@ -1286,7 +1287,7 @@ pub struct RedactPath {
 }
 
 /// OTLP trace export: one CLIENT span per upstream attempt.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
     /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`. Off when absent.
@@ -1338,7 +1339,7 @@ fn default_span_timeout() -> HumanDuration {
     HumanDuration::from_secs(5)
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Matches this path and everything below it, at a `/` boundary.
@@ -1347,4 +1348,16 @@ pub struct RouteMatch {
     /// Matches the request's Host (port ignored). `*.example.com` matches subdomains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+}
+
+/// The config file's JSON Schema (draft 2020-12), generated from the types above: every
+/// key, its type, default and description. `llm-sidecar schema` prints it for editors and
+/// CI; `docs/configuration.md` is checked against it.
+pub fn json_schema() -> serde_json::Value {
+    let mut s = schemars::schema_for!(ConfigFile).to_value();
+    s["title"] = "llm-sidecar configuration".into();
+    // Every section has defaults; only the version must be written.
+    s["required"] = serde_json::json!(["version"]);
+    s["properties"]["version"]["const"] = CONFIG_VERSION.into();
+    s
 }

@@ -271,6 +271,30 @@ impl fmt::Display for Secret {
     }
 }
 
+impl schemars::JsonSchema for SecretTemplate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretTemplate".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A credential: \"${env:NAME}\", \"${file:/absolute/path}\" or a literal (not recommended). Shown as [redacted] by /config."
+        })
+    }
+}
+
+impl schemars::JsonSchema for PlainTemplate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Template".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Text that may contain \"${env:NAME}\" or \"${file:/absolute/path}\" references."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

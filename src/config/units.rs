@@ -170,6 +170,32 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration with a unit: \"250ms\", \"30s\", \"5m\", \"1h\", \"1h30m\".",
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zµ]+"
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "integer"],
+            "description": "A size: bytes as an integer, or with a unit: \"64KiB\", \"32MiB\", \"1GB\".",
+            "minimum": 0
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,37 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CaError> 
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 
+/// Writes a public file (a certificate or a trust bundle) atomically, mode 0644.
+pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(contents).map_err(|_| "not UTF-8 text".to_string())?;
+    write_file(path, text, false).map_err(|e| e.to_string())
+}
+
+/// Mozilla's public roots (the set the sidecar trusts upstream), as PEM, followed by
+/// `root_pem`. Runtimes whose CA variable replaces the default store (`SSL_CERT_FILE`,
+/// `REQUESTS_CA_BUNDLE`) then still reach every public host, plus intercepted ones.
+pub fn trust_bundle(root_pem: &str) -> String {
+    use base64::Engine;
+    let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+    let mut out = String::with_capacity(roots.len() * 2048 + root_pem.len());
+    out.push_str(
+        "# Mozilla's public roots (webpki-root-certs) and the llm-sidecar interception CA\n",
+    );
+    for der in roots {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.push_str("# llm-sidecar interception CA\n");
+    out.push_str(root_pem.trim_end());
+    out.push('\n');
+    out
+}
+
 fn read(path: &Path) -> Result<String, CaError> {
     std::fs::read_to_string(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Per-attempt time limits (see `docs/config.md#timeouts`).
+/// Per-attempt time limits (see `docs/configuration.md#timeouts`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,

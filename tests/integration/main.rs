@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod clients;
 mod conf_files;
+mod docs;
 mod forward;
 mod limits;
 mod observability;

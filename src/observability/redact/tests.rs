@@ -96,7 +96,7 @@ fn email_positive_and_negative() {
 fn phones_positive_and_negative() {
     let r = all();
     masks(&r, "call +44 20 7946 0958.", "7946", "call +44");
-    masks(&r, "+44 20 7946 0958", "7946", "+44*********0958"); // as docs/config.md shows
+    masks(&r, "+44 20 7946 0958", "7946", "+44*********0958"); // as docs/configuration.md shows
     masks(&r, "tel:+8613912345678", "1391234", "+86*******5678");
     // Luhn-valid by chance: the phone and card matches overlap and the union is masked whole
     masks(&r, "tel:+8613812345678", "1381234", "tel:[REDACTED:phone]");
