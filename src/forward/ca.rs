@@ -311,6 +311,78 @@ struct CachedLeaf {
     refresh_at: Instant,
 }
 
+/// Reads a signing key in any of the PEM forms CA tools write: PKCS#8 (`PRIVATE KEY`,
+/// what `ca init` writes), SEC1 (`EC PRIVATE KEY`: Helm's `genPrivateKey "ecdsa"`,
+/// OpenSSL's `ecparam`) or PKCS#1 (`RSA PRIVATE KEY`: Helm's `genCA`). The signer takes
+/// PKCS#8 only, so the other two are wrapped in a PKCS#8 envelope first.
+fn signing_key(path: &Path, pem: &str) -> Result<KeyPair, CaError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let bad = |why: String| file_err(path, format!("not a usable private key: {why}"));
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+        bad(format!(
+            "{e} (expected a PEM PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block)"
+        ))
+    })?;
+    let pkcs8 = match &key {
+        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        PrivateKeyDer::Pkcs1(k) => pkcs8::wrap_rsa(k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => pkcs8::wrap_ec(k.secret_sec1_der())
+            .ok_or_else(|| bad("an EC key on a curve other than P-256 or P-384".into()))?,
+        _ => return Err(bad("an unsupported key type".into())),
+    };
+    KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8)).map_err(|e| {
+        bad(format!(
+            "{e} (RSA, ECDSA P-256/P-384 and Ed25519 keys are supported)"
+        ))
+    })
+}
+
+/// Just enough DER to put a PKCS#1 or SEC1 key into a PKCS#8 `PrivateKeyInfo`.
+mod pkcs8 {
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = content.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes = n.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn info(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x02, 0x01, 0x00]; // version 0
+        body.extend(tlv(0x30, algorithm));
+        body.extend(tlv(0x04, key));
+        tlv(0x30, &body)
+    }
+
+    /// rsaEncryption, NULL parameters.
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    /// id-ecPublicKey.
+    const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+    pub fn wrap_rsa(pkcs1: &[u8]) -> Vec<u8> {
+        info(RSA, pkcs1)
+    }
+
+    /// The curve is named in the SEC1 key's parameters; Helm and OpenSSL write them.
+    pub fn wrap_ec(sec1: &[u8]) -> Option<Vec<u8>> {
+        let has = |oid: &[u8]| sec1.windows(oid.len()).any(|w| w == oid);
+        let curve = [P256, P384].into_iter().find(|c| has(c))?;
+        Some(info(&[EC, curve].concat(), sec1))
+    }
+}
+
 /// A loaded signing intermediate plus the per-host TLS configs made from it.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
@@ -338,8 +410,7 @@ impl Authority {
     /// Reads the intermediate, its key and the root, and checks that they belong together.
     pub fn load(files: &CaFiles, leaf_validity: Duration) -> Result<Authority, CaError> {
         let cert_pem = read(&files.cert)?;
-        let key = KeyPair::from_pem(&read(&files.key)?)
-            .map_err(|e| file_err(&files.key, format!("not a PEM private key: {e}")))?;
+        let key = signing_key(&files.key, &read(&files.key)?)?;
         let root_pem = read(&files.root)?;
         let intermediate = first_cert(&files.cert, &cert_pem)?;
         let root = first_cert(&files.root, &root_pem)?;
@@ -510,6 +581,103 @@ mod tests {
         init_dir(dir.path(), domains).unwrap();
         let a = Authority::load(&CaFiles::in_dir(dir.path()), Duration::from_secs(3600)).unwrap();
         (dir, a)
+    }
+
+    /// A self-signed CA made by OpenSSL with its key in `form` (the shapes Helm's
+    /// `genCA`/`genPrivateKey` and older tools write), used directly as the signer.
+    fn openssl_root(dir: &Path, keygen: &[&str]) {
+        let key = dir.join(INTERMEDIATE_KEY);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let pem = run(keygen);
+        std::fs::write(&key, &pem).unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-days",
+            "30",
+            "-subj",
+            "/CN=test root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,digitalSignature",
+            "-out",
+            dir.join(ROOT_CERT).to_str().unwrap(),
+        ]);
+        std::fs::copy(dir.join(ROOT_CERT), dir.join(INTERMEDIATE_CERT)).unwrap();
+    }
+
+    #[test]
+    fn a_root_with_a_sec1_or_pkcs1_key_signs_leaves_directly() {
+        for (form, keygen, header) in [
+            (
+                "sec1",
+                &["ecparam", "-genkey", "-name", "prime256v1", "-noout"][..],
+                "EC PRIVATE KEY",
+            ),
+            (
+                "pkcs1",
+                &["genrsa", "-traditional", "2048"][..],
+                "RSA PRIVATE KEY",
+            ),
+            (
+                "pkcs8-p384",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-384",
+                ][..],
+                "BEGIN PRIVATE KEY",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            openssl_root(dir.path(), keygen);
+            let key = std::fs::read_to_string(dir.path().join(INTERMEDIATE_KEY)).unwrap();
+            assert!(key.contains(header), "{form}: {key}");
+            let a = Authority::load(&CaFiles::in_dir(dir.path()), Duration::from_secs(3600))
+                .unwrap_or_else(|e| panic!("{form}: {e}"));
+            // No name constraint on such a root: any name verifies.
+            a.verify_name("api.openai.com")
+                .unwrap_or_else(|e| panic!("{form}: {e:?}"));
+            a.server_config("api.openai.com").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_sign_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.pem");
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let e = signing_key(&p, garbage).unwrap_err().to_string();
+        assert!(
+            e.contains("k.pem") && e.contains("expected a PEM PRIVATE KEY"),
+            "{e}"
+        );
+        // SEC1 on a curve the signer lacks (secp256k1).
+        let out = std::process::Command::new("openssl")
+            .args(["ecparam", "-genkey", "-name", "secp256k1", "-noout"])
+            .output()
+            .unwrap();
+        let e = signing_key(&p, std::str::from_utf8(&out.stdout).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other than P-256 or P-384"), "{e}");
     }
 
     #[test]
