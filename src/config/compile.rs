@@ -448,6 +448,9 @@ impl<'a> Compiler<'a> {
                 Ok(r.value)
             }
             Err(e) => {
+                // Watch where a missing file would appear: a Secret that gains the key
+                // later is then picked up by the watcher.
+                self.files.extend(t.files().map(Path::to_path_buf));
                 if optional {
                     Err(Some(format!("{path}: {e}")))
                 } else {

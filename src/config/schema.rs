@@ -1358,6 +1358,8 @@ pub fn json_schema() -> serde_json::Value {
     s["title"] = "llm-sidecar configuration".into();
     // Every section has defaults; only the version must be written.
     s["required"] = serde_json::json!(["version"]);
+    // The parser refuses unknown top-level keys too.
+    s["additionalProperties"] = false.into();
     s["properties"]["version"]["const"] = CONFIG_VERSION.into();
     s
 }

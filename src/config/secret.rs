@@ -152,6 +152,14 @@ impl Template {
             .collect()
     }
 
+    /// The files this template reads, whether or not they exist.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::File(p) => Some(p.as_path()),
+            _ => None,
+        })
+    }
+
     pub fn resolve(&self, env: EnvLookup<'_>) -> Result<Resolved, SecretError> {
         let mut value = String::new();
         let mut files = Vec::new();
