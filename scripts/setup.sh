@@ -6,7 +6,8 @@
 #   scripts/setup.sh --test    + curl, openssl, redis-server (shared limits),
 #                                promtool (package prometheus: /metrics lint),
 #                                python3 with the official openai/anthropic SDKs and
-#                                httpx, cargo-nextest
+#                                httpx, pytest and the Helm engine (helm-python-sdk)
+#                                for tests/deploy, binutils (objdump), cargo-nextest
 #   scripts/setup.sh --bench   + nginx, wrk (the load benchmark's yardsticks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,8 @@ if [ $want_test -eq 1 ]; then
   need openssl openssl
   need redis-server redis-server
   need promtool prometheus
+  need objdump binutils
+  need chroot coreutils
   need python3 python3
   python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 fi
@@ -56,6 +59,11 @@ if [ $want_test -eq 1 ]; then
     echo "setup: installing the Python packages the tests use (openai, anthropic, botocore, httpx)"
     python3 -m pip install -q --disable-pip-version-check -r tests/integration/clients/requirements.txt \
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages -r tests/integration/clients/requirements.txt
+  fi
+  if ! python3 -c 'import pytest, yaml, jsonschema, helm_python' >/dev/null 2>&1; then
+    echo "setup: installing the Python packages the deployment tests use (pytest, PyYAML, jsonschema, helm-python-sdk)"
+    python3 -m pip install -q --disable-pip-version-check -r tests/deploy/requirements.txt \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages -r tests/deploy/requirements.txt
   fi
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest"

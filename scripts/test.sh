@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the machine and runs every test: unit, integration (real servers on 127.0.0.1,
-# the official Python SDKs, curl), doc tests, plus formatting and lints.
+# the official Python SDKs, curl), doc tests, formatting and lints, then the deployment
+# tests (tests/deploy: the Helm chart with the real Helm engine, the pod run on loopback
+# with the kubelet's updates simulated, docs/kubernetes.md, and the container image's
+# binaries built with the Dockerfile's command and run from an empty root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -8,3 +11,5 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo nextest run --locked --no-fail-fast
 cargo test --locked --doc
+# Uses the debug binaries nextest just built; builds the release ones itself.
+python3 -m pytest -q tests/deploy

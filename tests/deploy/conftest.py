@@ -202,7 +202,7 @@ def procs(tmp_path):
 def mock(procs):
     """The mock provider, recording the requests it gets. Returns its address."""
     port = free_port()
-    procs([MOCK, "--listen", f"127.0.0.1:{port}", "--record", "500", "--chunks", "3", "--interval", "1ms"], "mock")
+    procs([MOCK, "--listen", f"127.0.0.1:{port}", "--record", "500", "--interval", "1ms"], "mock")
     addr = f"127.0.0.1:{port}"
     eventually("the mock answers", lambda: http_get(f"http://{addr}/_mock/health")[0] == 200)
     return addr
