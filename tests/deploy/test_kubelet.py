@@ -104,6 +104,18 @@ def test_configmap_update_and_key_rotation_apply_without_restart(tmp_path, procs
     kubelet_write(tmp_path / "config", {"sidecar.yaml": loopback(rendered_config(docs))}, 1)
     sidecar = start_sidecar(procs, docs, tmp_path)
     wait_ready(admin, sidecar)
+    # The classic pattern's postStart hook, as the kubelet runs it: no --url, so the
+    # admin address comes from the config file as the chart renders it (0.0.0.0:PORT,
+    # read as loopback).
+    classic = render(chart_values(tmp_path, mock, ports, {"nativeSidecar": False}))
+    _, hooked = container(pod_spec(classic), "llm-sidecar", "containers")
+    hook = hooked["lifecycle"]["postStart"]["exec"]["command"]
+    as_rendered = tmp_path / "as-rendered.yaml"
+    as_rendered.write_text(rendered_config(classic))
+    assert f"admin: 0.0.0.0:{ports['admin']}" in as_rendered.read_text()
+    r = subprocess.run([SIDECAR, *hook[1:]], env={"PATH": os.environ["PATH"], "LLM_SIDECAR_CONFIG": str(as_rendered)},
+                       capture_output=True, text=True, timeout=70)
+    assert r.returncode == 0 and r.stdout.strip() == f"http://{admin}/readyz: ready", r.stdout + r.stderr
 
     _, app = container(pod_spec(docs), "app", "containers")
     app_env = env_of(app)
