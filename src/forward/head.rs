@@ -235,6 +235,8 @@ fn split_authority(a: &str) -> Result<(String, Option<u16>), HeadError> {
         (ip.to_string(), port)
     } else {
         match a.rsplit_once(':') {
+            // An IPv6 address must be bracketed: "::1:443" and "a:b:443" are ambiguous.
+            Some((h, _)) if h.contains(':') => return Err(bad()),
             Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
             None => (a.to_ascii_lowercase(), None),
         }
@@ -252,6 +254,114 @@ fn split_authority(a: &str) -> Result<(String, Option<u16>), HeadError> {
         None => None,
     };
     Ok((host, port))
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests of the CONNECT / absolute-form parser (bounded: proptest's default
+    //! 256 cases each, with a fixed seed per run).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9]([a-zA-Z0-9-]{0,14}[a-zA-Z0-9])?"
+    }
+
+    fn host() -> impl Strategy<Value = String> {
+        proptest::collection::vec(label(), 1..4).prop_map(|l| l.join("."))
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse(&buf, 8192);
+        }
+
+        #[test]
+        fn request_like_bytes_never_panic(
+            method in "(CONNECT|GET|POST|[A-Z]{1,8})",
+            target in "[ -~]{0,80}",
+            headers in proptest::collection::vec(("[!-9;-~]{1,20}", "[ -~\t]{0,40}"), 0..6),
+            end in "(\r\n\r\n|\n\n|\r\n|)",
+        ) {
+            let mut raw = format!("{method} {target} HTTP/1.1\r\n");
+            for (n, v) in &headers {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str(&end);
+            match parse(raw.as_bytes(), 8192) {
+                Ok(Some((m, Target::Authority { host, port }, _, len))) => {
+                    prop_assert_eq!(m, "CONNECT");
+                    prop_assert!(port != 0 && !host.is_empty() && len <= raw.len());
+                    prop_assert!(!host.bytes().any(|b| b.is_ascii_uppercase() || b == b'@' || b == b' '));
+                    // What was accepted means one thing: written back, it parses the same.
+                    let again = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                    let back = parse(format!("CONNECT {again} HTTP/1.1\r\n\r\n").as_bytes(), 8192);
+                    prop_assert!(
+                        matches!(&back, Ok(Some((_, Target::Authority { host: h2, port: p2 }, _, _))) if *h2 == host && *p2 == port),
+                        "{target} -> {host}:{port} -> {back:?}"
+                    );
+                }
+                Ok(Some((m, Target::Absolute { host, port, path_and_query }, _, _))) => {
+                    prop_assert_ne!(m, "CONNECT");
+                    prop_assert!(port != 0 && !host.is_empty());
+                    prop_assert!(path_and_query.starts_with('/'));
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn connect_heads_parse_to_their_target_and_prefixes_wait_for_more(
+            h in host(),
+            port in 1u16..,
+            extra in proptest::collection::vec(("[a-zA-Z][a-zA-Z0-9-]{0,15}", "[!-~]{0,30}"), 0..5),
+        ) {
+            let mut raw = format!("CONNECT {h}:{port} HTTP/1.1\r\nHost: {h}:{port}\r\n");
+            for (n, v) in &extra {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str("\r\n");
+            let (m, target, headers, len) = parse(raw.as_bytes(), 8192).unwrap().unwrap();
+            prop_assert_eq!(m, "CONNECT");
+            prop_assert_eq!(target, Target::Authority { host: h.to_ascii_lowercase(), port });
+            prop_assert_eq!(headers.len(), extra.len() + 1);
+            prop_assert_eq!(len, raw.len());
+            for cut in 0..raw.len() {
+                prop_assert!(
+                    matches!(parse(&raw.as_bytes()[..cut], 8192), Ok(None)),
+                    "a prefix of {} bytes is not complete", cut
+                );
+            }
+            // The head limit holds whatever the content.
+            prop_assert!(matches!(parse(raw.as_bytes(), len - 1), Err(HeadError::TooLarge(_))));
+        }
+
+        #[test]
+        fn ipv6_connect_targets_round_trip(ip in any::<std::net::Ipv6Addr>(), port in 1u16..) {
+            let raw = format!("CONNECT [{ip}]:{port} HTTP/1.1\r\n\r\n");
+            let (_, target, _, _) = parse(raw.as_bytes(), 8192).unwrap().unwrap();
+            prop_assert_eq!(target, Target::Authority { host: ip.to_string(), port });
+        }
+
+        #[test]
+        fn absolute_form_keeps_path_and_query(
+            h in host(),
+            port in proptest::option::of(1u16..),
+            path in "(/[a-zA-Z0-9._~-]{0,12}){1,4}",
+            query in proptest::option::of("[a-zA-Z0-9=&_-]{0,30}"),
+        ) {
+            let authority = match port { Some(p) => format!("{h}:{p}"), None => h.clone() };
+            let pq = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
+            let raw = format!("POST http://{authority}{pq} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+            let (_, target, _, _) = parse(raw.as_bytes(), 8192).unwrap().unwrap();
+            prop_assert_eq!(target, Target::Absolute {
+                host: h.to_ascii_lowercase(),
+                port: port.unwrap_or(80),
+                path_and_query: pq,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +397,8 @@ mod tests {
             b"CONNECT user@a.com:443 HTTP/1.1\r\n\r\n",
             b"CONNECT [::1:443 HTTP/1.1\r\n\r\n",
             b"CONNECT a b.com:443 HTTP/1.1\r\n\r\n",
+            b"CONNECT ::1:443 HTTP/1.1\r\n\r\n",
+            b"CONNECT a:b:443 HTTP/1.1\r\n\r\n",
         ] {
             assert!(
                 matches!(head(bad).await, Err(HeadError::Malformed(_))),

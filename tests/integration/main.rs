@@ -11,6 +11,7 @@ mod clients;
 mod conf_files;
 mod docs;
 mod forward;
+mod fuzz;
 mod limits;
 mod observability;
 mod proxy;
