@@ -10,7 +10,6 @@ to load for its shape: unknown keys, wrong types, missing required keys.
 run it so the chart cannot drift from the sidecar's schema).
 """
 import argparse
-import copy
 import json
 import pathlib
 import subprocess
@@ -170,7 +169,7 @@ def chart_schema(config):
 def build(binary):
     sidecar = json.loads(subprocess.run([binary, "schema"], check=True, capture_output=True, text=True).stdout)
     defs = sidecar.pop("$defs")
-    config = copy.deepcopy(sidecar)
+    config = sidecar
     for k in ("$schema", "title"):
         config.pop(k, None)
     # The chart writes listeners from .Values.ports.

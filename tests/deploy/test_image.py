@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -79,7 +78,7 @@ def test_dockerfile_structure():
     entry = [r for w, r in rt if w == "ENTRYPOINT"]
     assert entry == ['["/usr/local/bin/llm-sidecar"]'], "exec form, so signals reach the sidecar"
     # The dependency layer is built before the sources are copied in.
-    words = [(w, r) for w, r in builder[2]]
+    words = builder[2]
     first_src = next(i for i, (w, r) in enumerate(words) if w == "COPY" and r.startswith("src"))
     first_build = next(i for i, (w, r) in enumerate(words) if w == "RUN" and "cargo build" in r)
     assert first_build < first_src

@@ -10,11 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-import yaml
-
 from conftest import (
     SIDECAR,
     container,
+    deep_merge,
     env_of,
     eventually,
     find,
@@ -57,11 +56,7 @@ def chart_values(tmp_path, mock, ports, extra=None):
             "server": {"reload_debounce": "100ms"},
         },
     }
-    if extra:
-        from conftest import deep_merge
-
-        v = deep_merge(v, extra)
-    return v
+    return deep_merge(v, extra) if extra else v
 
 
 def loopback(config_text):
