@@ -22,7 +22,7 @@ use crate::config::{ConfigStore, ReloadOutcome};
 use crate::forward::ForwardFront;
 use crate::observability::audit::AuditLog;
 use crate::observability::otlp::Spans;
-use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
+use crate::proxy::SidecarProxy;
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
@@ -34,6 +34,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service as _;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch as tokio_watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How the server is started.
@@ -256,6 +258,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
         "llm-sidecar reverse".to_string(),
         Front {
             proxy: proxy.clone(),
+            store: store.clone(),
             connections: connections.clone(),
             hard_stop: hard_stop.clone(),
         },
@@ -377,6 +380,7 @@ fn spawn_signal_handlers(
 /// drain waits for them) and can cut them all at once when the grace period runs out.
 struct Front {
     proxy: Arc<Proxy>,
+    store: Arc<ConfigStore>,
     connections: Arc<Connections>,
     hard_stop: CancellationToken,
 }
@@ -396,7 +400,11 @@ impl Front {
     /// does a connection that sends nothing, holding up shutdown. This reads only until
     /// the bytes stop matching the HTTP/2 preface, gives up after
     /// [`CLIENT_READ_TIMEOUT`] or at shutdown, and puts the bytes back.
-    async fn first_bytes(stream: Stream, shutdown: &ShutdownWatch) -> Option<FirstBytes> {
+    async fn first_bytes(
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        deadline: Instant,
+    ) -> Option<FirstBytes> {
         use tokio::io::AsyncReadExt;
         let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(s) => s,
@@ -406,7 +414,6 @@ impl Front {
         let mut buf = [0u8; 24];
         let mut n = 0;
         let mut shutdown = shutdown.clone();
-        let deadline = tokio::time::Instant::now() + CLIENT_READ_TIMEOUT;
         let is_h2 = loop {
             if *shutdown.borrow() {
                 return None;
@@ -439,16 +446,110 @@ impl Front {
 
 /// Pingora's HTTP/1 keep-alive loop (as in its `ServerApp` for HTTP apps), entered after
 /// the sidecar's own protocol check (reverse listener) or TLS interception (forward).
-pub(crate) async fn serve_http1(proxy: &Arc<Proxy>, stream: Stream, shutdown: &ShutdownWatch) {
+///
+/// Each request head must be complete by `head_deadline` (the first one) or within
+/// `request.header_timeout` of its first byte (the next ones on a keep-alive connection):
+/// Pingora's own read timeout restarts on every byte, so a client trickling a header a
+/// byte at a time would otherwise hold its connection for ever. A connection that misses
+/// the deadline is closed without an answer, as nginx does.
+pub(crate) async fn serve_http1(
+    proxy: &Arc<Proxy>,
+    store: &ConfigStore,
+    stream: Stream,
+    shutdown: &ShutdownWatch,
+    head_deadline: Instant,
+) {
     let mut session = ServerSession::new_http1(stream);
-    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-    let mut reused = proxy.process_new_http(session, shutdown).await;
-    while let Some((stream, persistent)) = reused.map(|r| r.consume()) {
-        let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(if *shutdown.borrow() {
+        None
+    } else {
+        Some(KEEPALIVE_SECS)
+    });
+    let mut deadline = head_deadline;
+    loop {
+        let served = HEAD_READ
+            .scope(Cell::new(false), async {
+                tokio::select! {
+                    reused = proxy.process_new_http(session, shutdown) => Some(reused),
+                    () = head_overdue(deadline) => None,
+                }
+            })
+            .await;
+        let reused = match served {
+            Some(Some(reused)) => reused,
+            Some(None) => return,
+            None => {
+                tracing::debug!("closing a connection whose request head was not complete in time (request.header_timeout)");
+                return;
+            }
+        };
+        let (mut stream, persistent) = reused.consume();
+        let header_timeout = store.load().guards.header_timeout;
+        deadline = match next_request(&mut stream, shutdown).await {
+            NextRequest::Started => Instant::now() + header_timeout,
+            NextRequest::Unknown => {
+                Instant::now() + Duration::from_secs(KEEPALIVE_SECS) + header_timeout
+            }
+            NextRequest::None => return,
+        };
+        session = ServerSession::new_http1(stream);
         if let Some(p) = persistent {
             p.apply_to_session(&mut session);
         }
-        reused = proxy.process_new_http(session, shutdown).await;
+    }
+}
+
+/// Keep-alive idle limit between requests, in seconds.
+const KEEPALIVE_SECS: u64 = 60;
+
+tokio::task_local! {
+    /// Whether the request being served on this connection has its whole head: set from
+    /// the proxy's first hook, read by [`head_overdue`].
+    static HEAD_READ: Cell<bool>;
+}
+
+/// Tells [`serve_http1`] that the current request's head has been read. Called from the
+/// proxy's first hook; a no-op outside `serve_http1` (HTTP/2 streams).
+pub(crate) fn head_read() {
+    let _ = HEAD_READ.try_with(|h| h.set(true));
+}
+
+/// Completes at `deadline` unless the head was read by then; otherwise never.
+async fn head_overdue(deadline: Instant) {
+    tokio::time::sleep_until(deadline).await;
+    if HEAD_READ.try_with(Cell::get).unwrap_or(true) {
+        std::future::pending::<()>().await;
+    }
+}
+
+enum NextRequest {
+    /// A byte of the next request has arrived.
+    Started,
+    /// The stream cannot be peeked (TLS): the next head's clock includes the idle wait.
+    Unknown,
+    /// Closed, idle for too long, or shutting down.
+    None,
+}
+
+/// Waits on a keep-alive connection for the first byte of the next request.
+async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> NextRequest {
+    let mut shutdown = shutdown.clone();
+    let mut byte = [0u8; 1];
+    let idle = tokio::time::sleep(Duration::from_secs(KEEPALIVE_SECS));
+    tokio::pin!(idle);
+    loop {
+        if *shutdown.borrow() {
+            return NextRequest::None;
+        }
+        tokio::select! {
+            peeked = stream.try_peek(&mut byte) => return match peeked {
+                Ok(true) => NextRequest::Started,
+                Ok(false) => NextRequest::Unknown,
+                Err(_) => NextRequest::None,
+            },
+            changed = shutdown.changed() => if changed.is_err() { return NextRequest::None },
+            () = &mut idle => return NextRequest::None,
+        }
     }
 }
 
@@ -459,9 +560,14 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The first request's head, from accept: a connection that sends nothing, or
+        // trickles, is closed after `request.header_timeout`.
+        let head_deadline = Instant::now() + self.store.load().guards.header_timeout;
         let serve = async {
-            match Self::first_bytes(stream, shutdown).await {
-                Some(FirstBytes::Http1(s)) => serve_http1(&self.proxy, s, shutdown).await,
+            match Self::first_bytes(stream, shutdown, head_deadline).await {
+                Some(FirstBytes::Http1(s)) => {
+                    serve_http1(&self.proxy, &self.store, s, shutdown, head_deadline).await
+                }
                 // h2c is on in Pingora's options; its 24-byte check now returns at once
                 // from the rewound bytes and it runs its HTTP/2 loop.
                 Some(FirstBytes::Http2(s)) => {

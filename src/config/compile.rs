@@ -67,6 +67,8 @@ pub struct StartupSettings {
 pub struct Guards {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 /// A route's provider: ready to serve, or disabled because an `optional` provider's
@@ -396,9 +398,19 @@ impl<'a> Compiler<'a> {
                 "must be at most 1GiB (bodies are held in memory)",
             );
         }
+        for (key, d) in [
+            ("request.header_timeout", r.header_timeout.get()),
+            ("request.body_timeout", r.body_timeout.get()),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                self.errs.push(key, "must be between 100ms and 1h");
+            }
+        }
         Guards {
             max_header_bytes: usize::try_from(h).unwrap_or(usize::MAX),
             max_body_bytes: usize::try_from(b).unwrap_or(usize::MAX),
+            header_timeout: r.header_timeout.get(),
+            body_timeout: r.body_timeout.get(),
         }
     }
 

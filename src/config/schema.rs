@@ -209,6 +209,13 @@ pub struct RequestGuards {
     /// the provider's own credential is added.
     #[serde(default = "default_strip_credentials")]
     pub strip_credentials: Vec<String>,
+    /// How long a client has to send a whole request head (request line and headers),
+    /// counted from its first byte; a connection that takes longer is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// The longest silence while the request body is being read; a longer one gets 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: HumanDuration,
 }
 
 impl Default for RequestGuards {
@@ -217,8 +224,17 @@ impl Default for RequestGuards {
             max_header_bytes: default_max_header(),
             max_body_bytes: default_max_body(),
             strip_credentials: default_strip_credentials(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
         }
     }
+}
+
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 
 fn default_max_header() -> ByteSize {

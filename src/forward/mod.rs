@@ -541,7 +541,8 @@ impl ForwardFront {
             // Pingora's HTTP app sees ALPN h2 on the stream and runs its HTTP/2 loop.
             self.proxy.process_new(stream, shutdown).await;
         } else {
-            crate::server::serve_http1(&self.proxy, stream, shutdown).await;
+            let deadline = tokio::time::Instant::now() + self.store.load().guards.header_timeout;
+            crate::server::serve_http1(&self.proxy, &self.store, stream, shutdown, deadline).await;
         }
     }
 

@@ -42,6 +42,8 @@ pub enum Cause {
     BadFraming,
     BadPath,
     BadRequest,
+    /// The client went silent while sending its request body.
+    ClientTimeout,
     UpstreamDns,
     ConnectTimeout,
     UpstreamConnect,
@@ -83,6 +85,7 @@ impl Cause {
             Cause::BadFraming => "bad_framing",
             Cause::BadPath => "bad_path",
             Cause::BadRequest => "bad_request",
+            Cause::ClientTimeout => "client_timeout",
             Cause::UpstreamDns => "upstream_dns",
             Cause::ConnectTimeout => "upstream_timeout_connect",
             Cause::UpstreamConnect => "upstream_connect",
@@ -128,6 +131,7 @@ impl Cause {
             Cause::HeadersTooLarge => 431,
             Cause::BodyTooLarge => 413,
             Cause::BadFraming | Cause::BadPath | Cause::BadRequest => 400,
+            Cause::ClientTimeout => 408,
             Cause::UpstreamDns
             | Cause::UpstreamConnect
             | Cause::UpstreamTls

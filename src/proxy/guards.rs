@@ -4,7 +4,7 @@
 use super::errors::{Cause, SidecarError};
 use crate::config::compile::Guards;
 use crate::routing::has_dot_segment;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use pingora::http::RequestHeader;
 
 /// Bytes of the request line and headers, as they would appear in HTTP/1.1.
@@ -72,26 +72,99 @@ pub fn check(
             ));
         }
     }
-    if has_te {
-        let chunked_last = req
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|s| s.trim().eq_ignore_ascii_case("chunked"));
-        if !chunked_last {
+    if let Some(name) = connection_names_end_to_end(req) {
+        return Err(SidecarError::new(
+            Cause::BadRequest,
+            format!("Connection names {name}, which is not a hop-by-hop header"),
+        ));
+    }
+    // `Upgrade: h2c` may be ignored (RFC 9113 §3.1: curl sends it on http:// URLs); any
+    // other upgrade would need the connection handed over, which the sidecar never does.
+    if let Some(up) = req.headers.get(UPGRADE) {
+        if !up.as_bytes().eq_ignore_ascii_case(b"h2c") {
             return Err(SidecarError::new(
-                Cause::BadFraming,
-                "Transfer-Encoding must end with chunked",
+                Cause::BadRequest,
+                format!(
+                    "this sidecar does not proxy protocol upgrades (Upgrade: {})",
+                    String::from_utf8_lossy(up.as_bytes())
+                ),
             ));
         }
+    }
+    if has_te && !chunked_once_and_last(req) {
+        return Err(SidecarError::new(
+            Cause::BadFraming,
+            "Transfer-Encoding must name chunked exactly once, as the last coding",
+        ));
+    }
+    if let Some(raw) = raw_h1 {
+        check_raw_head(raw)?;
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(HOST) {
+            return Err(SidecarError::new(
+                Cause::BadRequest,
+                "an HTTP/1.1 request must carry a Host header",
+            ));
+        }
+    }
+    if req.raw_path().contains(&b'#') {
+        return Err(SidecarError::new(
+            Cause::BadPath,
+            "request target must not contain a fragment (#)",
+        ));
     }
     if has_dot_segment(req.uri.path()) {
         return Err(SidecarError::new(
             Cause::BadPath,
             "request path must not contain . or .. segments",
+        ));
+    }
+    Ok(())
+}
+
+/// True when the Transfer-Encoding values, read as one list, name `chunked` once and last
+/// (`chunked, chunked` would be framed twice; `chunked, gzip` cannot be framed).
+fn chunked_once_and_last(req: &RequestHeader) -> bool {
+    let mut chunked = 0;
+    let mut last_is_chunked = false;
+    for v in req.headers.get_all(TRANSFER_ENCODING) {
+        let Ok(v) = v.to_str() else { return false };
+        for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            last_is_chunked = coding.eq_ignore_ascii_case("chunked");
+            chunked += usize::from(last_is_chunked);
+        }
+    }
+    chunked == 1 && last_is_chunked
+}
+
+/// A header that `Connection` must never name: a proxy honouring the option would drop
+/// the message's framing or its target.
+fn connection_names_end_to_end(req: &RequestHeader) -> Option<&'static str> {
+    const NEVER: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+    req.headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|t| NEVER.into_iter().find(|n| t.trim().eq_ignore_ascii_case(n)))
+}
+
+/// RFC 9112 lets a recipient accept a bare LF as a line end; a proxy that did, in front of
+/// a server that does not, would let a client hide a header line from one of them. The
+/// head must use CRLF throughout, with no stray CR.
+pub fn check_raw_head(raw: &[u8]) -> Result<(), SidecarError> {
+    let bare_lf = memchr::memchr_iter(b'\n', raw).any(|i| i == 0 || raw[i - 1] != b'\r');
+    let bare_cr = memchr::memchr_iter(b'\r', raw).any(|i| raw.get(i + 1) != Some(&b'\n'));
+    if bare_lf || bare_cr {
+        return Err(SidecarError::new(
+            Cause::BadFraming,
+            "request head has a line that does not end in CRLF",
+        ));
+    }
+    let request_line = &raw[..memchr::memchr(b'\r', raw).unwrap_or(raw.len())];
+    if request_line.contains(&b'#') {
+        return Err(SidecarError::new(
+            Cause::BadPath,
+            "request target must not contain a fragment (#)",
         ));
     }
     Ok(())
@@ -125,6 +198,8 @@ mod tests {
         Guards {
             max_header_bytes: 2048,
             max_body_bytes: 100,
+            header_timeout: std::time::Duration::from_secs(1),
+            body_timeout: std::time::Duration::from_secs(1),
         }
     }
 

@@ -30,7 +30,7 @@ pub mod errors;
 pub mod guards;
 
 use crate::auth::{AcquireError, Auth, Credential, SignContext, Verdict};
-use crate::config::compile::Target;
+use crate::config::compile::{Guards, Target};
 use crate::config::{ConfigStore, Snapshot};
 use crate::forward::ForwardConn;
 use crate::observability::audit::{AuditLog, Record as AuditRecord};
@@ -372,12 +372,10 @@ impl SidecarProxy {
     ) -> Result<bool> {
         x.trace = Some(TraceContext::from_headers(&session.req_header().headers));
         x.auditing = self.audit.is_some();
-        let raw_h1 = match session.downstream_session.as_http1() {
-            Some(_) if session.req_header().headers.contains_key(TRANSFER_ENCODING) => {
-                Some(session.downstream_session.to_h1_raw())
-            }
-            _ => None,
-        };
+        let raw_h1 = session
+            .downstream_session
+            .as_http1()
+            .map(|_| session.downstream_session.to_h1_raw());
         let req = session.req_header();
         if let Err(e) = guards::check(req, raw_h1.as_deref(), &snap.guards) {
             let style = ErrorStyle::guess(req);
@@ -485,10 +483,27 @@ impl SidecarProxy {
         if expects_continue {
             session.downstream_session.write_continue_response().await?;
         }
-        let body = match read_body(session, snap.guards.max_body_bytes).await {
+        let body = match read_body(session, &snap.guards).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 let e = guards::body_too_large(snap.guards.max_body_bytes);
+                return self.answer(session, x, style, e, false).await;
+            }
+            Err(BodyError::Timeout) => {
+                let e = SidecarError::new(
+                    Cause::ClientTimeout,
+                    format!(
+                        "the request body stalled for {} (request.body_timeout)",
+                        humantime::format_duration(snap.guards.body_timeout)
+                    ),
+                );
+                return self.answer(session, x, style, e, false).await;
+            }
+            Err(BodyError::Malformed(why)) => {
+                let e = SidecarError::new(
+                    Cause::BadFraming,
+                    format!("the request body is not valid chunked encoding ({why})"),
+                );
                 return self.answer(session, x, style, e, false).await;
             }
             Err(BodyError::Client(e)) => {
@@ -1303,25 +1318,51 @@ fn tenant_error(e: TenantError) -> SidecarError {
 
 enum BodyError {
     TooLarge,
+    /// Silent for longer than `request.body_timeout`.
+    Timeout,
+    /// Bad chunked framing; Pingora's own description.
+    Malformed(String),
+    /// The client hung up or its connection failed.
     Client(Box<Error>),
+}
+
+impl BodyError {
+    fn from_read(e: Box<Error>) -> BodyError {
+        match e.etype() {
+            ErrorType::ReadTimedout => BodyError::Timeout,
+            ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => {
+                BodyError::Malformed(
+                    e.context
+                        .as_ref()
+                        .map(|c| c.as_str().to_owned())
+                        .unwrap_or_default(),
+                )
+            }
+            _ => BodyError::Client(e),
+        }
+    }
 }
 
 /// Reads the whole request body, refusing it past `max` bytes. A body that arrives in one
 /// piece (the usual case) is kept without copying.
-async fn read_body(session: &mut Session, max: usize) -> std::result::Result<Bytes, BodyError> {
+async fn read_body(
+    session: &mut Session,
+    guards: &Guards,
+) -> std::result::Result<Bytes, BodyError> {
     if session.is_body_empty() {
         return Ok(Bytes::new());
     }
+    let max = guards.max_body_bytes;
     session
         .downstream_session
-        .set_read_timeout(Some(CLIENT_READ_TIMEOUT));
+        .set_read_timeout(Some(guards.body_timeout));
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
     let mut total = 0usize;
     while let Some(chunk) = session
         .read_request_body()
         .await
-        .map_err(BodyError::Client)?
+        .map_err(BodyError::from_read)?
     {
         total += chunk.len();
         if total > max {
@@ -1377,6 +1418,7 @@ impl ProxyHttp for SidecarProxy {
     /// Runs first for every request. Exchanges load the config snapshot they will use to
     /// the end; attempts pick up the plan their exchange prepared.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        crate::server::head_read();
         if let Some(plan) = attempt_plan(session) {
             // The subrequest parsed the client's original head; its body reader frames
             // by this header (read lazily, after this hook), and a fallback may send a

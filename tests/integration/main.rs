@@ -12,6 +12,7 @@ mod conf_files;
 mod docs;
 mod forward;
 mod fuzz;
+mod hostile;
 mod limits;
 mod observability;
 mod proxy;
