@@ -34,6 +34,19 @@ use tokio::time::Instant;
 /// Bodies go to the subrequest in slices of this size.
 const BODY_SLICE: usize = 256 * 1024;
 
+/// A provider's response head (status line and headers) larger than this is a protocol
+/// error (502): SDKs choke on far less (Python's h11 stops at 16 KiB by default), and a
+/// head this size is a broken or hostile upstream, not an answer to pass on.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+fn response_head_bytes(h: &pingora::http::ResponseHeader) -> usize {
+    15 + h
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
 /// How one attempt ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -187,6 +200,16 @@ pub async fn run(
                             proxy_error.get_or_insert(e);
                         }
                         HttpTask::Header(h, end) => {
+                            let head = response_head_bytes(&h);
+                            if head > MAX_RESPONSE_HEAD {
+                                return Outcome::NotStarted {
+                                    error: SidecarError::new(
+                                        Cause::UpstreamProtocol,
+                                        format!("the provider's response header is {head} bytes, above the sidecar's limit of {MAX_RESPONSE_HEAD}"),
+                                    ),
+                                    stale_connection: false,
+                                };
+                            }
                             let code = h.status.as_u16();
                             let retry_after = crate::auth::retry_after(&h.headers);
                             plan.report.set_answer(code, retry_after);

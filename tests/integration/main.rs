@@ -10,6 +10,7 @@ mod auth;
 mod clients;
 mod conf_files;
 mod docs;
+mod faults;
 mod forward;
 mod fuzz;
 mod hostile;
