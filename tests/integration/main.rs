@@ -25,3 +25,4 @@ mod shared_limits;
 mod shutdown;
 mod streaming;
 mod tls;
+mod under_load;
