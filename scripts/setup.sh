@@ -7,7 +7,8 @@
 #                                promtool (package prometheus: /metrics lint),
 #                                python3 with the official openai/anthropic SDKs and
 #                                httpx, pytest and the Helm engine (helm-python-sdk)
-#                                for tests/deploy, binutils (objdump), cargo-nextest
+#                                for tests/deploy, binutils (objdump), cargo-nextest,
+#                                wrk (tests/soak.sh)
 #   scripts/setup.sh --bench   + nginx, wrk (the load benchmark's yardsticks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ if [ $want_test -eq 1 ]; then
   need promtool prometheus
   need objdump binutils
   need chroot coreutils
+  need wrk wrk
   need python3 python3
   python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 fi

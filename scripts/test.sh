@@ -3,7 +3,8 @@
 # the official Python SDKs, curl), doc tests, formatting and lints, then the deployment
 # tests (tests/deploy: the Helm chart with the real Helm engine, the pod run on loopback
 # with the kubelet's updates simulated, docs/kubernetes.md, and the container image's
-# binaries built with the Dockerfile's command and run from an empty root).
+# binaries built with the Dockerfile's command and run from an empty root), then the
+# soak (tests/soak.sh: a million requests, RSS within 10%).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -13,3 +14,5 @@ cargo nextest run --locked --no-fail-fast
 cargo test --locked --doc
 # Uses the debug binaries nextest just built; builds the release ones itself.
 python3 -m pytest -q tests/deploy
+# One million mixed requests through the release binary; RSS must stay flat.
+tests/soak.sh
