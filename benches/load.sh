@@ -1,92 +1,99 @@
 #!/usr/bin/env bash
-# Load benchmark: the same small JSON chat completion served
-#   1. direct from the upstream (nginx returning a static body: the ceiling),
-#   2. through nginx proxy_pass with upstream keepalive (a C proxy doing the least work),
-#   3. through llm-sidecar (route match, credential and tenant injection, metrics),
-#   4. the same with limits on (a request rate, a reserved-and-reconciled token budget
-#      and a concurrency cap, all generous enough never to refuse),
-# measured in one run on this machine with wrk, and reported as requests/s, latency
-# p50/p99, and the sidecar's ratios to the other two.
+# The load benchmark behind BENCHMARKS.md: one command, one run, one machine.
 #
-#   benches/load.sh                 # 10 s per measurement, 64 connections
-#   DURATION=30s CONNS=128 benches/load.sh
+#   benches/load.sh                      # ~8 minutes; rewrites BENCHMARKS.md
+#   DURATION=5s STREAMS=1000 benches/load.sh
 #
-# CPU pinning (when taskset exists): the proxy under test gets CPU 0; the upstream and
-# wrk share CPU 1 in every scenario, direct included, so the numbers compare. nginx
-# runs one worker and the sidecar one worker thread. Results are also written to
-# benches/results/load-<time>.md.
+# Targets, all measured in this run:
+#   direct        the upstream itself: nginx returning a static JSON body, or the mock
+#                 provider (release build) streaming SSE
+#   nginx         nginx proxy_pass with upstream keepalive (proxy_buffering off for SSE),
+#                 setting the same credential and tenant header the sidecar sets
+#   pingora       examples/pingora_floor: the smallest Pingora proxy doing the same (the
+#                 framework's own cost, for reference)
+#   sidecar       llm-sidecar in pass-through: route, credential and tenant header,
+#                 metrics (always on), usage counting
+#   sidecar-full  the same plus limits (request rate, token budget, concurrency) and the
+#                 audit log writing every request with both bodies, redacted
+#
+# Measured for each: requests/s at saturation (wrk, 64 connections) with p50/p99/p99.9;
+# p50/p99/p99.9 at fixed offered rates (oha -q): half of direct's maximum, as the targets
+# define it, and half of sidecar-full's maximum, which every target can sustain; the
+# same for SSE streams (8 events each) from the mock; SSE time to first token and the
+# gap between events, one stream at a time; RSS idle and with STREAMS concurrent open
+# SSE streams; CPU seconds per 100k requests (the proxy's utime+stime over the
+# saturation run).
+#
+# Pinning (taskset): every proxy on CPU 0; the upstream, the mock and the load generator
+# on CPU 1, in every scenario, direct included. nginx runs one worker, the sidecar and
+# the Pingora floor one worker thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
-CONNS=${CONNS:-64}
 WARMUP=${WARMUP:-3s}
+CONNS=${CONNS:-64}
+STREAMS=${STREAMS:-5000}
+OUT=${OUT:-BENCHMARKS.md}
 
 scripts/setup.sh --bench >/dev/null
-cargo build --release --locked --bins >/dev/null 2>&1 || cargo build --release --locked --bins
+command -v oha >/dev/null || cargo install oha --locked
+cargo build --release --locked --bins --example pingora_floor >/dev/null 2>&1 \
+  || cargo build --release --locked --bins --example pingora_floor
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/up.pid" ] && kill "$(cat "$work/up.pid")" 2>/dev/null || true
-  [ -f "$work/px.pid" ] && kill "$(cat "$work/px.pid")" 2>/dev/null || true
+  for f in up px; do [ -f "$work/$f.pid" ] && kill "$(cat "$work/$f.pid")" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Pinning prefixes; taskset execs its command, so `$!` of a backgrounded one is the
-# pinned process itself.
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then CPU0=(taskset -c 0); CPU1=(taskset -c 1); else CPU0=(); CPU1=(); fi
-
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADMIN=$(free_port); SCL=$(free_port); ADMINL=$(free_port); SCA=$(free_port); ADMINA=$(free_port)
+UP=$(free_port); MOCK=$(free_port); NGX=$(free_port); FLOOR=$(free_port); FLOOR_SSE=$(free_port)
+SC=$(free_port); SC_ADMIN=$(free_port); FULL=$(free_port); FULL_ADMIN=$(free_port)
 
 body='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
 
 mkdir -p "$work/logs"
+nginx_common="error_log $work/logs/nginx.err warn;
+events { worker_connections 20000; }
+worker_rlimit_nofile 40000;"
+http_common="access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/cb; proxy_temp_path $work/pt; fastcgi_temp_path $work/ft; uwsgi_temp_path $work/ut; scgi_temp_path $work/st;"
 cat > "$work/up.conf" <<EOF
-worker_processes 1;
-daemon on;
-pid $work/up.pid;
-error_log $work/logs/up.err warn;
-events { worker_connections 8192; }
+worker_processes 1; daemon on; pid $work/up.pid;
+$nginx_common
 http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/cb; proxy_temp_path $work/pt; fastcgi_temp_path $work/ft; uwsgi_temp_path $work/ut; scgi_temp_path $work/st;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { default_type application/json; return 200 '$body'; }
-  }
+  $http_common
+  server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$body'; } }
 }
 EOF
 cat > "$work/px.conf" <<EOF
-worker_processes 1;
-daemon on;
-pid $work/px.pid;
-error_log $work/logs/px.err warn;
-events { worker_connections 8192; }
+worker_processes 1; daemon on; pid $work/px.pid;
+$nginx_common
 http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/cb; proxy_temp_path $work/pt; fastcgi_temp_path $work/ft; uwsgi_temp_path $work/ut; scgi_temp_path $work/st;
+  $http_common
   upstream llm { server 127.0.0.1:$UP; keepalive 256; }
+  upstream sse { server 127.0.0.1:$MOCK; keepalive 256; }
   server {
     listen 127.0.0.1:$NGX;
-    location /openai/v1/ {
-      proxy_pass http://llm/v1/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer sk-bench";
-      proxy_set_header x-llm-sidecar-tenant "bench";
-    }
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Authorization "Bearer sk-bench";
+    proxy_set_header x-llm-sidecar-tenant "bench";
+    location /openai/v1/ { proxy_pass http://llm/v1/; }
+    location /sse/v1/ { proxy_pass http://sse/v1/; proxy_buffering off; proxy_read_timeout 300s; }
   }
 }
 EOF
-cat > "$work/sidecar.yaml" <<EOF
+sidecar_conf() { # $1 listen $2 admin
+  cat <<EOF
 version: 1
-listeners: { reverse: "127.0.0.1:$SC", admin: "127.0.0.1:$ADMIN" }
+listeners: { reverse: "127.0.0.1:$1", admin: "127.0.0.1:$2" }
 server: { threads: 1, upstream_pool_size: 256 }
 log: { level: warn }
 tenant: { id: bench, headers: { x-llm-sidecar-tenant: "{tenant}" } }
@@ -95,92 +102,283 @@ providers:
     kind: openai
     base_url: http://127.0.0.1:$UP/v1
     auth: { type: bearer, token: sk-bench }
+  mock:
+    kind: openai
+    base_url: http://127.0.0.1:$MOCK/v1
+    auth: { type: bearer, token: sk-bench }
+    timeouts: { total: 10m }
 routes:
-  - match: { path_prefix: /openai/v1 }
-    provider: upstream
 EOF
-sed -e "s/127.0.0.1:$SC\"/127.0.0.1:$SCL\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMINL\"/" "$work/sidecar.yaml" > "$work/sidecar-limits.yaml"
-cat >> "$work/sidecar-limits.yaml" <<EOF
+}
+{ sidecar_conf "$SC" "$SC_ADMIN"; cat <<EOF
+  - { match: { path_prefix: /openai/v1 }, provider: upstream }
+  - { match: { path_prefix: /sse/v1 }, provider: mock }
+EOF
+} > "$work/sidecar.yaml"
+{ sidecar_conf "$FULL" "$FULL_ADMIN"; cat <<EOF
+  - { match: { path_prefix: /openai/v1 }, provider: upstream, audit_bodies: { max_bytes: 16KiB } }
+  - { match: { path_prefix: /sse/v1 }, provider: mock, audit_bodies: { max_bytes: 16KiB } }
 limits:
   rules:
     - { name: rate, scope: [tenant], requests: { rate: 10000000/s, burst: 10000000 } }
     - { name: budget, scope: [tenant, route], tokens: { limit: 100000000000, per: 1h } }
     - { name: slots, concurrency: { max: 100000 } }
-EOF
-# audit log on: every request written (redacted, hash-chained) with both bodies
-sed -e "s/127.0.0.1:$SC\"/127.0.0.1:$SCA\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMINA\"/" \
-  -e "s|^    provider: upstream$|    provider: upstream\n    audit_bodies: { max_bytes: 16KiB }|" "$work/sidecar.yaml" > "$work/sidecar-audit.yaml"
-cat >> "$work/sidecar-audit.yaml" <<EOF
 audit: { output: file, path: $work/audit.jsonl, queue: 65536, max_size: 64MiB, max_files: 2 }
 EOF
-cat > "$work/post.lua" <<'EOF'
+} > "$work/full.yaml"
+
+"${CPU1[@]}" nginx -c "$work/up.conf"
+"${CPU0[@]}" nginx -c "$work/px.conf"
+"${CPU1[@]}" target/release/llm-sidecar-mock --listen "127.0.0.1:$MOCK" --interval 0ms --chunks 8 >"$work/logs/mock.log" 2>&1 &
+pids+=($!)
+"${CPU0[@]}" target/release/examples/pingora_floor "127.0.0.1:$FLOOR" "127.0.0.1:$UP" 2>"$work/logs/floor.err" &
+pids+=($!)
+"${CPU0[@]}" target/release/examples/pingora_floor "127.0.0.1:$FLOOR_SSE" "127.0.0.1:$MOCK" 2>"$work/logs/floor-sse.err" &
+pids+=($!)
+"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar.yaml" 2>"$work/logs/sidecar.err" &
+SC_PID=$!; pids+=($SC_PID)
+"${CPU0[@]}" target/release/llm-sidecar run -c "$work/full.yaml" 2>"$work/logs/full.err" &
+FULL_PID=$!; pids+=($FULL_PID)
+for _ in $(seq 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$SC_ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$FULL_ADMIN/readyz" \
+    && curl -sf -o /dev/null "http://127.0.0.1:$UP/" && curl -sf -o /dev/null "http://127.0.0.1:$MOCK/v1/models" && break
+  sleep 0.1
+done
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+sc_idle=$(rss_kib "$SC_PID"); full_idle=$(rss_kib "$FULL_PID")
+NGX_PID=$(pgrep -P "$(cat "$work/px.pid")" | head -1)
+UP_PID=$(pgrep -P "$(cat "$work/up.pid")" | head -1)
+FLOOR_PID=$(pgrep -f "pingora_floor 127.0.0.1:$FLOOR " | head -1)
+FLOOR_SSE_PID=$(pgrep -f "pingora_floor 127.0.0.1:$FLOOR_SSE " | head -1)
+ngx_idle=$(rss_kib "$NGX_PID"); floor_idle=$(rss_kib "$FLOOR_SSE_PID")
+
+json_url() { case $1 in direct) echo "http://127.0.0.1:$UP/v1/chat/completions";; nginx) echo "http://127.0.0.1:$NGX/openai/v1/chat/completions";;
+  pingora) echo "http://127.0.0.1:$FLOOR/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/openai/v1/chat/completions";;
+  full) echo "http://127.0.0.1:$FULL/openai/v1/chat/completions";; esac; }
+sse_url() { case $1 in direct) echo "http://127.0.0.1:$MOCK/v1/chat/completions";; nginx) echo "http://127.0.0.1:$NGX/sse/v1/chat/completions";;
+  pingora) echo "http://127.0.0.1:$FLOOR_SSE/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/sse/v1/chat/completions";;
+  full) echo "http://127.0.0.1:$FULL/sse/v1/chat/completions";; esac; }
+proxy_pid() { case $1 in direct) echo "$UP_PID";; nginx) echo "$NGX_PID";; pingora) echo "$FLOOR_PID";; sidecar) echo "$SC_PID";; full) echo "$FULL_PID";; esac; }
+TARGETS=(direct nginx pingora sidecar full)
+label() { case $1 in direct) echo "direct (upstream alone)";; nginx) echo "nginx proxy_pass, keepalive";; pingora) echo "Pingora floor (examples/pingora_floor)";;
+  sidecar) echo "llm-sidecar pass-through";; full) echo "llm-sidecar full features";; esac; }
+
+for t in "${TARGETS[@]}"; do
+  out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$(json_url "$t")")
+  [ "$out" = "$body" ] || { echo "bad JSON answer from $t: $out" >&2; exit 1; }
+  out=$(curl -sS -N -X POST -H 'content-type: application/json' -d '{"stream":true}' "$(sse_url "$t")")
+  echo "$out" | grep -q "data: \[DONE\]" || { echo "bad SSE answer from $t: $out" >&2; exit 1; }
+done
+
+cat > "$work/json.lua" <<'EOF'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-app-placeholder"
 wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello there, how are you today?"}]}'
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %.3f %d %d %d %d %d %d\n", summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.errors.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), 0))
+end
 EOF
+sed -e 's/"Hello there, how are you today?"}\]}/"Hello there, how are you today?"}],"stream":true}/' "$work/json.lua" > "$work/sse.lua"
 
-"${CPU1[@]}" nginx -c "$work/up.conf"
-"${CPU0[@]}" nginx -c "$work/px.conf"
-"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar.yaml" 2>"$work/logs/sidecar.err" &
-pids+=($!)
-"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar-limits.yaml" 2>"$work/logs/sidecar-limits.err" &
-pids+=($!)
-"${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar-audit.yaml" 2>"$work/logs/sidecar-audit.err" &
-pids+=($!)
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$ADMINL/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$ADMINA/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$UP/v1/x" && break
-  sleep 0.1
-done
-for url in "http://127.0.0.1:$UP/v1/chat/completions" "http://127.0.0.1:$NGX/openai/v1/chat/completions" "http://127.0.0.1:$SC/openai/v1/chat/completions" "http://127.0.0.1:$SCL/openai/v1/chat/completions" "http://127.0.0.1:$SCA/openai/v1/chat/completions"; do
-  out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$url")
-  [ "$out" = "$body" ] || { echo "bad response from $url: $out" >&2; exit 1; }
-done
-
-# run NAME URL -> "rps p50_ms p99_ms"
-run() {
-  local url=$1 out
-  "${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$work/post.lua" "$url" >/dev/null
-  out=$("${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/post.lua" "$url")
-  if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "non-2xx responses from $url" >&2; exit 1; fi
-  local rps p50 p99
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+# saturate KIND TARGET -> "rps p50 p99 p999 cpu_s_per_100k" (latencies in ms)
+saturate() {
+  local kind=$1 t=$2 url script pid before after out
+  if [ "$kind" = json ]; then url=$(json_url "$t"); script="$work/json.lua"; else url=$(sse_url "$t"); script="$work/sse.lua"; fi
+  pid=$(proxy_pid "$t")
+  [ "$kind" = sse ] && [ "$t" = direct ] && pid=$(pgrep -f "llm-sidecar-mock --listen 127.0.0.1:$MOCK" | head -1)
+  [ "$kind" = sse ] && [ "$t" = pingora ] && pid=$FLOOR_SSE_PID
+  "${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$script" "$url" >/dev/null
+  before=$(cpu_ticks "$pid")
+  out=$("${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" -s "$script" "$url" | awk '/^RESULT/')
+  after=$(cpu_ticks "$pid")
+  set -- $out
+  [ "$4" = 0 ] && [ "$5" = 0 ] || { echo "$kind $t: $4 socket errors, $5 non-2xx" >&2; exit 1; }
+  python3 -c "r=$2; d=$3; print(f'{r/d:.0f} {$6/1000:.3f} {$7/1000:.3f} {$8/1000:.3f} {($after-$before)/$HZ/r*100000:.2f}')"
 }
-to_ms() { # wrk prints 812.00us / 1.21ms / 1.02s
-  python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([\d.]+)(us|ms|s)",v); n=float(m.group(1)); print(round(n/1000 if m.group(2)=="us" else n*1000 if m.group(2)=="s" else n, 3))' "$1"
+# fixed KIND TARGET RATE -> "p50 p99 p999 achieved_rps" (ms)
+fixed() {
+  local kind=$1 t=$2 rate=$3 url body secs
+  if [ "$kind" = json ]; then url=$(json_url "$t"); body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello there"}]}'
+  else url=$(sse_url "$t"); body='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello there"}]}'; fi
+  secs=${DURATION%s}
+  "${CPU1[@]}" oha --no-tui --output-format json --latency-correction -z "${secs}s" -c 64 -q "$rate" -m POST -H 'content-type: application/json' \
+    -H 'authorization: Bearer sk-app-placeholder' -d "$body" "$url" > "$work/oha.json" 2>/dev/null
+  python3 - "$work/oha.json" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+p = j["latencyPercentiles"]
+codes = j.get("statusCodeDistribution", {})
+bad = sum(v for k, v in codes.items() if not k.startswith("2"))
+# Requests still running when the duration ends are cut by oha itself.
+errs = sum(v for k, v in j.get("errorDistribution", {}).items() if "deadline" not in k)
+if bad or errs:
+    sys.exit(f"fixed rate: {bad} non-2xx, {errs} errors")
+print(f'{p["p50"]*1000:.3f} {p["p99"]*1000:.3f} {p["p99.9"]*1000:.3f} {j["summary"]["requestsPerSec"]:.0f}')
+EOF
 }
 
-read -r d_rps d_p50 d_p99 < <(run "http://127.0.0.1:$UP/v1/chat/completions")
-read -r n_rps n_p50 n_p99 < <(run "http://127.0.0.1:$NGX/openai/v1/chat/completions")
-read -r s_rps s_p50 s_p99 < <(run "http://127.0.0.1:$SC/openai/v1/chat/completions")
-read -r l_rps l_p50 l_p99 < <(run "http://127.0.0.1:$SCL/openai/v1/chat/completions")
-read -r a_rps a_p50 a_p99 < <(run "http://127.0.0.1:$SCA/openai/v1/chat/completions")
-a_metrics=$(curl -sf "http://127.0.0.1:$ADMINA/metrics")
-a_dropped=$(echo "$a_metrics" | awk '/^llm_sidecar_audit_dropped_total\{reason="queue_full"\}/ {print $2}')
-a_written=$(echo "$a_metrics" | awk '/^llm_sidecar_audit_records_total/ {print $2}')
+declare -A SAT SSE FIX1 FIX2 SFIX TIM
+echo "== saturation, JSON" >&2
+for t in "${TARGETS[@]}"; do SAT[$t]=$(saturate json "$t"); echo "  $t: ${SAT[$t]}" >&2; done
+echo "== saturation, SSE" >&2
+for t in "${TARGETS[@]}"; do SSE[$t]=$(saturate sse "$t"); echo "  $t: ${SSE[$t]}" >&2; done
+rate1=$(( ${SAT[direct]%% *} / 2 ))
+rate2=$(( ${SAT[full]%% *} / 2 ))
+srate=$(( ${SSE[full]%% *} / 2 ))
+echo "== fixed rate ${rate1}/s and ${rate2}/s (JSON), ${srate}/s (SSE)" >&2
+for t in "${TARGETS[@]}"; do
+  FIX1[$t]=$(fixed json "$t" "$rate1"); FIX2[$t]=$(fixed json "$t" "$rate2"); SFIX[$t]=$(fixed sse "$t" "$srate")
+  echo "  $t: ${FIX1[$t]} | ${FIX2[$t]} | ${SFIX[$t]}" >&2
+done
+echo "== SSE timing" >&2
+for t in "${TARGETS[@]}"; do
+  "${CPU1[@]}" python3 benches/sse_probe.py timing "$(sse_url "$t")" 20 >/dev/null
+  TIM[$t]=$("${CPU1[@]}" python3 benches/sse_probe.py timing "$(sse_url "$t")" 300)
+  echo "  $t: ${TIM[$t]}" >&2
+done
+echo "== RSS with $STREAMS open streams" >&2
+declare -A RSS_IDLE RSS_OPEN RSS_BEFORE
+RSS_IDLE[sidecar]=$sc_idle; RSS_IDLE[full]=$full_idle; RSS_IDLE[nginx]=$ngx_idle; RSS_IDLE[pingora]=$floor_idle
+for t in nginx pingora sidecar full; do
+  pid=$(proxy_pid "$t")
+  [ "$t" = pingora ] && pid=$FLOOR_SSE_PID
+  before=$(rss_kib "$pid")
+  "${CPU1[@]}" python3 benches/sse_probe.py hold "$(sse_url "$t")" "$STREAMS" 4 > "$work/hold.out" &
+  hp=$!
+  for _ in $(seq 1200); do grep -q ready "$work/hold.out" && break; sleep 0.1; done
+  grep -q ready "$work/hold.out" || { echo "$t: the $STREAMS streams did not all start" >&2; exit 1; }
+  sleep 1
+  RSS_OPEN[$t]=$(rss_kib "$pid")
+  wait "$hp"
+  echo "  $t: idle ${RSS_IDLE[$t]} KiB, before ${before} KiB, with $STREAMS streams ${RSS_OPEN[$t]} KiB" >&2
+  RSS_BEFORE[$t]=$before
+  sleep 2
+done
 
+f() { echo "$1" | cut -d' ' -f"$2"; }
+tj() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
+sub() { python3 -c "print(f'{float($1)-float($2):.3f}')"; }
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
-mkdir -p benches/results
-report="benches/results/load-$(date -u +%Y%m%dT%H%M%SZ).md"
+kernel=$(uname -r)
+nginx_v=$(nginx -v 2>&1 | cut -d/ -f2)
+per_stream() { python3 -c "print(f'{($1-$2)/$STREAMS:.1f}')"; }
+
+verdict() { if python3 -c "import sys; sys.exit(0 if $1 else 1)"; then echo "met"; else echo "**missed**"; fi; }
+pass_ratio=$(ratio "$(f "${SAT[sidecar]}" 1)" "$(f "${SAT[nginx]}" 1)")
+full_ratio=$(ratio "$(f "${SAT[full]}" 1)" "$(f "${SAT[nginx]}" 1)")
+added1=$(sub "$(f "${FIX1[sidecar]}" 2)" "$(f "${FIX1[direct]}" 2)")
+added2=$(sub "$(f "${FIX2[sidecar]}" 2)" "$(f "${FIX2[direct]}" 2)")
+added2f=$(sub "$(f "${FIX2[full]}" 2)" "$(f "${FIX2[direct]}" 2)")
+ttft_over=$(sub "$(tj "${TIM[sidecar]}" ttft_p50)" "$(tj "${TIM[direct]}" ttft_p50)")
+ttft_over_full=$(sub "$(tj "${TIM[full]}" ttft_p50)" "$(tj "${TIM[direct]}" ttft_p50)")
+idle_mib=$(python3 -c "print(f'{${RSS_IDLE[sidecar]}/1024:.1f}')")
+stream_kib=$(per_stream "${RSS_OPEN[sidecar]}" "${RSS_BEFORE[sidecar]}")
+stream_kib_full=$(per_stream "${RSS_OPEN[full]}" "${RSS_BEFORE[full]}")
+
 {
-  echo "llm-sidecar load benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
-  echo "machine: $(nproc) CPUs ($cpu); wrk -t1 -c$CONNS -d$DURATION; POST chat completion, 243 B response"
-  echo
-  echo "| target | requests/s | p50 ms | p99 ms |"
-  echo "|---|---:|---:|---:|"
-  echo "| direct (nginx static) | $d_rps | $d_p50 | $d_p99 |"
-  echo "| nginx proxy_pass, keepalive | $n_rps | $n_p50 | $n_p99 |"
-  echo "| llm-sidecar | $s_rps | $s_p50 | $s_p99 |"
-  echo "| llm-sidecar + limits (rate, token budget, concurrency) | $l_rps | $l_p50 | $l_p99 |"
-  echo "| llm-sidecar + audit log (file, redaction, both bodies) | $a_rps | $a_p50 | $a_p99 |"
-  echo
-  echo "llm-sidecar / nginx: $(ratio "$s_rps" "$n_rps")x requests/s; llm-sidecar / direct: $(ratio "$s_rps" "$d_rps")x"
-  echo "limits cost: $(ratio "$l_rps" "$s_rps")x the sidecar's requests/s without them"
-  echo "audit log: $(ratio "$a_rps" "$s_rps")x the sidecar's requests/s without it; $a_written records written, $a_dropped dropped (queue full)"
-  echo "added p50 over direct: $(python3 -c "print(round($s_p50-$d_p50,3))") ms (nginx: $(python3 -c "print(round($n_p50-$d_p50,3))") ms)"
-} | tee "$report"
-echo "(written to $report)"
+cat <<EOF
+# Benchmarks
+
+Produced by \`benches/load.sh\` on $(date -u +%Y-%m-%d) in one run; rerun it to reproduce
+(about 8 minutes; it installs nginx, wrk and oha if they are missing and rewrites this
+file). Settings: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS STREAMS=$STREAMS\`.
+
+**Machine:** $(nproc) CPUs ($cpu), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $kernel; nginx $nginx_v;
+llm-sidecar $(target/release/llm-sidecar --version | awk '{print $2}') (release build), Pingora 0.9.
+**Pinning:** every proxy on CPU 0; the upstream (nginx serving a static 243-byte chat
+completion, or the release mock provider streaming SSE), wrk, oha and the probes on
+CPU 1. nginx has one worker; the sidecar and the Pingora floor one worker thread.
+
+**Targets:** *direct* is the upstream alone; *nginx* is \`proxy_pass\` with upstream
+keepalive setting the same credential and tenant header; *Pingora floor* is
+\`examples/pingora_floor\`, the smallest Pingora proxy that does the same (the framework's
+own cost); *pass-through* is llm-sidecar with a route, credential and tenant header,
+metrics and usage counting; *full features* adds limits (request rate, token budget,
+concurrency) and the audit log writing every request with both bodies, redacted.
+
+## Small JSON responses (POST chat completion)
+
+| target | requests/s | p50 ms | p99 ms | p99.9 ms | CPU s per 100k | vs nginx | vs direct |
+|---|---:|---:|---:|---:|---:|---:|---:|
+EOF
+for t in "${TARGETS[@]}"; do
+  s=${SAT[$t]}
+  echo "| $(label "$t") | $(f "$s" 1) | $(f "$s" 2) | $(f "$s" 3) | $(f "$s" 4) | $(f "$s" 5) | $(ratio "$(f "$s" 1)" "$(f "${SAT[nginx]}" 1)") | $(ratio "$(f "$s" 1)" "$(f "${SAT[direct]}" 1)") |"
+done
+cat <<EOF
+
+At saturation: wrk, one thread, $CONNS connections, $DURATION after a $WARMUP warm-up.
+CPU seconds are the proxy process's (for *direct*, the upstream nginx worker's).
+
+### Latency at fixed offered rates (oha, 64 connections)
+
+| target | ${rate1}/s: p50 | p99 | p99.9 | achieved/s | ${rate2}/s: p50 | p99 | p99.9 | achieved/s |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+for t in "${TARGETS[@]}"; do
+  a=${FIX1[$t]}; b=${FIX2[$t]}
+  echo "| $(label "$t") | $(f "$a" 1) | $(f "$a" 2) | $(f "$a" 3) | $(f "$a" 4) | $(f "$b" 1) | $(f "$b" 2) | $(f "$b" 3) | $(f "$b" 4) |"
+done
+cat <<EOF
+
+${rate1}/s is half of direct's maximum (the rate the targets below are defined at);
+${rate2}/s is half of the full-featured sidecar's maximum, a load every target sustains.
+Latencies in ms, as the load generator sees them.
+
+## SSE streams (8 events each, from the mock)
+
+| target | streams/s | p50 ms | p99 ms | p99.9 ms | CPU s per 100k | ${srate}/s: p50 | p99 | p99.9 | TTFT p50 ms | TTFT p99 ms | event gap p50 ms | event gap p99 ms |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+for t in "${TARGETS[@]}"; do
+  s=${SSE[$t]}; x=${SFIX[$t]}; m=${TIM[$t]}
+  echo "| $(label "$t") | $(f "$s" 1) | $(f "$s" 2) | $(f "$s" 3) | $(f "$s" 4) | $(f "$s" 5) | $(f "$x" 1) | $(f "$x" 2) | $(f "$x" 3) | $(tj "$m" ttft_p50) | $(tj "$m" ttft_p99) | $(tj "$m" gap_p50) | $(tj "$m" gap_p99) |"
+done
+cat <<EOF
+
+TTFT and event gaps: 300 streams one after another (after 20 for warm-up), each 10
+events 5 ms apart, timed by a raw-socket client (\`benches/sse_probe.py\`) from sending the
+request to the first \`data:\` event and between events.
+
+## Memory
+
+| target | RSS idle | RSS before | RSS with $STREAMS open SSE streams | per stream |
+|---|---:|---:|---:|---:|
+EOF
+for t in nginx pingora sidecar full; do
+  echo "| $(label "$t") | $(python3 -c "print(f'{${RSS_IDLE[$t]}/1024:.1f} MiB')") | $(python3 -c "print(f'{${RSS_BEFORE[$t]}/1024:.1f} MiB')") | $(python3 -c "print(f'{${RSS_OPEN[$t]}/1024:.1f} MiB')") | $(per_stream "${RSS_OPEN[$t]}" "${RSS_BEFORE[$t]}") KiB |"
+done
+cat <<EOF
+
+*RSS idle* is right after start; *before* is after the runs above, just before the
+streams open. Streams send an event per second; all $STREAMS have their first event when
+RSS is read. Per stream = (with streams − before) / $STREAMS.
+
+## Targets
+
+| target | measured | verdict |
+|---|---|---|
+| pass-through ≥ 1.0× nginx requests/s | ${pass_ratio}× | $(verdict "$pass_ratio >= 1.0") |
+| full features ≥ 0.8× nginx requests/s | ${full_ratio}× | $(verdict "$full_ratio >= 0.8") |
+| added p99 ≤ 0.5 ms at half of direct's maximum (${rate1}/s) | ${added1} ms (pass-through) | $(verdict "$added1 <= 0.5") |
+| added p99 ≤ 0.5 ms at ${rate2}/s | ${added2} ms pass-through, ${added2f} ms full | $(verdict "$added2 <= 0.5 and $added2f <= 0.5") |
+| SSE TTFT overhead ≤ 1 ms (p50) | ${ttft_over} ms pass-through, ${ttft_over_full} ms full | $(verdict "$ttft_over <= 1.0 and $ttft_over_full <= 1.0") |
+| idle RSS ≤ 30 MiB | ${idle_mib} MiB | $(verdict "${RSS_IDLE[sidecar]} <= 30*1024") |
+| ≤ 64 KiB per open SSE stream | ${stream_kib} KiB pass-through, ${stream_kib_full} KiB full | $(verdict "$stream_kib <= 64 and $stream_kib_full <= 64") |
+EOF
+} > "$work/report.md"
+if [ -f "$OUT" ] && grep -q '^<!-- analysis -->' "$OUT"; then
+  # Keep the hand-written analysis below the marker.
+  sed -n '/^<!-- analysis -->/,$p' "$OUT" > "$work/analysis.md"
+  { cat "$work/report.md"; echo; cat "$work/analysis.md"; } > "$OUT"
+else
+  cp "$work/report.md" "$OUT"
+fi
+cat "$work/report.md"
+echo "(written to $OUT)"

@@ -26,8 +26,11 @@ use crate::proxy::SidecarProxy;
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::l4::stream::{
+    L4BufferSettings, Stream as L4Stream, DEFAULT_L4_WRITE_BUFFER_SIZE,
+};
 use pingora::protocols::Stream;
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
@@ -263,7 +266,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
             hard_stop: hard_stop.clone(),
         },
     );
-    service.add_tcp(&key);
+    service.add_listener(listener_config(&key));
     let mut forward_service = None;
     if let (Some(listener), Some(addr)) = (forward, forward_addr) {
         let key = addr.to_string();
@@ -288,7 +291,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
                 hard_stop: hard_stop.clone(),
             },
         );
-        svc.add_tcp(&key);
+        svc.add_listener(listener_config(&key));
         forward_service = Some(svc);
     }
     let fds = Arc::new(parking_lot::Mutex::new(fds));
@@ -374,6 +377,13 @@ fn spawn_signal_handlers(
         }
     });
     Ok(())
+}
+
+/// A client listener without Pingora's 64 KiB per-connection read buffer: the HTTP/1
+/// parser and the TLS layer read into buffers of their own, so it only added a copy, and
+/// it was most of the memory an open stream costs (see BENCHMARKS.md).
+fn listener_config(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE))
 }
 
 /// Pingora's HTTP proxy plus connection accounting: counts open client connections (the

@@ -85,6 +85,7 @@ run_until() { # keeps the load on until the sidecar has answered $1 requests
   while [ "$(served)" -lt "$want" ]; do
     wrk -t1 -c"$CONNS" -d10s -s "$work/mix.lua" "http://127.0.0.1:$SC" >"$work/wrk.out" 2>&1
     if grep -q "Socket errors" "$work/wrk.out"; then cat "$work/wrk.out" >&2; echo "soak: socket errors" >&2; exit 1; fi
+    echo "soak: $(served) requests, RSS $(rss_kib) KiB" >&2
   done
 }
 
