@@ -237,6 +237,15 @@ async fn usage_is_counted_per_route_and_provider_for_json_and_sse() {
     let r = s.stream_with_usage("/openai/v1/chat/completions").await;
     let (_, clean) = read_stream(r).await;
     assert!(clean);
+    // Usage is recorded when the exchange ends, which can be just after the client has
+    // read the last byte.
+    let output = r#"llm_sidecar_tokens_total{provider="mock",route="mock",type="output"}"#;
+    eventually(
+        "both answers' usage recorded",
+        Duration::from_secs(5),
+        || async { s.metric(output).await >= 16.0 },
+    )
+    .await;
     let metrics = s.metrics().await;
     let t = |ty: &str| {
         metric_value(
