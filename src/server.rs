@@ -408,8 +408,8 @@ impl Front {
     /// Pingora's own check reads exactly 24 bytes with no timeout: an HTTP/1 request
     /// shorter than that (`GET / HTTP/1.0` + CRLFs is 18) would wait forever, and so
     /// does a connection that sends nothing, holding up shutdown. This reads only until
-    /// the bytes stop matching the HTTP/2 preface, gives up after
-    /// [`CLIENT_READ_TIMEOUT`] or at shutdown, and puts the bytes back.
+    /// the bytes stop matching the HTTP/2 preface, gives up at `deadline` (the head's,
+    /// from `request.header_timeout`) or at shutdown, and puts the bytes back.
     async fn first_bytes(
         stream: Stream,
         shutdown: &ShutdownWatch,
@@ -473,7 +473,7 @@ pub(crate) async fn serve_http1(
     session.set_keepalive(if *shutdown.borrow() {
         None
     } else {
-        Some(KEEPALIVE_SECS)
+        Some(KEEPALIVE_TIMEOUT.as_secs())
     });
     let mut deadline = head_deadline;
     loop {
@@ -497,9 +497,7 @@ pub(crate) async fn serve_http1(
         let header_timeout = store.load().guards.header_timeout;
         deadline = match next_request(&mut stream, shutdown).await {
             NextRequest::Started => Instant::now() + header_timeout,
-            NextRequest::Unknown => {
-                Instant::now() + Duration::from_secs(KEEPALIVE_SECS) + header_timeout
-            }
+            NextRequest::Unknown => Instant::now() + KEEPALIVE_TIMEOUT + header_timeout,
             NextRequest::None => return,
         };
         session = ServerSession::new_http1(stream);
@@ -509,8 +507,8 @@ pub(crate) async fn serve_http1(
     }
 }
 
-/// Keep-alive idle limit between requests, in seconds.
-const KEEPALIVE_SECS: u64 = 60;
+/// How long an idle client connection (either listener) waits for its next request.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 tokio::task_local! {
     /// Whether the request being served on this connection has its whole head: set from
@@ -545,7 +543,7 @@ enum NextRequest {
 async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> NextRequest {
     let mut shutdown = shutdown.clone();
     let mut byte = [0u8; 1];
-    let idle = tokio::time::sleep(Duration::from_secs(KEEPALIVE_SECS));
+    let idle = tokio::time::sleep(KEEPALIVE_TIMEOUT);
     tokio::pin!(idle);
     loop {
         if *shutdown.borrow() {

@@ -40,7 +40,7 @@ use crate::config::{schema, ConfigStore, Snapshot};
 use crate::observability::metrics::ForwardMetrics;
 use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
 use crate::routing::HostPattern;
-use crate::server::Connections;
+use crate::server::{Connections, KEEPALIVE_TIMEOUT};
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
 use guard::{AllowList, Blocked};
@@ -63,8 +63,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long an app may take to finish its TLS handshake after `200`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An idle plain-HTTP proxy connection waits this long for its next request.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the request path knows about a request that came through the forward listener.
 #[derive(Debug, Clone)]

@@ -39,12 +39,9 @@ const BODY_SLICE: usize = 256 * 1024;
 /// head this size is a broken or hostile upstream, not an answer to pass on.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// The status line plus the header lines.
 fn response_head_bytes(h: &pingora::http::ResponseHeader) -> usize {
-    15 + h
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
+    15 + super::guards::fields_bytes(&h.headers)
 }
 
 /// How one attempt ended.

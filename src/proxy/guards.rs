@@ -9,12 +9,15 @@ use pingora::http::RequestHeader;
 
 /// Bytes of the request line and headers, as they would appear in HTTP/1.1.
 pub fn header_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    line + req
-        .headers
+    req.method.as_str().len() + req.raw_path().len() + 12 + fields_bytes(&req.headers)
+}
+
+/// Bytes of header fields as HTTP/1.1 lines (`name: value` and CRLF).
+pub fn fields_bytes(headers: &http::HeaderMap) -> usize {
+    headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
+        .sum()
 }
 
 /// True when raw HTTP/1 header bytes carry a `Content-Length` line. Pingora drops
@@ -105,12 +108,6 @@ pub fn check(
                 "an HTTP/1.1 request must carry a Host header",
             ));
         }
-    }
-    if req.raw_path().contains(&b'#') {
-        return Err(SidecarError::new(
-            Cause::BadPath,
-            "request target must not contain a fragment (#)",
-        ));
     }
     if has_dot_segment(req.uri.path()) {
         return Err(SidecarError::new(

@@ -1330,6 +1330,7 @@ impl BodyError {
     fn from_read(e: Box<Error>) -> BodyError {
         match e.etype() {
             ErrorType::ReadTimedout => BodyError::Timeout,
+            // Pingora's `INVALID_CHUNK` is crate-private; its name is what it exports.
             ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => {
                 BodyError::Malformed(
                     e.context

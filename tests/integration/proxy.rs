@@ -3,7 +3,6 @@
 use crate::support::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 fn tenant_block() -> &'static str {
     "tenant:\n  id: team-a\n  headers: { x-llm-tenant: \"{tenant}\", x-llm-team: \"team={tenant}\" }\n  strip: [x-internal-debug]\n"
@@ -81,41 +80,6 @@ async fn connection_header_cannot_strip_the_injected_credential() {
     let got = &m.recorded()[0];
     assert_eq!(got.header("authorization"), Some("Bearer sk-provider-key"));
     assert_eq!(got.header("x-llm-tenant"), Some("team-a"));
-}
-
-/// Sends raw bytes and reads until the server closes or 5 s pass.
-pub async fn raw_request(addr: std::net::SocketAddr, head: &[u8], body: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(head).await.unwrap();
-    tcp.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => {
-                out.extend_from_slice(&buf[..n]);
-                // A complete Content-Length response is enough.
-                if let Some(text) = complete_response(&out) {
-                    return text;
-                }
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn complete_response(bytes: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(bytes);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let len: usize = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("content-length:")
-            .map(|v| v.trim().parse().ok())
-    })??;
-    (body.len() >= len).then(|| text.into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,6 @@
 //! must get a 400-class answer or a closed connection, reach no provider, and leave the
 //! sidecar serving good requests.
 
-use crate::proxy::raw_request;
 use crate::support::*;
 
 async fn assert_still_serves(s: &TestSidecar, m: &llm_sidecar::mock::MockServer, before: u64) {

@@ -6,12 +6,14 @@
 pub mod leaks;
 pub mod otlp;
 pub mod process;
+pub mod raw;
 pub mod redis;
 pub mod token_server;
 pub mod upstreams;
 
 pub use leaks::{assert_no_leak, capture_logs};
 pub use process::{signal, spawn_binary, wait_exit, ChildGuard};
+pub use raw::{head_complete, raw_request, send_raw, Answer};
 
 use llm_sidecar::config::{self, ConfigStore, ReloadOutcome};
 use llm_sidecar::mock::{self, MockOptions, MockServer};

@@ -1,0 +1,78 @@
+//! A raw HTTP/1 client: exact bytes out, whatever comes back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What came back for one raw request.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    /// The status code (0 if unreadable) and everything read.
+    Status(u16, String),
+    /// The server closed the connection without a byte.
+    Closed,
+    /// Nothing within the bound, connection still open.
+    Silent,
+}
+
+/// Sends `raw`, then reads until a complete response, a close, or `within`.
+pub async fn send_raw(addr: SocketAddr, raw: &[u8], within: Duration) -> Answer {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // The peer may close before everything is written: that is an answer too.
+    let _ = tcp.write_all(raw).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                if out.is_empty() {
+                    return Answer::Silent;
+                }
+                break;
+            }
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if head_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Answer::Closed;
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Answer::Status(status, text)
+}
+
+/// Sends a head and a body; returns what came back within 5 s (empty if nothing).
+pub async fn raw_request(addr: SocketAddr, head: &[u8], body: &[u8]) -> String {
+    match send_raw(addr, &[head, body].concat(), Duration::from_secs(5)).await {
+        Answer::Status(_, text) => text,
+        Answer::Closed | Answer::Silent => String::new(),
+    }
+}
+
+/// A whole response head plus as much body as its Content-Length (0 when absent).
+pub fn head_complete(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    bytes.len() >= end + 4 + len
+}
