@@ -15,6 +15,7 @@
 //! | `x-mock-latency-ms` | wait before the response headers |
 //! | `x-mock-chunks` | number of content tokens (SSE events) |
 //! | `x-mock-echo` | chat: the answer repeats the last user message first |
+//! | `x-mock-ascii` | chat: JSON and SSE answers escape every non-ASCII character as `\uXXXX`, as Python's `json.dumps` does |
 //! | `x-mock-interval-ms` | pause between SSE events |
 //! | `x-mock-status` | answer with this status and the provider's error JSON |
 //! | `x-mock-stall-after` | stop sending (but keep the connection open) after N events |
@@ -348,6 +349,7 @@ async fn handle(
         header_num(h, "x-mock-interval-ms").map_or(state.opts.interval, Duration::from_millis);
     let stall_after = header_num(h, "x-mock-stall-after").map(|s| s as usize);
     let echo = h.contains_key("x-mock-echo");
+    let ascii = h.contains_key("x-mock-ascii");
 
     let resp = match (&parts.method, route.as_str()) {
         (&Method::POST, r) if r.ends_with("/chat/completions") => {
@@ -359,7 +361,7 @@ async fn handle(
                 ));
             };
             let echo = echo.then(|| last_user_text(&req));
-            chat(&req, n, chunks, interval, stall_after, echo)
+            chat(&req, n, chunks, interval, stall_after, echo, ascii)
         }
         (&Method::POST, r) if r.ends_with("/messages") => {
             let Ok(req) = serde_json::from_slice::<Value>(&body) else {
@@ -412,7 +414,11 @@ fn has_key(h: &HeaderMap, key: &str) -> bool {
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let body = Bytes::from(v.to_string());
+    json_text_response(status, v.to_string())
+}
+
+fn json_text_response(status: StatusCode, text: String) -> Response<Body> {
+    let body = Bytes::from(text);
     let mut r = Response::new(Full::new(body).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -563,6 +569,24 @@ fn data_event(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// JSON text with every non-ASCII character written as `\uXXXX` (a surrogate pair
+/// above U+FFFF), as Python's `json.dumps` writes it by default.
+pub fn ascii_json(v: &Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
 fn named_event(name: &str, v: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
 }
@@ -584,7 +608,9 @@ fn chat(
     interval: Duration,
     stall_after: Option<usize>,
     echo: Option<String>,
+    ascii: bool,
 ) -> Response<Body> {
+    let text = |v: &Value| if ascii { ascii_json(v) } else { v.to_string() };
     let model = req["model"].as_str().unwrap_or("mock-model").to_string();
     let prompt = estimate_tokens(&req["messages"]);
     let (tokens, truncated) = token_budget(req, chunks);
@@ -599,14 +625,14 @@ fn chat(
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     });
     if req["stream"].as_bool() != Some(true) {
-        let text: String = echo.into_iter().chain((0..tokens).map(word)).collect();
-        return json_response(
+        let content: String = echo.into_iter().chain((0..tokens).map(word)).collect();
+        return json_text_response(
             StatusCode::OK,
-            &json!({
+            text(&json!({
                 "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "logprobs": null, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null}, "logprobs": null, "finish_reason": finish}],
                 "usage": usage, "service_tier": "default", "system_fingerprint": "fp_mock"
-            }),
+            })),
         );
     }
     let include_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
@@ -619,7 +645,7 @@ fn chat(
         if include_usage {
             c["usage"] = Value::Null;
         }
-        data_event(&c)
+        Bytes::from(format!("data: {}\n\n", text(&c)))
     };
     let mut events = vec![chunk(
         json!({"role": "assistant", "content": "", "refusal": null}),

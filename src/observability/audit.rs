@@ -170,7 +170,7 @@ impl Record {
             model: self.model.as_deref(),
             response_model: self.response_model.as_deref(),
             method: self.method.as_str(),
-            path: red.text(&self.target),
+            path: red.text_escaped(&self.target, crate::observability::redact::Escapes::Percent),
             status: self.status,
             error: self.error,
             attempts: self.attempts,

@@ -15,6 +15,23 @@ use std::time::{Duration, Instant};
 /// Distinct model label values kept; later new names count as `other`.
 pub const MAX_MODELS: usize = 200;
 
+/// Longest model name the audit log and traces carry (bytes; cut on a character
+/// boundary). Metrics labels have their own, stricter bound ([`ModelLabels`]).
+pub const MAX_MODEL_NAME: usize = 256;
+
+/// A model name as the audit log and spans carry it: as written, cut to
+/// [`MAX_MODEL_NAME`] bytes. Never folded into `other`: that bound is for metrics only.
+pub fn model_name(m: &str) -> &str {
+    if m.len() <= MAX_MODEL_NAME {
+        return m;
+    }
+    let mut end = MAX_MODEL_NAME;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    &m[..end]
+}
+
 /// `gen_ai.provider.name` for a provider kind (the convention's well-known values).
 pub fn provider_name(kind: ProviderKind) -> &'static str {
     match kind {

@@ -511,7 +511,17 @@ impl Redactor {
 
     /// The text with every secret and rule match masked.
     pub fn text<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // start, end, rule (MAX: secret)
+        let spans = self.spans(s);
+        if spans.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        Cow::Owned(self.render(s, s, &spans, |i| i))
+    }
+
+    /// Every match of every secret and rule in `s`: (start, end, rule), `usize::MAX`
+    /// for a secret.
+    fn spans(&self, s: &str) -> Vec<(usize, usize, usize)> {
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
         if let Some(ac) = &self.secrets {
             for m in ac.find_iter(s) {
                 spans.push((m.start(), m.end(), usize::MAX));
@@ -543,12 +553,23 @@ impl Redactor {
                 }
             }
         }
-        if spans.is_empty() {
-            return Cow::Borrowed(s);
-        }
         spans.sort_unstable();
-        let mut out = String::with_capacity(s.len());
-        let mut at = 0;
+        spans
+    }
+
+    /// `source` with the `spans` found in `view` masked. `at(i)` maps an offset in
+    /// `view` to one in `source` (the identity when they are the same text; the start
+    /// of the escape that spelt the character otherwise). Overlapping spans are merged
+    /// and a merged span is masked in full.
+    fn render(
+        &self,
+        source: &str,
+        view: &str,
+        spans: &[(usize, usize, usize)],
+        at: impl Fn(usize) -> usize,
+    ) -> String {
+        let mut out = String::with_capacity(source.len());
+        let mut done = 0;
         let mut i = 0;
         while i < spans.len() {
             let (start, mut end, rule) = spans[i];
@@ -559,31 +580,82 @@ impl Redactor {
                 merged = true;
                 i += 1;
             }
-            out.push_str(&s[at..start]);
+            let (from, to) = (at(start), at(end));
+            out.push_str(&source[done..from]);
             let (name, mask) = match rule {
                 usize::MAX => ("secret", Mask::Full),
                 r => (&*self.rules[r].name, self.rules[r].mask),
             };
             let mask = if merged { Mask::Full } else { mask };
-            mask.apply(name, &s[start..end], &mut out);
-            at = end;
+            mask.apply(name, &view[start..end], &mut out);
+            done = to;
         }
-        out.push_str(&s[at..]);
-        Cow::Owned(out)
+        out.push_str(&source[done..]);
+        out
     }
 
-    /// A body for the log, at most about `cap` bytes: JSON-path rules on a JSON
-    /// document (or on each `data:` line of an SSE stream), then the text rules. The
-    /// bool says whether it was cut. With JSON-path rules, a body that is not JSON
-    /// (or was cut before its end) is left out rather than written half-masked.
+    /// [`Self::text`] for text that may spell characters as escapes (`\u53f7` in JSON,
+    /// `%2B` in a URL): the rules run on the decoded text, so an escape next to a number
+    /// can neither hide it (`\u780113812345678`) nor be cut in half by a mask. What is
+    /// not masked is kept exactly as written.
+    pub fn text_escaped<'a>(&self, s: &'a str, escapes: Escapes) -> Cow<'a, str> {
+        let marker = match escapes {
+            Escapes::Json => b'\\',
+            Escapes::Percent => b'%',
+        };
+        if memchr::memchr(marker, s.as_bytes()).is_none() {
+            return self.text(s);
+        }
+        let (view, starts) = decode(s, escapes);
+        let spans = self.spans(&view);
+        if spans.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        Cow::Owned(self.render(s, &view, &spans, |i| starts[i]))
+    }
+
+    /// Masks every string (and number, and object key) of a JSON value, decoded.
+    fn values(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                if let Cow::Owned(m) = self.text(s) {
+                    *s = m;
+                }
+            }
+            Value::Number(n) => {
+                let t = n.to_string();
+                if let Cow::Owned(m) = self.text(&t) {
+                    *v = Value::String(m);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|c| self.values(c)),
+            Value::Object(o) => {
+                let renamed = o.keys().any(|k| matches!(self.text(k), Cow::Owned(_)));
+                if renamed {
+                    let old = std::mem::take(o);
+                    for (k, mut c) in old {
+                        self.values(&mut c);
+                        o.insert(self.text(&k).into_owned(), c);
+                    }
+                } else {
+                    o.values_mut().for_each(|c| self.values(c));
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// A body for the log, at most about `cap` bytes, and whether it was cut.
+    ///
+    /// A JSON document (or each `data:` line of an SSE stream, each line of NDJSON) is
+    /// parsed, JSON-path rules mask their fields, then the text rules run on every
+    /// decoded string and the document is written back as JSON: escapes such as
+    /// `\u53f7` cannot hide a match or be cut by one. Anything else gets the text rules
+    /// over its decoded escapes. With JSON-path rules, a body that is not JSON (or was
+    /// cut before its end) is left out rather than written half-masked.
     pub fn body(&self, raw: &[u8], cap: usize, complete: bool) -> Option<(String, bool)> {
         let text = String::from_utf8_lossy(raw);
-        let pathed: Cow<'_, str> = if self.paths.is_empty() {
-            text
-        } else {
-            Cow::Owned(self.json_paths(&text, complete)?)
-        };
-        let red = self.text(&pathed);
+        let red = self.document(&text, complete)?;
         if red.len() <= cap && complete {
             return Some((red.into_owned(), false));
         }
@@ -594,46 +666,167 @@ impl Redactor {
         Some((red[..cut].to_string(), true))
     }
 
-    fn json_paths(&self, text: &str, complete: bool) -> Option<String> {
-        if let Ok(mut v) = serde_json::from_str::<Value>(text) {
-            for p in &self.paths {
-                p.apply(&mut v, self);
+    /// One JSON document, masked and written back; None if `text` is not one.
+    fn json(&self, text: &str) -> Option<String> {
+        let mut v = serde_json::from_str::<Value>(text).ok()?;
+        for p in &self.paths {
+            p.apply(&mut v, self);
+        }
+        self.values(&mut v);
+        serde_json::to_string(&v).ok()
+    }
+
+    fn document<'a>(&self, text: &'a str, complete: bool) -> Option<Cow<'a, str>> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with(['{', '[']) {
+            if let Some(out) = self.json(text) {
+                return Some(Cow::Owned(out));
             }
-            return serde_json::to_string(&v).ok();
         }
-        // SSE or NDJSON: each line on its own; a cut last line is dropped.
         if !text.contains('\n') {
-            return None;
+            if !self.paths.is_empty() {
+                return None;
+            }
+            return Some(self.text_escaped(text, Escapes::Json));
         }
+        // SSE or NDJSON: each line on its own.
         let mut out = String::with_capacity(text.len());
         let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
-        if !complete && lines.last().is_some_and(|l| !l.ends_with('\n')) {
+        let cut_last = !complete && lines.last().is_some_and(|l| !l.ends_with('\n'));
+        if cut_last && !self.paths.is_empty() {
             lines.pop();
         }
-        for line in lines {
+        let last = lines.len().saturating_sub(1);
+        for (n, line) in lines.iter().enumerate() {
             let body = line.trim_end_matches(['\r', '\n']);
             let (prefix, payload) = match body.strip_prefix("data:") {
                 Some(p) => ("data: ", p.trim_start()),
                 None => ("", body),
             };
-            if payload.is_empty() || payload == "[DONE]" || payload.starts_with(':') {
-                out.push_str(line);
+            let framing = payload.is_empty()
+                || payload == "[DONE]"
+                || body.starts_with(':')
+                || body.starts_with("event:")
+                || body.starts_with("id:")
+                || body.starts_with("retry:");
+            if framing {
+                out.push_str(&self.text_escaped(line, Escapes::Json));
                 continue;
             }
-            if body.starts_with("event:") || body.starts_with("id:") || body.starts_with("retry:") {
-                out.push_str(line);
-                continue;
+            let json = if cut_last && n == last {
+                None
+            } else {
+                self.json(payload)
+            };
+            match json {
+                Some(j) => {
+                    out.push_str(prefix);
+                    out.push_str(&j);
+                    out.push_str(&line[body.len()..]);
+                }
+                None if self.paths.is_empty() => {
+                    out.push_str(&self.text_escaped(line, Escapes::Json))
+                }
+                None => return None,
             }
-            let mut v = serde_json::from_str::<Value>(payload).ok()?;
-            for p in &self.paths {
-                p.apply(&mut v, self);
-            }
-            out.push_str(prefix);
-            out.push_str(&serde_json::to_string(&v).ok()?);
-            out.push('\n');
         }
-        Some(out)
+        Some(Cow::Owned(out))
     }
+}
+
+/// How a text spells characters it escapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escapes {
+    /// JSON string escapes: `\uXXXX` (surrogate pairs joined), `\n`, `\"`, ...
+    Json,
+    /// URL percent-encoding: `%2B`.
+    Percent,
+}
+
+/// The text with its escapes decoded, and for every byte of it (and one past the end)
+/// the offset in `s` where the character it belongs to was written.
+fn decode(s: &str, escapes: Escapes) -> (String, Vec<usize>) {
+    let b = s.as_bytes();
+    let mut view = String::with_capacity(s.len());
+    let mut starts = Vec::with_capacity(s.len() + 1);
+    let push = |view: &mut String, starts: &mut Vec<usize>, c: char, at: usize| {
+        view.push(c);
+        starts.extend(std::iter::repeat_n(at, c.len_utf8()));
+    };
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = match escapes {
+            Escapes::Json => json_escape(b, i),
+            Escapes::Percent => percent_escape(b, i),
+        };
+        if let Some((c, len)) = decoded {
+            push(&mut view, &mut starts, c, i);
+            i += len;
+            continue;
+        }
+        // `i` is on a character boundary: escapes are ASCII, so is every step past one.
+        let c = s[i..].chars().next().unwrap_or('\u{fffd}');
+        push(&mut view, &mut starts, c, i);
+        i += c.len_utf8();
+    }
+    starts.push(s.len());
+    (view, starts)
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let h = b.get(at..at + 4)?;
+    let s = std::str::from_utf8(h).ok()?;
+    u32::from_str_radix(s, 16).ok()
+}
+
+/// A JSON escape at `i`: the character and the escape's length.
+fn json_escape(b: &[u8], i: usize) -> Option<(char, usize)> {
+    if b[i] != b'\\' {
+        return None;
+    }
+    let c = match *b.get(i + 1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let hi = hex4(b, i + 2)?;
+            if (0xD800..0xDC00).contains(&hi)
+                && b.get(i + 6) == Some(&b'\\')
+                && b.get(i + 7) == Some(&b'u')
+            {
+                if let Some(lo) = hex4(b, i + 8).filter(|lo| (0xDC00..0xE000).contains(lo)) {
+                    let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                    return Some((char::from_u32(c).unwrap_or('\u{fffd}'), 12));
+                }
+            }
+            return Some((char::from_u32(hi).unwrap_or('\u{fffd}'), 6));
+        }
+        _ => return None,
+    };
+    Some((c, 2))
+}
+
+/// A percent escape at `i` (one byte; a byte that is not ASCII stands for itself as
+/// U+FFFD: a rule's match is ASCII digits, letters and punctuation).
+fn percent_escape(b: &[u8], i: usize) -> Option<(char, usize)> {
+    if b[i] != b'%' {
+        return None;
+    }
+    let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+    let v = u8::from_str_radix(h, 16).ok()?;
+    Some((
+        if v.is_ascii() {
+            char::from(v)
+        } else {
+            '\u{fffd}'
+        },
+        3,
+    ))
 }
 
 #[cfg(test)]

@@ -181,7 +181,9 @@ impl AttemptReport {
     pub fn settle(&self, p: &mut crate::usage::UsageParser, complete: bool) {
         self.set_usage(p.finish(complete));
         if let Some(m) = p.model() {
-            let _ = self.model.set(m.to_string());
+            let _ = self
+                .model
+                .set(crate::observability::genai::model_name(m).to_string());
         }
         if !p.finish_reasons().is_empty() {
             let _ = self.finish_reasons.set(p.finish_reasons().into());
@@ -270,8 +272,11 @@ pub struct ExchangeState {
     estimate: crate::limits::Estimate,
     /// The W3C trace this request belongs to (joined or started).
     trace: Option<TraceContext>,
-    /// The model the request asks for, as a bounded label value.
+    /// The model the request asks for, as written (length-capped): for the audit log
+    /// and traces.
     model: Option<Arc<str>>,
+    /// The same as a bounded metrics label value (`other` past the bound).
+    model_label: Option<Arc<str>>,
     /// The provider whose answer the client got, and what its response said.
     served: Option<Served>,
     /// An audit record will be written: keep the decisions (and bodies, if the route
@@ -298,7 +303,9 @@ impl ExchangeState {
 struct Served {
     provider: Arc<str>,
     gen_ai_provider: &'static str,
+    /// As the response named it (length-capped), and as a bounded label value.
     response_model: Option<Arc<str>>,
+    response_model_label: Option<Arc<str>>,
     first_body: Option<Instant>,
     streaming: bool,
 }
@@ -529,7 +536,11 @@ impl SidecarProxy {
 
         // The body's model (a bounded label value) and output cap, in one parse.
         let fields = crate::usage::RequestFields::parse(session.req_header().uri.path(), &body);
-        x.model = Some(self.metrics.genai().models.label(fields.model.as_deref()));
+        x.model_label = Some(self.metrics.genai().models.label(fields.model.as_deref()));
+        x.model = fields
+            .model
+            .as_deref()
+            .map(|m| Arc::from(crate::observability::genai::model_name(m)));
         x.estimate = snap.limits.estimate(body.len(), fields.max_output);
         drop(fields);
 
@@ -786,7 +797,8 @@ impl SidecarProxy {
                 x.served = Some(Served {
                     provider: provider.name.clone(),
                     gen_ai_provider: crate::observability::genai::provider_name(provider.kind),
-                    response_model: plan
+                    response_model: plan.report.model().map(Arc::from),
+                    response_model_label: plan
                         .report
                         .model()
                         .map(|m| self.metrics.genai().models.label(Some(m))),
@@ -926,10 +938,10 @@ impl SidecarProxy {
         use crate::observability::genai::{operation_name, Call};
         let (provider, gen_ai_provider) = answering_provider(snap, route, x)
             .map_or((route.metrics.provider(), "none"), |(p, g)| (&**p, g));
-        let request_model = x.model.as_deref().unwrap_or("none");
+        let request_model = x.model_label.as_deref().unwrap_or("none");
         let served = x.served.as_ref();
         let response_model = served
-            .and_then(|s| s.response_model.as_deref())
+            .and_then(|s| s.response_model_label.as_deref())
             .unwrap_or("none");
         let error = match x.cause {
             Some(c) => Some(c.as_str()),
@@ -985,7 +997,7 @@ impl SidecarProxy {
             end: std::time::SystemTime::now(),
             operation: operation_name(plan.uri.path()),
             provider: provider_name(p.kind),
-            request_model: x.model.as_deref().filter(|m| *m != "none"),
+            request_model: x.model.as_deref(),
             response_model: plan.report.model(),
             usage: plan.report.usage(),
             finish_reasons: plan.report.finish_reasons.get().map_or(&[][..], |r| &r[..]),
@@ -1030,7 +1042,7 @@ impl SidecarProxy {
             route: route.map(|r| r.name.clone()),
             provider,
             key: x.key.clone(),
-            model: x.model.clone().filter(|m| &**m != "none"),
+            model: x.model.clone(),
             response_model: served.and_then(|s| s.response_model.clone()),
             method: req.method.clone(),
             target: req

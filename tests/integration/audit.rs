@@ -197,6 +197,157 @@ async fn records_say_what_happened_and_no_canary_reaches_the_file_or_the_logs() 
         .contains("139****5678"));
 }
 
+/// JSON as Python's `json.dumps` writes it by default (and `requests`, `aiohttp`): every
+/// non-ASCII character escaped. `every_other` escapes only every other one (mixed).
+fn python_json(v: &Value, every_other: bool) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for c in v.to_string().chars() {
+        n += usize::from(!c.is_ascii());
+        if c.is_ascii() || (every_other && n % 2 == 1) {
+            out.push(c);
+            continue;
+        }
+        let mut units = [0u16; 2];
+        for u in c.encode_utf16(&mut units) {
+            out.push_str(&format!("\\u{u:04x}"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_is_masked_in_escaped_json_requests_answers_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mock(MockOptions {
+        chunks: 2,
+        ..Default::default()
+    })
+    .await;
+    let yaml = format!(
+        r#"audit:
+  output: file
+  path: {audit}
+providers:
+  mock: {{ kind: openai, base_url: "{mock}/v1", auth: {{ type: bearer, token: prov-canary-1234567 }} }}
+routes:
+  - match: {{ path_prefix: /openai/v1 }}
+    provider: mock
+    audit_bodies: {{ max_bytes: 64KiB }}
+"#,
+        audit = dir.path().join("audit.jsonl").display(),
+        mock = m.url(),
+    );
+    let s = TestSidecar::start(&yaml).await;
+    // Each value right after a CJK character: escaped, the escape's last hex digit
+    // touches it.
+    let text = "号码13812345678，卡号4111111111111111，身份证11010519491231002X，邮箱jane.doe@example.com，电话+44 20 7946 0958，密钥sk-proj-AbCdEf0123456789xyz🙂";
+    let gone = [
+        "13812345678",
+        "4111111111111111",
+        "11010519491231002X",
+        "jane.doe@example.com",
+        "7946 0958",
+        "AbCdEf0123456789",
+    ];
+    let mut sent = 0;
+    for (spelling, escape, every_other) in [
+        ("utf-8", false, false),
+        ("escaped", true, false),
+        ("mixed", true, true),
+    ] {
+        for stream in [false, true] {
+            let mut body = json!({
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": text}],
+                "stream": stream,
+            });
+            if stream {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            let raw = if escape {
+                python_json(&body, every_other)
+            } else {
+                body.to_string()
+            };
+            let mut req = s
+                .client
+                .post(s.url("/openai/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .header("x-mock-echo", "1");
+            if escape {
+                req = req.header("x-mock-ascii", "1");
+            }
+            let r = req.body(raw).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{spelling}");
+            let answer = r.text().await.unwrap();
+            if escape {
+                assert!(
+                    answer.contains(r"\u53f7") || answer.contains(r"\u7801"),
+                    "{spelling}: the provider answered escaped: {answer}"
+                );
+            }
+            sent += 1;
+        }
+    }
+    eventually("every record written", Duration::from_secs(10), || async {
+        s.metric("llm_sidecar_audit_records_total").await == f64::from(sent)
+    })
+    .await;
+    s.shutdown().await;
+
+    let file = dir.path().join("audit.jsonl");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    let digits: String = stored.chars().filter(char::is_ascii_digit).collect();
+    for g in gone {
+        assert!(
+            !stored.contains(g),
+            "{g:?} reached the audit file:\n{stored}"
+        );
+        let d: String = g.chars().filter(char::is_ascii_digit).collect();
+        if d.len() >= 8 {
+            assert!(
+                !digits.contains(&d),
+                "the digits of {g:?} reached the audit file"
+            );
+        }
+    }
+    let lines = read_lines(&file);
+    assert_eq!(lines.len(), sent as usize);
+    for (i, line) in lines.iter().enumerate() {
+        let req: Value = serde_json::from_str(line["request_body"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("record {i}: the request body is not JSON ({e})"));
+        let content = req["messages"][0]["content"].as_str().unwrap();
+        for shown in [
+            "138****5678",
+            "[REDACTED:card]",
+            "[REDACTED:cn_id]",
+            "号码",
+            "🙂",
+        ] {
+            assert!(
+                content.contains(shown),
+                "record {i}: {shown} missing: {content}"
+            );
+        }
+        let resp = line["response_body"].as_str().unwrap();
+        let docs: Vec<&str> = if resp.starts_with("data: ") {
+            resp.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .collect()
+        } else {
+            vec![resp]
+        };
+        assert!(!docs.is_empty(), "record {i}: {resp}");
+        for d in docs {
+            serde_json::from_str::<Value>(d)
+                .unwrap_or_else(|e| panic!("record {i}: a stored answer is not JSON ({e}): {d}"));
+        }
+        assert!(resp.contains("138****5678"), "record {i}: {resp}");
+    }
+}
+
 fn verify_cli(files: &[&Path]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_llm-sidecar"))
         .args(["audit", "verify"])

@@ -465,3 +465,89 @@ routes:
         "the dashboard queries metrics /metrics lacks: {missing:?}"
     );
 }
+
+/// The metrics' model label bound (`other` past 200 names) is for metrics only: the
+/// audit log and the spans keep saying which model was called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_label_bound_audit_and_spans_keep_the_real_model() {
+    use crate::support::otlp::OtlpReceiver;
+    use llm_sidecar::observability::genai::{MAX_MODELS, MAX_MODEL_NAME};
+    let rx = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = mock(MockOptions {
+        chunks: 1,
+        ..Default::default()
+    })
+    .await;
+    let audit = dir.path().join("audit.jsonl");
+    let yaml = format!(
+        "audit: {{ output: file, path: {} }}\n{}",
+        audit.display(),
+        otlp_config(&m.url(), &rx.endpoint())
+    );
+    let s = TestSidecar::start(&yaml).await;
+    let url = s.url("/openai/v1/chat/completions");
+    let post = |model: String| {
+        let mut b = chat_body(false);
+        b["model"] = model.into();
+        s.client.post(&url).json(&b).send()
+    };
+    for i in 0..MAX_MODELS {
+        assert_eq!(post(format!("made-up-{i}")).await.unwrap().status(), 200);
+    }
+    let long = format!("long-{}", "x".repeat(400));
+    for model in ["the-real-model", long.as_str()] {
+        assert_eq!(post(model.to_string()).await.unwrap().status(), 200);
+    }
+    let sent = MAX_MODELS + 2;
+    eventually("every record written", Duration::from_secs(20), || async {
+        s.metric("llm_sidecar_audit_records_total").await == sent as f64
+    })
+    .await;
+    // metrics: past the bound, a new name is `other`
+    let text = s.metrics().await;
+    assert!(
+        text.contains(r#"gen_ai_request_model="other""#),
+        "the label bound holds"
+    );
+    assert!(!text.contains("the-real-model"));
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let real = lines
+        .iter()
+        .find(|l| l["model"] == "the-real-model")
+        .expect("the audit record names the real model");
+    assert_eq!(real["response_model"], "the-real-model");
+    let capped = &long[..MAX_MODEL_NAME];
+    let cut = lines
+        .iter()
+        .find(|l| l["model"].as_str().is_some_and(|m| m.starts_with("long-")))
+        .expect("the long name's record");
+    assert_eq!(cut["model"], capped, "cut to {MAX_MODEL_NAME} bytes");
+    assert_eq!(cut["response_model"], capped);
+    assert!(lines.iter().all(|l| l["model"] != "other"));
+
+    eventually("every span exported", Duration::from_secs(20), || async {
+        rx.spans().len() >= sent
+    })
+    .await;
+    let spans = rx.spans();
+    let span = spans
+        .iter()
+        .find(|sp| sp.str_attr("gen_ai.request.model") == Some("the-real-model"))
+        .expect("the span names the real model");
+    assert_eq!(
+        span.str_attr("gen_ai.response.model"),
+        Some("the-real-model")
+    );
+    assert!(spans
+        .iter()
+        .any(|sp| sp.str_attr("gen_ai.request.model") == Some(capped)));
+    assert!(spans
+        .iter()
+        .all(|sp| sp.str_attr("gen_ai.request.model") != Some("other")));
+}

@@ -67,10 +67,14 @@ async fn sse_from_the_mock_arrives_event_by_event() {
     }
     // 1 role chunk + 4 content + 1 finish + 1 usage + [DONE] = 8 events, 150 ms apart.
     assert_eq!(text.matches("data: ").count(), 8, "{text}");
-    assert!(
-        text.contains("\"usage\":{\"completion_tokens\":4"),
-        "{text}"
-    );
+    let usage: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["usage"].is_object())
+        .collect();
+    assert_eq!(usage.len(), 1, "{text}");
+    assert_eq!(usage[0]["usage"]["completion_tokens"], 4, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert!(
         arrivals.len() >= 6,

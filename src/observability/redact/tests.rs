@@ -388,3 +388,191 @@ fn json_path_syntax_errors_are_specific() {
         ]
     );
 }
+
+/// How a client wrote its JSON: as UTF-8, with every non-ASCII character escaped
+/// (Python's `json.dumps`, `requests`, `aiohttp`), or some of each.
+#[derive(Clone, Copy, Debug)]
+enum Spelling {
+    Utf8,
+    Escaped,
+    Mixed,
+}
+
+fn spell(v: &Value, how: Spelling) -> String {
+    let text = v.to_string();
+    let mut out = String::new();
+    let mut n = 0;
+    for c in text.chars() {
+        let escape = match how {
+            Spelling::Utf8 => false,
+            Spelling::Escaped => !c.is_ascii(),
+            Spelling::Mixed => {
+                n += usize::from(!c.is_ascii());
+                !c.is_ascii() && n % 2 == 0
+            }
+        };
+        if escape {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One case per built-in rule: the text, the part that must never be stored, the mask.
+/// Each value starts right after a CJK character, so that once escaped the escape's
+/// last hex digit touches it; "mixed" escapes every other non-ASCII character.
+const PII: &[(&str, &str, &str)] = &[
+    (
+        "密钥sk-proj-AbCdEf0123456789xyz给你",
+        "AbCdEf0123456789",
+        "[REDACTED:api_key]",
+    ),
+    (
+        "令牌bearer ya29.a0AfH6SMBxyz。",
+        "ya29.a0AfH6SMB",
+        "[REDACTED:bearer]",
+    ),
+    (
+        "邮箱jane.doe@example.com谢谢",
+        "jane.doe@example.com",
+        "[REDACTED:email]",
+    ),
+    ("电话+44 20 7946 0958。", "7946 0958", "+44*********0958"),
+    ("号码13812345678，", "13812345678", "138****5678"),
+    (
+        "身份证11010519491231002X号",
+        "11010519491231002X",
+        "[REDACTED:cn_id]",
+    ),
+    (
+        "卡号4111111111111111，🙂",
+        "4111111111111111",
+        "[REDACTED:card]",
+    ),
+];
+
+/// Nothing of `gone` in the stored text, in any spelling.
+fn assert_gone(stored: &str, gone: &str, ctx: &str) {
+    assert!(!stored.contains(gone), "{ctx}: {gone:?} stored: {stored}");
+    let digits: String = gone.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() >= 8 {
+        let stored_digits: String = stored.chars().filter(char::is_ascii_digit).collect();
+        assert!(
+            !stored_digits.contains(&digits),
+            "{ctx}: the digits of {gone:?} survive: {stored}"
+        );
+    }
+}
+
+#[test]
+fn every_rule_masks_json_bodies_however_the_client_escaped_them() {
+    let r = all();
+    for &(text, gone, shown) in PII {
+        for how in [Spelling::Utf8, Spelling::Escaped, Spelling::Mixed] {
+            let ctx = format!("{text} as {how:?}");
+            let request = serde_json::json!({
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": text}],
+            });
+            let response = serde_json::json!({
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+            });
+            let chunk = |content: &str| {
+                serde_json::json!({
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": content}}],
+                })
+            };
+            let sse = format!(
+                "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+                spell(&chunk(text), how),
+                spell(&chunk("."), how)
+            );
+            for (kind, body) in [
+                ("request", spell(&request, how)),
+                ("response", spell(&response, how)),
+            ] {
+                let (out, cut) = r.body(body.as_bytes(), 1 << 20, true).expect("body");
+                assert!(!cut);
+                assert_gone(&out, gone, &format!("{ctx}, {kind}"));
+                let v: Value = serde_json::from_str(&out)
+                    .unwrap_or_else(|e| panic!("{ctx}, {kind}: not JSON ({e}): {out}"));
+                let content = if kind == "request" {
+                    &v["messages"][0]["content"]
+                } else {
+                    &v["choices"][0]["message"]["content"]
+                };
+                let content = content.as_str().expect("content stays a string");
+                assert!(content.contains(shown), "{ctx}, {kind}: {content}");
+                // what is not PII is kept, decoded
+                assert!(!content.is_ascii(), "{ctx}: {content}");
+            }
+            let (out, _) = r.body(sse.as_bytes(), 1 << 20, true).expect("sse");
+            assert_gone(&out, gone, &format!("{ctx}, sse"));
+            let data: Vec<&str> = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            assert_eq!(data.len(), 3, "{ctx}: {out}");
+            assert_eq!(data[2], "[DONE]");
+            let first: Value = serde_json::from_str(data[0])
+                .unwrap_or_else(|e| panic!("{ctx}, sse: not JSON ({e}): {out}"));
+            let content = first["choices"][0]["delta"]["content"].as_str().unwrap();
+            assert!(content.contains(shown), "{ctx}, sse: {content}");
+        }
+    }
+}
+
+#[test]
+fn text_that_is_not_json_is_matched_through_its_escapes() {
+    let r = all();
+    // a body cut before its end is not JSON: the rules still see through the escapes,
+    // and an escape is never cut in half by a mask
+    for &(text, gone, shown) in PII {
+        let body = spell(&serde_json::json!({ "content": text }), Spelling::Escaped);
+        let cut = &body[..body.len() - 2];
+        let (out, _) = r.body(cut.as_bytes(), 1 << 20, false).expect("text");
+        assert_gone(&out, gone, text);
+        assert!(out.contains(shown), "{text}: {out}");
+        let unmasked = out.replace(shown, "");
+        let mut rest = unmasked.as_str();
+        while let Some(i) = rest.find("\\u") {
+            let hex = rest.get(i + 2..i + 6).unwrap_or_default();
+            assert!(
+                hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{text}: a broken escape in {out}"
+            );
+            rest = &rest[i + 6..];
+        }
+    }
+    // escaped digits are digits too
+    let out = r.text_escaped(r"call \u0031\u00338\u0031\u0032345678 now", Escapes::Json);
+    assert_eq!(out, r"call 138****5678 now");
+    // SSE lines that are not JSON, and event/id lines
+    let sse = "event: note\ndata: \\u53f713812345678\n\n";
+    let (out, _) = r.body(sse.as_bytes(), 1 << 20, true).expect("sse");
+    assert_eq!(out, "event: note\ndata: \\u53f7138****5678\n\n");
+    // URLs: percent-encoding
+    let out = r.text_escaped(
+        "/v1/chat?tel=%2B8613912345678&m=%E5%8F%B713812345678",
+        Escapes::Percent,
+    );
+    assert!(!out.contains("1234567"), "{out}");
+    assert!(out.contains("tel=+86*******5678"), "{out}");
+    // numbers in JSON are values too
+    let (out, _) = r
+        .body(br#"{"card":4111111111111111,"n":42}"#, 1 << 20, true)
+        .expect("json");
+    assert_eq!(out, r#"{"card":"[REDACTED:card]","n":42}"#);
+    // keys keep their order, and a key that is PII is masked
+    let (out, _) = r
+        .body(br#"{"z":1,"jane@example.com":2,"a":3}"#, 1 << 20, true)
+        .expect("json");
+    assert_eq!(out, r#"{"z":1,"[REDACTED:email]":2,"a":3}"#);
+}
