@@ -240,14 +240,66 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// A `.` or `..` path segment, literal or percent-encoded. Such paths are refused rather
 /// than forwarded, so a route's prefix is a real boundary upstream too.
+///
+/// A provider or gateway that decodes `%2F` (or `%5C`, which some treat as `/`) before it
+/// normalises would resolve `/v1/..%2f..%2fx` to `/x`, outside the route's prefix. So the
+/// path is also checked as it reads once decoded, and again for each further level of
+/// encoding (`%252e%252e%252f`). Encoded slashes themselves are fine (Bedrock model ARNs
+/// in paths need `%2F` and `%3A`): only dot segments are refused.
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(is_dot_segment)
+    let raw = path.as_bytes();
+    if raw.split(|&b| b == b'/').any(is_dot_segment) {
+        return true;
+    }
+    // No allocation unless the path holds an escape or a backslash.
+    if !raw.iter().any(|&b| b == b'%' || b == b'\\') {
+        return false;
+    }
+    let mut cur = raw.to_vec();
+    for _ in 0..MAX_DECODE_ROUNDS {
+        if cur.split(|&b| b == b'/' || b == b'\\').any(is_dot_segment) {
+            return true;
+        }
+        match percent_decode(&cur) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    // Still decoding after this many levels: no legitimate path nests escapes so deep.
+    true
+}
+
+/// Levels of percent-encoding a path is decoded through.
+const MAX_DECODE_ROUNDS: usize = 4;
+
+/// The bytes with every `%XX` decoded; None when there is none.
+fn percent_decode(b: &[u8]) -> Option<Vec<u8>> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                changed = true;
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    changed.then_some(out)
 }
 
 /// `.` or `..`, each dot possibly written `%2e`/`%2E`. No allocation: this runs on every
 /// request.
-fn is_dot_segment(seg: &str) -> bool {
-    let mut rest = seg.as_bytes();
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let mut rest = seg;
     let mut dots = 0;
     while !rest.is_empty() {
         if rest[0] == b'.' {

@@ -112,7 +112,7 @@ pub fn check(
     if has_dot_segment(req.uri.path()) {
         return Err(SidecarError::new(
             Cause::BadPath,
-            "request path must not contain . or .. segments",
+            "request path must not contain . or .. segments, written plainly or percent-encoded (%2e, or made a segment by %2f or %5c, at any level of encoding)",
         ));
     }
     Ok(())

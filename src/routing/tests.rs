@@ -110,10 +110,38 @@ fn dot_segments_plain_and_encoded() {
         "/a/%2E./b",
         "/a/.%2e",
         "/%2e/x",
+        // once decoded, the encoded slash makes a segment of the dots
+        "/openai/v1/..%2f..%2fx",
+        "/openai/v1/..%2F..%2Fx",
+        "/openai/v1/%2e%2e%2fx",
+        "/openai/v1/%2E%2e%2Fx",
+        "/openai/v1/..%5c..%5cx",
+        "/openai/v1/..\\x",
+        "/openai/v1/x%2f.%2fy",
+        // encoded twice (a gateway that decodes twice), and three times
+        "/openai/v1/%252e%252e%252fx",
+        "/openai/v1/..%252fx",
+        "/openai/v1/%25252e%25252e%25252fx",
+        // nested deeper than any real path
+        "/a/%2525252525252e",
     ] {
         assert!(has_dot_segment(bad), "{bad}");
     }
-    for good in ["/a/b", "/v1.2/x", "/a/...", "/a/..b", "/a/%2ex", "/%2", "/"] {
+    for good in [
+        "/a/b",
+        "/v1.2/x",
+        "/a/...",
+        "/a/..b",
+        "/a/%2ex",
+        "/%2",
+        "/",
+        // Bedrock model ARNs: encoded `:` and `/` are fine
+        "/bedrock/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-haiku-20240307-v1%3A0/converse",
+        "/a/%25/b",
+        "/a/100%25",
+        "/a/%2F%2Fb",
+        "/a/x..%2fy",
+    ] {
         assert!(!has_dot_segment(good), "{good}");
     }
 }

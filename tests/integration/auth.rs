@@ -216,10 +216,22 @@ routes:
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A model ARN (an inference profile): `%3A` and `%2F` in the path pass the
+    // traversal guard and are signed as sent.
+    let arn = "arn%3Aaws%3Abedrock%3Aus-west-2%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0";
+    let r = s
+        .client
+        .post(s.url(&format!("/bedrock/model/{arn}/converse")))
+        .json(&converse)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     let rec = m.recorded();
-    assert_eq!(rec.len(), 2);
+    assert_eq!(rec.len(), 3);
     assert_eq!(rec[1].body.len(), invoke_big.len());
+    assert_eq!(rec[2].path, format!("/model/{arn}/converse"));
     let dir = tempfile::tempdir().unwrap();
     let mut input = Vec::new();
     for (i, r) in rec.iter().enumerate() {

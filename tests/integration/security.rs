@@ -42,6 +42,14 @@ async fn double_framing_and_smuggling_attempts_are_refused() {
         ),
         ("dot segments", b"GET /openai/v1/../../admin HTTP/1.1\r\nHost: x\r\n\r\n"),
         ("encoded dot segments", b"GET /openai/v1/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n"),
+        // Dots made a segment by an encoded slash: a provider that decodes %2F before
+        // normalising would resolve these outside the route's prefix.
+        ("..%2f", b"GET /openai/v1/..%2f..%2fadmin HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("%2e%2e%2f", b"GET /openai/v1/%2e%2e%2fadmin HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("..%5c", b"GET /openai/v1/..%5c..%5cadmin HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("mixed case", b"GET /openai/v1/%2E%2e%2Fadmin HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("double-encoded", b"GET /openai/v1/%252e%252e%252fadmin HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("double-encoded slash", b"POST /openai/v1/..%252f..%252fadmin HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
     ];
     for (name, raw) in cases {
         let before = m.request_count();
