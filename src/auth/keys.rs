@@ -63,12 +63,48 @@ impl std::fmt::Debug for KeyPool {
     }
 }
 
-/// Every key is unavailable.
 impl KeyPool {
     /// More than one key: a key refused by the provider can be retried with another.
     pub fn has_alternatives(&self) -> bool {
         self.slots.len() > 1
     }
+
+    /// Whether a key other than `except` could take a request now, or when the first of
+    /// them comes back from its cooldown.
+    pub fn others(&self, except: usize) -> Others {
+        let now = self.now_ms();
+        let mut soonest: Option<u64> = None;
+        for (i, s) in self.slots.iter().enumerate() {
+            if i == except || s.ejected.load(Ordering::Relaxed) {
+                continue;
+            }
+            let until = s.resting_until_ms.load(Ordering::Relaxed);
+            if until <= now {
+                return Others::Free;
+            }
+            soonest = Some(soonest.map_or(until, |x| x.min(until)));
+        }
+        match soonest {
+            Some(until) => Others::CoolingFor(Duration::from_millis(until - now)),
+            None => Others::None,
+        }
+    }
+
+    /// How long a key answered 429 with this `Retry-After` rests.
+    pub fn cooldown(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after.unwrap_or(self.default_cooldown)
+    }
+}
+
+/// The rest of a pool, seen from one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Others {
+    /// Another key is available now.
+    Free,
+    /// Every other key that is not ejected is cooling down; the first is back after this.
+    CoolingFor(Duration),
+    /// No other key (the only one, or the rest are ejected).
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -294,5 +330,32 @@ mod tests {
         assert_eq!(p.pick().unwrap_err().retry_after, ALL_EJECTED_RETRY_AFTER);
         p.feedback(0, 200, None);
         p.feedback(7, 401, None); // out of range: ignored
+    }
+
+    #[test]
+    fn what_the_other_keys_can_do() {
+        let p = pool(&[1, 1, 1], Strategy::RoundRobin);
+        assert_eq!(p.others(0), Others::Free);
+        p.feedback(1, 429, Some(Duration::from_secs(20)));
+        p.feedback(2, 429, Some(Duration::from_secs(5)));
+        match p.others(0) {
+            Others::CoolingFor(d) => {
+                assert!(
+                    d <= Duration::from_secs(5) && d > Duration::from_secs(4),
+                    "{d:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.others(2), Others::Free, "key 0 is free");
+        p.feedback(1, 401, None);
+        p.feedback(2, 403, None);
+        assert_eq!(p.others(0), Others::None, "the rest are ejected");
+        assert_eq!(pool(&[1], Strategy::RoundRobin).others(0), Others::None);
+        assert_eq!(p.cooldown(None), Duration::from_secs(30));
+        assert_eq!(
+            p.cooldown(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
     }
 }

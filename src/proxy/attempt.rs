@@ -216,7 +216,7 @@ pub async fn run(
                             if code == 401 && plan.hold_back_401 {
                                 return Outcome::HeldBack { status: code };
                             }
-                            if plan.gate.hold(code, retry_after) {
+                            if plan.gate.hold(code, retry_after, plan.pool_key()) {
                                 return Outcome::HeldBack { status: code };
                             }
                             status = Some(code);

@@ -81,6 +81,16 @@ pub struct AttemptPlan {
     pub capture: usize,
 }
 
+impl AttemptPlan {
+    /// The pool and the key this attempt signs with, if it uses a pool.
+    pub fn pool_key(&self) -> Option<(&crate::auth::KeyPool, usize)> {
+        match self.credential {
+            Credential::Key(i) => self.auth.keys.as_ref().map(|p| (p, i)),
+            _ => None,
+        }
+    }
+}
+
 /// What follows a held-back response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextStep {
@@ -106,13 +116,25 @@ pub struct RetryGate {
 
 impl RetryGate {
     /// Whether to hold back an answer with `status` (and commit to the next step).
-    pub fn hold(&self, status: u16, retry_after: Option<Duration>) -> bool {
+    /// `key`: the pool and the key this attempt signed with, if it used a pool.
+    pub fn hold(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+        key: Option<(&crate::auth::KeyPool, usize)>,
+    ) -> bool {
         let retryable = resilience::retry::retryable_status(status)
             || (self.other_keys && matches!(status, 401 | 403));
         if !retryable {
             return false;
         }
-        if let Some(wait) = self.retry_wait(retry_after) {
+        let wait = resilience::retry::wait_after(
+            status,
+            retry_after,
+            key.map(|(pool, i)| pool.others(i)),
+            key.map_or(Duration::ZERO, |(pool, _)| pool.cooldown(retry_after)),
+        );
+        if let Some(wait) = wait.and_then(|w| self.wait(w)) {
             return self.decision.set(NextStep::Retry { wait }).is_ok();
         }
         self.fallback_left && self.decision.set(NextStep::Fallback).is_ok()
@@ -121,12 +143,24 @@ impl RetryGate {
     /// The wait before a retry, if one is allowed now (attempts left, `Retry-After`
     /// within the cap, time left, and the retry budget — which this withdraws from).
     fn retry_wait(&self, retry_after: Option<Duration>) -> Option<Duration> {
+        self.wait(retry_after.map_or(resilience::retry::Wait::Backoff, |r| {
+            resilience::retry::Wait::AtLeast(r)
+        }))
+    }
+
+    fn wait(&self, w: resilience::retry::Wait) -> Option<Duration> {
+        use resilience::retry::Wait;
         let policy = &self.snapshot.plans.get(self.route)?.retry;
-        if self.retries_left == 0 || retry_after.is_some_and(|r| r > policy.retry_after_max) {
+        if self.retries_left == 0 {
             return None;
         }
         let n = policy.max_attempts.saturating_sub(self.retries_left);
-        let wait = policy.backoff(n, retry_after);
+        let wait = match w {
+            Wait::Now => Duration::ZERO,
+            Wait::AtLeast(r) if r > policy.retry_after_max => return None,
+            Wait::AtLeast(r) => policy.backoff(n, Some(r)),
+            Wait::Backoff => policy.backoff(n, None),
+        };
         if tokio::time::Instant::now() + wait >= self.deadline || !policy.budget.withdraw() {
             return None;
         }
@@ -834,7 +868,9 @@ impl SidecarProxy {
                             self.metrics.retry(route_name, reason);
                             x.note(|| format!("retry after {reason}").into());
                             tracing::debug!(provider = %provider.name, status, ?wait, "retrying");
-                            tokio::time::sleep(wait).await;
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
                             continue;
                         }
                         Some(NextStep::Fallback) => {

@@ -44,6 +44,46 @@ pub fn reason_for_cause(cause: Cause) -> &'static str {
     }
 }
 
+/// When the next attempt may go out, as far as the answer that asked for it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// At once: the refusal was about a key, and another key of the pool is free.
+    Now,
+    /// The backoff, but at least this long (the provider's `Retry-After`, or the time
+    /// until a key of the pool is back from its cooldown).
+    AtLeast(Duration),
+    /// The backoff alone.
+    Backoff,
+}
+
+/// The wait before retrying an answer with `status` and `retry_after`.
+///
+/// A 429's `Retry-After` (and a 401/403) is about the key that was refused, not the
+/// request: when the attempt used a key of a pool (`others`: what the rest of the pool
+/// can do), another free key is tried at once, and with every other key cooling down the
+/// wait is the earliest that one of them, or the refused key, is back. `None` means the
+/// answer is not retried on another key (`Retry-After` as before). `cooldown` is how long
+/// the refused key rests.
+pub fn wait_after(
+    status: u16,
+    retry_after: Option<Duration>,
+    others: Option<crate::auth::keys::Others>,
+    cooldown: Duration,
+) -> Option<Wait> {
+    use crate::auth::keys::Others;
+    let about_the_key = matches!(status, 429 | 401 | 403);
+    match (about_the_key, others) {
+        (true, Some(Others::Free)) => Some(Wait::Now),
+        (true, Some(Others::CoolingFor(d))) if status == 429 => {
+            Some(Wait::AtLeast(d.min(cooldown)))
+        }
+        (true, Some(Others::CoolingFor(d))) => Some(Wait::AtLeast(d)),
+        // 401/403 with no other key: the refused key is out, nothing to retry with.
+        (true, Some(Others::None)) if status != 429 => None,
+        _ => Some(retry_after.map_or(Wait::Backoff, Wait::AtLeast)),
+    }
+}
+
 /// A route's retry settings (compiled).
 #[derive(Debug)]
 pub struct RetryPolicy {
@@ -169,6 +209,54 @@ mod tests {
         assert_eq!(
             p.backoff(1, Some(Duration::from_secs(1))),
             Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_refused_key_is_replaced_at_once_when_another_is_free() {
+        use crate::auth::keys::Others;
+        let s = Duration::from_secs;
+        let cool = s(30);
+        // another key free: now, whatever the refused key's Retry-After
+        for status in [429, 401, 403] {
+            assert_eq!(
+                wait_after(status, Some(s(2)), Some(Others::Free), cool),
+                Some(Wait::Now)
+            );
+        }
+        assert_eq!(
+            wait_after(429, Some(s(3600)), Some(Others::Free), cool),
+            Some(Wait::Now),
+            "a Retry-After past the cap belongs to the key"
+        );
+        // every other key cooling: the earliest of them or the refused key
+        assert_eq!(
+            wait_after(429, Some(s(2)), Some(Others::CoolingFor(s(5))), s(2)),
+            Some(Wait::AtLeast(s(2)))
+        );
+        assert_eq!(
+            wait_after(429, Some(s(9)), Some(Others::CoolingFor(s(1))), s(9)),
+            Some(Wait::AtLeast(s(1)))
+        );
+        assert_eq!(
+            wait_after(403, None, Some(Others::CoolingFor(s(4))), cool),
+            Some(Wait::AtLeast(s(4)))
+        );
+        // one key (or the rest ejected): its own Retry-After, as before
+        assert_eq!(
+            wait_after(429, Some(s(2)), Some(Others::None), s(2)),
+            Some(Wait::AtLeast(s(2)))
+        );
+        assert_eq!(wait_after(401, None, Some(Others::None), cool), None);
+        // not about a key, or no pool: the provider's Retry-After, else the backoff
+        assert_eq!(
+            wait_after(503, Some(s(1)), Some(Others::Free), cool),
+            Some(Wait::AtLeast(s(1)))
+        );
+        assert_eq!(wait_after(500, None, None, cool), Some(Wait::Backoff));
+        assert_eq!(
+            wait_after(429, Some(s(2)), None, cool),
+            Some(Wait::AtLeast(s(2)))
         );
     }
 

@@ -742,6 +742,70 @@ routes:
     assert_no_leak(&s2, &["pool-bad-canary", "pool-limited-canary"]).await;
 }
 
+/// A 429's `Retry-After` belongs to the key it refused: while another key of the pool is
+/// free, the request goes there at once instead of waiting out the cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_key_never_holds_up_requests_another_key_can_take() {
+    capture_logs();
+    let (addr, seen) = by_credential(vec![(
+        "Bearer pool-limited-canary".into(),
+        429,
+        Some("1".into()),
+    )])
+    .await;
+    let yaml = format!(
+        r#"providers:
+  pool:
+    kind: openai
+    base_url: http://{addr}
+    auth:
+      type: bearer
+      strategy: round_robin
+      keys:
+        - {{ name: limited, key: pool-limited-canary }}
+        - {{ name: free, key: pool-free-canary }}
+routes:
+  - match: {{ path_prefix: /v1 }}
+    provider: pool
+    rewrite_prefix: /v1
+    # A long backoff: a retry that waited it (instead of going at once) would show.
+    retry: {{ max_attempts: 2, backoff: 5s, backoff_max: 5s }}
+"#
+    );
+    let s = TestSidecar::start(&yaml).await;
+    // Long enough for the limited key's 1 s cooldown to end twice, so round-robin hands
+    // it requests again.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..12 {
+        let t = std::time::Instant::now();
+        let r = s.chat("/v1/chat/completions", false).await;
+        assert_eq!(r.status(), 200);
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let used = seen.lock().unwrap().clone();
+    let limited = used
+        .iter()
+        .filter(|c| c.as_str() == "Bearer pool-limited-canary")
+        .count();
+    assert!(
+        limited >= 2,
+        "the limited key came back into turn after its cooldown: {used:?}"
+    );
+    // The provider answers at once; waiting out the refused key's Retry-After takes 1 s
+    // (and the backoff up to 5 s).
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited {slowest:?} though another key was free"
+    );
+    assert_eq!(
+        used.len(),
+        12 + limited,
+        "each 429 was retried once, on the free key"
+    );
+    assert_no_leak(&s, &["pool-limited-canary", "pool-free-canary"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_pools_share_requests_by_weight() {
     capture_logs();
