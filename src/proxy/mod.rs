@@ -1378,15 +1378,15 @@ impl BodyError {
     fn from_read(e: Box<Error>) -> BodyError {
         match e.etype() {
             ErrorType::ReadTimedout => BodyError::Timeout,
-            // Pingora's `INVALID_CHUNK` is crate-private; its name is what it exports.
-            ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => {
-                BodyError::Malformed(
-                    e.context
-                        .as_ref()
-                        .map(|c| c.as_str().to_owned())
-                        .unwrap_or_default(),
-                )
-            }
+            // Pingora's `INVALID_CHUNK` and `INVALID_TRAILER_END` are crate-private; their
+            // names are what they export.
+            ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd")
+            | ErrorType::InvalidHTTPHeader => BodyError::Malformed(
+                e.context
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+            ),
             _ => BodyError::Client(e),
         }
     }

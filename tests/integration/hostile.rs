@@ -57,6 +57,14 @@ fn smuggling_corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("chunk without CRLF after data", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n5\r\nabcdeX0\r\n\r\n")),
         ("chunk size with a bare LF", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n5\nabcde\r\n0\r\n\r\n")),
         ("chunk extension with a bare LF", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n5;a=b\nabcde\r\n0\r\n\r\n")),
+        // whitespace after a size is allowed only before a `;` extension (RFC 9112 7.1)
+        ("chunk size then a space", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n{:x} \r\n{BODY}\r\n0\r\n\r\n", BODY.len())),
+        ("chunk size then a tab", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n{:x}\t\r\n{BODY}\r\n0\r\n\r\n", BODY.len())),
+        ("last chunk size then a space", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0 \r\n\r\n", BODY.len())),
+        ("chunk size with no digits", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n;ext\r\n\r\n")),
+        // after the last chunk only trailer field lines may come
+        ("a request line as a trailer", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0\r\n{smuggled}", BODY.len())),
+        ("a trailer line without a colon", format!("{PATH}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0\r\nX-Ok: 1\r\nnot a field\r\n\r\n", BODY.len())),
         // line endings and folding
         ("bare LF line endings", format!("POST /openai/v1/chat/completions HTTP/1.1\nHost: x\nContent-Length: 5\n\nabcde")),
         ("a bare LF before Content-Length", format!("{PATH}X-A: b\nContent-Length: 5\r\n\r\nabcde")),
@@ -134,6 +142,62 @@ async fn the_smuggling_corpus_is_refused() {
         corpus.len(),
         failures.join("\n")
     );
+}
+
+/// The framing the docs promise `400 bad_framing` for, which Pingora 0.9.1's body parser
+/// (and httparse) let through: fixed in vendor/patches/pingora-core. A well-framed body
+/// with an extension, and with real trailers, still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_chunk_framing_gets_400_bad_framing() {
+    let m = default_mock().await;
+    let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
+    let addr = s.sidecar().reverse_addr();
+    let n = BODY.len();
+    let te = format!("{PATH}Transfer-Encoding: chunked\r\n\r\n");
+    for (name, body) in [
+        (
+            "space after the size",
+            format!("{n:x} \r\n{BODY}\r\n0\r\n\r\n"),
+        ),
+        (
+            "tab after the size",
+            format!("{n:x}\t\r\n{BODY}\r\n0\r\n\r\n"),
+        ),
+        (
+            "a request line as a trailer",
+            format!("{n:x}\r\n{BODY}\r\n0\r\nGET /openai/v1/models HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ),
+    ] {
+        let before = m.request_count();
+        let raw = format!("{te}{body}");
+        match send_raw(addr, raw.as_bytes(), Duration::from_secs(3)).await {
+            Answer::Status(400, head) => assert!(
+                head.to_ascii_lowercase()
+                    .contains("x-llm-sidecar-error: bad_framing"),
+                "{name}: {head}"
+            ),
+            other => panic!("{name}: expected 400 bad_framing, got {other:?}"),
+        }
+        assert_serves(&s, &m, before, name).await;
+    }
+    for (name, body) in [
+        (
+            "an extension after whitespace",
+            format!("{n:x} ;ext=1\r\n{BODY}\r\n0\r\n\r\n"),
+        ),
+        (
+            "trailers",
+            format!("{n:x}\r\n{BODY}\r\n0\r\nX-Checksum: abc\r\nX-B:\t2\r\n\r\n"),
+        ),
+    ] {
+        let before = m.request_count();
+        let raw = format!("{te}{body}");
+        match send_raw(addr, raw.as_bytes(), Duration::from_secs(3)).await {
+            Answer::Status(200, _) => {}
+            other => panic!("{name}: expected 200, got {other:?}"),
+        }
+        assert_eq!(m.request_count(), before + 1, "{name}");
+    }
 }
 
 /// A POST of `BODY` with extra header lines.
