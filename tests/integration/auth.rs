@@ -418,6 +418,9 @@ async fn oauth2_concurrent_requests_across_expiry_share_one_refresh() {
     );
 
     // tok-1 expires after 1 s. 500 requests at once then: one refresh, shared by all.
+    // tok-2 lives for an hour, so that however long the 500 take on a loaded machine, a
+    // second refresh can only come from requests that failed to share the first.
+    ts.set(|b| b.expires_in = 3600);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..500 {
