@@ -37,6 +37,7 @@ fn snapshot() -> llm_sidecar::config::Snapshot {
     let breakers = llm_sidecar::resilience::breaker::BreakerRegistry::default();
     let ctx = LoadContext {
         env: &env,
+        mode: Default::default(),
         dns: &dns,
         breakers: &breakers,
         limits: &llm_sidecar::limits::LimitRegistry::default(),

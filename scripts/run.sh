@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked --bins
-# The HTTPS_PROXY mode's CA (first run only; kept afterwards so apps keep trusting it).
-target/release/llm-sidecar ca init --if-missing "$@"
+# The HTTPS_PROXY mode's CA is created by the first `run` (forward.ca.create_if_missing)
+# and kept afterwards, so apps keep trusting it.
 exec target/release/llm-sidecar run "$@"

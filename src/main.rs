@@ -33,7 +33,13 @@ enum Command {
     /// Run the sidecar (the default command).
     Run,
     /// Validate a config file: print every error with its path; exit 1 if there are any.
-    Check,
+    Check {
+        /// Check the structure and the references only: resolve no `${env:...}` or
+        /// `${file:...}` and read no file the config names (CA, trust bundles, credential
+        /// files), as a CI job without the secrets must.
+        #[arg(long)]
+        no_secrets: bool,
+    },
     /// The local CA for HTTPS_PROXY interception.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -120,7 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => check(&path),
+        Command::Check { no_secrets } => check(&path, no_secrets),
         Command::Run => run(&path),
         Command::Ca(c) => ca(&path, c),
         Command::Audit(AuditCommand::Verify { files }) => audit_verify(&files),
@@ -342,18 +348,33 @@ fn open(path: &std::path::Path) -> Result<std::sync::Arc<ConfigStore>, ExitCode>
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let store = match open(path) {
-        Ok(s) => s,
-        Err(code) => return code,
+fn check(path: &std::path::Path, no_secrets: bool) -> ExitCode {
+    let mode = if no_secrets {
+        config::LoadMode::Structure
+    } else {
+        config::LoadMode::Check
     };
-    let snap = store.load();
+    let snap = match config::check_file(path, config::process_env(), mode) {
+        Ok(s) => s,
+        Err(errs) => {
+            eprintln!("{}: {} error(s):", path.display(), errs.len());
+            for e in errs.iter() {
+                eprintln!("  {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
     for w in &snap.warnings {
         eprintln!("warning: {w}");
     }
     println!(
-        "{}: OK ({} routes, {} providers, hash {})",
+        "{}: OK{} ({} routes, {} providers, hash {})",
         path.display(),
+        if no_secrets {
+            ", structure and references"
+        } else {
+            ""
+        },
         snap.routes.len(),
         snap.providers.len(),
         snap.hash
@@ -361,7 +382,44 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `forward.ca.create_if_missing`: the first `run` creates the interception CA, as
+/// `ca init` would (mitmproxy does the same). Anything short of a clean case (no forward
+/// listener, half a CA, no host to constrain it to) is left to the load to report.
+fn create_missing_ca(path: &std::path::Path) -> Result<(), String> {
+    let Ok(file) = read_schema(path) else {
+        return Ok(());
+    };
+    let (Some(_), Some(c)) = (&file.listeners.forward, &file.forward.ca) else {
+        return Ok(());
+    };
+    let ca::Missing::Create(dir) = ca::Missing::of(c) else {
+        return Ok(());
+    };
+    let domains = config::compile::intercepted_domains(&file);
+    if domains.is_empty() {
+        return Ok(());
+    }
+    let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+    let report = ca::init_dir(&dir, &domains).map_err(|e| {
+        format!(
+            "forward.ca: cannot create the CA in {} ({e}); create it with `llm-sidecar ca init`, or set forward.ca.create_if_missing: false",
+            dir.display()
+        )
+    })?;
+    eprintln!(
+        "llm-sidecar: created the interception CA in {} for {} (forward.ca.create_if_missing); apps must trust {}",
+        dir.display(),
+        report.permitted.join(", "),
+        report.root.display()
+    );
+    Ok(())
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
+    if let Err(e) = create_missing_ca(path) {
+        eprintln!("llm-sidecar: {e}");
+        return ExitCode::FAILURE;
+    }
     let store = match open(path) {
         Ok(s) => s,
         Err(code) => return code,

@@ -33,9 +33,26 @@ mod tenants;
 
 pub use forward::intercepted_domains;
 
+/// What a load is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadMode {
+    /// To serve (start-up and reloads): every reference resolves, every file is there.
+    #[default]
+    Serve,
+    /// `llm-sidecar check`: as `Serve`, but files that `run` creates on its first start
+    /// (the interception CA) may be missing.
+    Check,
+    /// `llm-sidecar check --no-secrets`: the structure and the references only. No
+    /// `${env:...}` or `${file:...}` is resolved and no file is read (CA files, trust
+    /// bundles, credential files): a platform team's CI has none of them. A provider whose
+    /// secrets are unresolved is checked as far as it can be without them.
+    Structure,
+}
+
 /// What a load needs from the running process.
 pub struct LoadContext<'a> {
     pub env: EnvLookup<'a>,
+    pub mode: LoadMode,
     pub dns: &'a DnsRegistry,
     /// Circuit breakers survive reloads.
     pub breakers: &'a crate::resilience::breaker::BreakerRegistry,
@@ -188,6 +205,8 @@ struct Compiler<'a> {
     overrides: crate::upstream::dns::Overrides,
     /// Every secret value resolved, for the audit log's redaction by value.
     secrets: Vec<String>,
+    /// `LoadMode::Structure`: the references left unresolved, by path.
+    unresolved: Vec<String>,
 }
 
 impl<'a> Compiler<'a> {
@@ -203,6 +222,7 @@ impl<'a> Compiler<'a> {
             fingerprint,
             overrides: Default::default(),
             secrets: Vec::new(),
+            unresolved: Vec::new(),
         }
     }
 
@@ -256,6 +276,14 @@ impl<'a> Compiler<'a> {
                 self.warnings
                     .push(format!("providers.{name}: no route uses this provider"));
             }
+        }
+
+        if !self.unresolved.is_empty() {
+            let n = self.unresolved.len();
+            self.warnings.push(format!(
+                "not resolved (--no-secrets): {n} reference(s), at {}",
+                self.unresolved.join(", ")
+            ));
         }
 
         let effective = match serde_json::to_vec_pretty(&file) {
@@ -450,6 +478,10 @@ impl<'a> Compiler<'a> {
         t: &Template,
         optional: bool,
     ) -> Result<String, Option<String>> {
+        if self.ctx.mode == LoadMode::Structure && t.has_refs() {
+            self.unresolved.push(path.to_string());
+            return Err(Some(format!("{path}: not resolved (--no-secrets)")));
+        }
         match t.resolve(self.ctx.env) {
             Ok(r) => {
                 self.fingerprint.update(r.value.as_bytes());
@@ -586,7 +618,12 @@ impl<'a> Compiler<'a> {
         }
         if tls_on {
             let mut extra = Vec::new();
-            if let Some(ca) = &p.tls.ca_file {
+            if let Some(ca) = p
+                .tls
+                .ca_file
+                .as_ref()
+                .filter(|_| self.ctx.mode != LoadMode::Structure)
+            {
                 match trust::load_ca_file(ca) {
                     Ok(c) => {
                         for cert in &c {
@@ -625,11 +662,20 @@ impl<'a> Compiler<'a> {
         }
 
         let style = style_for(p.kind);
+        if self.ctx.mode == LoadMode::Structure && p.base_url.0.has_refs() {
+            // The host is unknown; what is written around the references must still
+            // make a URL.
+            if let Err(e) = parse_base_url(&p.base_url.0.fill("placeholder")) {
+                self.errs.push(format!("{base}.base_url"), e);
+            }
+        }
         if !missing.is_empty() {
             let reason = missing.join("; ");
-            self.warnings.push(format!(
-                "{base}: disabled (optional provider with missing secrets): {reason}"
-            ));
+            if self.ctx.mode != LoadMode::Structure {
+                self.warnings.push(format!(
+                    "{base}: disabled (optional provider with missing secrets): {reason}"
+                ));
+            }
             return Target::Disabled {
                 reason: Arc::from(format!("provider \"{name}\" is not configured on this sidecar (its credentials are missing)")),
                 style,
@@ -1040,7 +1086,19 @@ fn parse_base_url(u: &str) -> Result<BaseUrl, String> {
         return Err(format!("\"{u}\" has no host"));
     }
     let default_port = if tls { 443 } else { 80 };
-    let port = authority.port_u16().unwrap_or(default_port);
+    // `http::Uri` takes `host:notaport` and reports no port: refuse it rather than
+    // silently using the default one.
+    let port = match authority.as_str()[host.len()..].strip_prefix(':') {
+        None | Some("") => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "\"{u}\": port \"{p}\" is not a port number (1-65535)"
+                ))
+            }
+        },
+    };
     let authority = if port == default_port {
         host.clone()
     } else {

@@ -19,7 +19,7 @@ pub mod secret;
 pub mod units;
 pub mod watch;
 
-pub use compile::{LoadContext, Snapshot, StartupSettings, Target};
+pub use compile::{LoadContext, LoadMode, Snapshot, StartupSettings, Target};
 pub use errors::{ConfigError, ConfigErrors};
 
 use crate::observability::metrics::{Metrics, ReloadResult};
@@ -61,6 +61,22 @@ pub enum ReloadOutcome {
     Rejected(ConfigErrors),
 }
 
+/// Loads and compiles a config file without serving it (`llm-sidecar check`).
+pub fn check_file(path: &Path, env: EnvSource, mode: LoadMode) -> Result<Snapshot, ConfigErrors> {
+    let (dns, metrics) = (DnsRegistry::default(), Metrics::new());
+    let breakers = crate::resilience::breaker::BreakerRegistry::default();
+    let limits = crate::limits::LimitRegistry::default();
+    let ctx = LoadContext {
+        env: &*env,
+        mode,
+        dns: &dns,
+        breakers: &breakers,
+        limits: &limits,
+        metrics: &metrics,
+    };
+    compile::load_file(path, &ctx)
+}
+
 impl ConfigStore {
     /// Loads the config for the first time. Errors are returned, not logged.
     pub fn open(
@@ -74,6 +90,7 @@ impl ConfigStore {
         let snapshot = {
             let ctx = LoadContext {
                 env: &*env,
+                mode: Default::default(),
                 dns: &dns,
                 breakers: &breakers,
                 limits: &limits,
@@ -123,6 +140,7 @@ impl ConfigStore {
         let loaded = {
             let ctx = LoadContext {
                 env: &*self.env,
+                mode: Default::default(),
                 dns: &self.dns,
                 breakers: &self.breakers,
                 limits: &self.limits,

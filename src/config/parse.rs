@@ -8,6 +8,7 @@ use super::errors::{did_you_mean, join, ConfigErrors};
 use super::schema::{self, ConfigFile, CONFIG_VERSION, TOP_LEVEL_KEYS};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 use serde_yaml::Value;
 
 pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
@@ -215,22 +216,117 @@ fn section<T: DeserializeOwned + Default>(
     }
 }
 
-/// Deserializes one value, reporting the exact path of a failure inside it.
+/// Errors reported for one value at most: past this, the rest are hidden.
+const MAX_ERRORS_PER_VALUE: usize = 32;
+
+/// Deserializes one value, reporting the exact path of every failure inside it.
+///
+/// serde stops at a value's first error, so after each one the offending key is taken
+/// out of the YAML tree and the value is read again: `routes[0]` with a misspelt key and
+/// a bad duration reports both. A "missing key" that only that removal caused is not
+/// reported. An unknown key or variant gets the nearest valid name as a hint.
 fn value<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = if inner == "." || inner.is_empty() {
-                path.to_string()
-            } else if inner.starts_with('[') {
-                format!("{path}{inner}")
-            } else {
-                format!("{path}.{inner}")
-            };
-            errs.push(full, tidy_serde_message(&e.into_inner().to_string()));
-            None
+    let mut v = v;
+    let mut removed: Vec<String> = Vec::new();
+    let mut reported = 0;
+    while reported < MAX_ERRORS_PER_VALUE {
+        let e = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return (reported == 0).then_some(t),
+            Err(e) => e,
+        };
+        let segments: Vec<Segment> = e.path().iter().cloned().collect();
+        let full = display(path, &segments);
+        let msg = e.into_inner().to_string();
+        if let Some(key) = quoted_after(&msg, "missing field `") {
+            if removed.contains(&format!("{full}.{key}")) {
+                return None;
+            }
         }
+        errs.push(full, format!("{}{}", tidy_serde_message(&msg), hint(&msg)));
+        reported += 1;
+        match remove_offender(&mut v, &segments, &msg) {
+            Some((container, key)) => removed.push(format!("{}.{key}", display(path, container))),
+            None => return None,
+        }
+    }
+    None
+}
+
+/// `path` followed by the segments, as errors show them: `routes[0].retry.backoff`.
+fn display(path: &str, segments: &[Segment]) -> String {
+    let mut out = path.to_string();
+    for s in segments {
+        match s {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(variant);
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
+}
+
+/// The text between `prefix` and the next backtick.
+fn quoted_after<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = &msg[msg.find(prefix)? + prefix.len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+/// "did you mean" for serde's "unknown field `x`, expected one of `a`, `b`" and
+/// "unknown variant `x`, expected ..." messages.
+fn hint(msg: &str) -> String {
+    let Some(word) =
+        quoted_after(msg, "unknown field `").or_else(|| quoted_after(msg, "unknown variant `"))
+    else {
+        return String::new();
+    };
+    let Some(expected) = msg.split_once("expected").map(|(_, e)| e) else {
+        return String::new();
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match did_you_mean(word, candidates.iter().copied()) {
+        Some(c) if c != word => format!("; did you mean `{c}`?"),
+        _ => String::new(),
+    }
+}
+
+/// Takes the node an error points at out of the tree, so the next read gets past it:
+/// the path of the mapping it was in and its key, or None when nothing could be removed.
+fn remove_offender<'s>(
+    root: &mut Value,
+    segments: &'s [Segment],
+    msg: &str,
+) -> Option<(&'s [Segment], String)> {
+    // An unknown key inside an internally tagged value (`auth: { type: ..., tokn: x }`)
+    // is reported at the tagged value, not at the key.
+    let unknown = quoted_after(msg, "unknown field `");
+    let (container, key) = match (unknown, segments.split_last()) {
+        (Some(u), Some((Segment::Map { key }, rest))) if key == u => (rest, key.clone()),
+        (Some(u), _) => (segments, u.to_string()),
+        (None, Some((Segment::Map { key }, rest))) => (rest, key.clone()),
+        (None, _) => return None,
+    };
+    let mut node = &mut *root;
+    for s in container {
+        node = match (s, node) {
+            (Segment::Map { key }, Value::Mapping(m)) => m.get_mut(key.as_str())?,
+            (Segment::Seq { index }, Value::Sequence(q)) => q.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    match node {
+        Value::Mapping(m) => m.remove(key.as_str()).map(|_| (container, key)),
+        _ => None,
     }
 }
 
@@ -329,6 +425,58 @@ routes:
             "{joined}"
         );
         assert_eq!(e.len(), 6, "{joined}");
+    }
+
+    #[test]
+    fn every_error_inside_one_route_or_provider_is_reported_with_a_hint() {
+        let e = errors(
+            r#"
+version: 1
+providers:
+  openai:
+    kind: opnai
+    base_url: https://api.openai.com/v1
+    auth: { type: bearer, tokn: x, token: y }
+    timeouts: { conect: 5s, total: 10 }
+routes:
+  - match: { path_prefix: /a, hots: x }
+    provider: openai
+    retyr: {}
+    retry: { max_attempts: "three", backof: 1s }
+    audit_bodies: { max_bytes: 12XB }
+"#,
+        );
+        let joined = e.join("\n");
+        for want in [
+            "providers.openai.kind: unknown variant `opnai`",
+            "did you mean `openai`?",
+            "providers.openai.auth: unknown key `tokn`",
+            "did you mean `token`?",
+            "providers.openai.timeouts.conect: unknown key `conect`",
+            "did you mean `connect`?",
+            "providers.openai.timeouts.total: duration 10 has no unit",
+            "routes[0].match.hots: unknown key `hots`",
+            "did you mean `host`?",
+            "routes[0].retyr: unknown key `retyr`",
+            "did you mean `retry`?",
+            "routes[0].retry.max_attempts: invalid type",
+            "routes[0].retry.backof: unknown key `backof`",
+            "did you mean `backoff`?",
+            "routes[0].audit_bodies.max_bytes: invalid size unit",
+        ] {
+            assert!(joined.contains(want), "{want} missing:\n{joined}");
+        }
+        assert_eq!(e.len(), 9, "{joined}");
+        // a required key removed to get past its bad value is not also "missing"
+        let e = errors("version: 1\nroutes:\n  - { match: { path_prefix: /a }, provider: [1] }\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("routes[0].provider: invalid type"),
+            "{e:?}"
+        );
+        // no hint when nothing is near
+        let e = errors("version: 1\nserver: { zzzzzzzz: 1 }\n");
+        assert!(!e[0].contains("did you mean"), "{e:?}");
     }
 
     #[test]

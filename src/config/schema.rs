@@ -563,11 +563,16 @@ fn default_forward_ports() -> Vec<u16> {
 
 /// Where the interception CA's files are. `dir` holds the files `ca init` writes; the
 /// `*_file` keys override single files.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardCa {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// With `dir` set and none of its CA files there, `llm-sidecar run` creates the CA on
+    /// its first start, as `llm-sidecar ca init` would (name-constrained to the routes'
+    /// hosts). `false`: start-up fails instead, e.g. for a CA mounted from a Secret.
+    #[serde(default = "default_true")]
+    pub create_if_missing: bool,
     /// The signing intermediate's certificate (default `DIR/intermediate.pem`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<PathBuf>,
@@ -577,6 +582,18 @@ pub struct ForwardCa {
     /// The root clients trust (default `DIR/ca.pem`); used to check the chain at load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_file: Option<PathBuf>,
+}
+
+impl Default for ForwardCa {
+    fn default() -> Self {
+        ForwardCa {
+            dir: None,
+            create_if_missing: true,
+            cert_file: None,
+            key_file: None,
+            root_file: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

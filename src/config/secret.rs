@@ -140,6 +140,18 @@ impl Template {
         self.parts.iter().any(|p| !matches!(p, Part::Lit(_)))
     }
 
+    /// The template with every reference replaced by `placeholder` (for checks of what is
+    /// written around references, without resolving them).
+    pub fn fill(&self, placeholder: &str) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Lit(s) => s.as_str(),
+                Part::Env(_) | Part::File(_) => placeholder,
+            })
+            .collect()
+    }
+
     /// The references this template names, as written (for messages).
     pub fn references(&self) -> Vec<String> {
         self.parts

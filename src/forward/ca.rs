@@ -90,6 +90,33 @@ impl CaFiles {
     }
 }
 
+/// What `llm-sidecar run` does about a CA that is not there yet (`forward.ca.create_if_missing`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Nothing to create: the files exist, some of them do (half a CA is an error for
+    /// the load to report, never overwritten), the CA is named file by file, or
+    /// creating is turned off.
+    No,
+    /// `dir` holds none of the files: create them there.
+    Create(PathBuf),
+}
+
+impl Missing {
+    pub fn of(c: &crate::config::schema::ForwardCa) -> Missing {
+        let Some(dir) = &c.dir else {
+            return Missing::No;
+        };
+        let by_file = c.cert_file.is_some() || c.key_file.is_some() || c.root_file.is_some();
+        let f = CaFiles::in_dir(dir);
+        let none = !f.root.exists() && !f.cert.exists() && !f.key.exists();
+        if c.create_if_missing && !by_file && none {
+            Missing::Create(dir.clone())
+        } else {
+            Missing::No
+        }
+    }
+}
+
 /// What `ca init` did.
 #[derive(Debug)]
 pub struct InitReport {

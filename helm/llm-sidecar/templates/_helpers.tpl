@@ -63,7 +63,8 @@ The sidecar's config: .Values.config with the keys the chart owns set from the v
 {{- if .Values.httpsProxy.enabled -}}
 {{- $_ := set $listeners "forward" (printf "127.0.0.1:%d" (int .Values.ports.forward)) -}}
 {{- $forward := deepCopy (default dict $cfg.forward) -}}
-{{- $_ := set $forward "ca" (dict "dir" .Values.httpsProxy.ca.mountPath) -}}
+{{- /* The CA comes from a Secret: a missing file must fail start-up, never mint a new CA. */ -}}
+{{- $_ := set $forward "ca" (dict "dir" .Values.httpsProxy.ca.mountPath "create_if_missing" false) -}}
 {{- $_ := set $cfg "forward" $forward -}}
 {{- end -}}
 {{- $_ := set $cfg "listeners" $listeners -}}

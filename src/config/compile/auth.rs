@@ -478,6 +478,11 @@ impl Compiler<'_> {
         missing: &mut Vec<String>,
     ) -> Option<AwsCredentials> {
         match c {
+            _ if self.ctx.mode == super::LoadMode::Structure => {
+                self.unresolved.push(base.to_string());
+                missing.push(format!("{base}: not resolved (--no-secrets)"));
+                None
+            }
             schema::AwsCredentials::Env => match sigv4::from_env(self.ctx.env) {
                 Ok(creds) => {
                     self.fingerprint_secret(creds.secret_access_key.expose());
@@ -581,7 +586,7 @@ impl Compiler<'_> {
     ) -> Option<reqwest::Client> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
-        if let Some(ca) = ca_file {
+        if let Some(ca) = ca_file.filter(|_| self.ctx.mode != super::LoadMode::Structure) {
             match trust::load_ca_file(ca) {
                 Ok(certs) => {
                     self.files.push(ca.to_path_buf());

@@ -101,6 +101,24 @@ impl Compiler<'_> {
             );
             return None;
         };
+        if let ca::Missing::Create(dir) = ca::Missing::of(c) {
+            match self.ctx.mode {
+                super::LoadMode::Serve => {}
+                super::LoadMode::Check => {
+                    self.warnings.push(format!(
+                        "forward.ca: {} holds no CA yet; `llm-sidecar run` creates it on its first start (forward.ca.create_if_missing), and apps must then trust {}",
+                        dir.display(),
+                        dir.join(ca::ROOT_CERT).display()
+                    ));
+                    return None;
+                }
+                super::LoadMode::Structure => return None,
+            }
+        }
+        if self.ctx.mode == super::LoadMode::Structure {
+            // No file is read; the CA's settings were checked above.
+            return None;
+        }
         let Some(files) = CaFiles::from_config(c) else {
             self.errs.push(
                 "forward.ca",

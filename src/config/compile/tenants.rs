@@ -32,7 +32,12 @@ impl Compiler<'_> {
                         "used only with `tenant.source: virtual_key`",
                     );
                 }
+                let unresolved = self.ctx.mode == super::LoadMode::Structure && t.id.0.has_refs();
                 let id = match t.id.0.resolve(self.ctx.env) {
+                    _ if unresolved => {
+                        self.unresolved.push("tenant.id".into());
+                        "default".to_string()
+                    }
                     Ok(r) => r.value,
                     Err(e) => {
                         self.errs.push("tenant.id", e.to_string());

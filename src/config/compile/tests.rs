@@ -14,6 +14,7 @@ fn load(text: &str) -> Result<Snapshot, ConfigErrors> {
     let breakers = crate::resilience::breaker::BreakerRegistry::default();
     let ctx = LoadContext {
         env: &env,
+        mode: Default::default(),
         dns: &dns,
         breakers: &breakers,
         limits: &crate::limits::LimitRegistry::default(),
@@ -156,6 +157,22 @@ fn url_and_tls_rules() {
         !e.contains("pw"),
         "the message must not echo credentials: {e}"
     );
+    for bad in [
+        "https://example.com:notaport",
+        "https://example.com:0",
+        "http://[::1]:99999",
+    ] {
+        let e = errors(&format!("{base}    base_url: \"{bad}\"\n"));
+        assert!(e.contains("is not a port number"), "{bad}: {e}");
+    }
+    let snap = load(&format!(
+        "{base}    base_url: \"http://[::1]:8081/v1\"\nroutes:\n  - {{ match: {{ path_prefix: /a }}, provider: p }}\n"
+    ))
+    .expect("an IPv6 host with a port");
+    match &snap.targets[0] {
+        Target::Ready(p) => assert_eq!(p.endpoint.port(), 8081),
+        _ => panic!("ready"),
+    }
     let e = errors(&format!(
         "{base}    base_url: http://example.com\n    tls: {{ sni: x.example.com }}\n"
     ));
