@@ -43,6 +43,12 @@ PROBE = obj(
         "successThreshold": POS,
     }
 )
+UTILIZATION = obj(
+    {
+        "averageUtilization": {"type": ["integer", "null"], "minimum": 1},
+        "container": STR,
+    }
+)
 RESOURCES = obj({"requests": MAP, "limits": MAP, "claims": LIST}, required=["requests", "limits"])
 
 
@@ -160,6 +166,24 @@ def chart_schema(config):
                     }
                 ),
                 "podDisruptionBudget": obj({"enabled": BOOL, "maxUnavailable": {"type": ["integer", "string"]}}),
+                "autoscaling": obj(
+                    {
+                        "enabled": BOOL,
+                        "minReplicas": POS,
+                        "maxReplicas": POS,
+                        "cpu": UTILIZATION,
+                        "memory": UTILIZATION,
+                        "inFlightRequests": obj(
+                            {
+                                "enabled": BOOL,
+                                "metric": {"type": "string", "minLength": 1},
+                                "averageValue": {"type": ["string", "integer"], "pattern": "^[0-9]+(\\.[0-9]+)?[mkMG]?$"},
+                            }
+                        ),
+                        "extraMetrics": {"type": "array", "items": {"type": "object", "required": ["type"]}},
+                        "behavior": obj({"scaleDown": MAP, "scaleUp": MAP}),
+                    }
+                ),
             },
             required=["image", "ports", "config", "secrets"],
         ),

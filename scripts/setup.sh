@@ -6,7 +6,8 @@
 #   scripts/setup.sh --test    + curl, openssl, redis-server (shared limits),
 #                                promtool (package prometheus: /metrics lint),
 #                                python3 with the official openai/anthropic SDKs and
-#                                httpx, pytest and the Helm engine (helm-python-sdk)
+#                                httpx, pytest, the Helm engine (helm-python-sdk) and the
+#                                Kubernetes API schemas (kubernetes-validate)
 #                                for tests/deploy, binutils (objdump), cargo-nextest,
 #                                wrk (tests/soak.sh)
 #   scripts/setup.sh --bench   + nginx, wrk (the load benchmark's yardsticks)
@@ -62,8 +63,8 @@ if [ $want_test -eq 1 ]; then
     python3 -m pip install -q --disable-pip-version-check -r tests/integration/clients/requirements.txt \
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages -r tests/integration/clients/requirements.txt
   fi
-  if ! python3 -c 'import pytest, yaml, jsonschema, helm_python' >/dev/null 2>&1; then
-    echo "setup: installing the Python packages the deployment tests use (pytest, PyYAML, jsonschema, helm-python-sdk)"
+  if ! python3 -c 'import pytest, yaml, jsonschema, helm_python, kubernetes_validate' >/dev/null 2>&1; then
+    echo "setup: installing the Python packages the deployment tests use (pytest, PyYAML, jsonschema, helm-python-sdk, kubernetes-validate)"
     python3 -m pip install -q --disable-pip-version-check -r tests/deploy/requirements.txt \
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages -r tests/deploy/requirements.txt
   fi

@@ -9,6 +9,7 @@ import subprocess
 import tomllib
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -25,6 +26,9 @@ from conftest import (
     render,
     rendered_config,
 )
+
+# The oldest Kubernetes the chart supports: native sidecars and ContainerResource metrics.
+KUBE_VERSION = "1.30.0"
 
 HTTPS_GEN = {"httpsProxy": {"enabled": True, "ca": {"genCA": True}}}
 HTTPS_EXISTING = {"httpsProxy": {"enabled": True, "ca": {"existingSecret": "my-ca"}}}
@@ -45,6 +49,13 @@ SWITCHES = {
     "secrets-optional": {"secrets": {"optional": True}},
     "digest": {"image": {"digest": "sha256:" + "ab" * 32}},
     "classic-https": {"nativeSidecar": False, **HTTPS_GEN},
+    "hpa": {"autoscaling": {"enabled": True}},
+    "hpa-every-metric": {"autoscaling": {
+        "enabled": True,
+        "cpu": {"container": "llm-sidecar"},
+        "memory": {"averageUtilization": 80},
+        "inFlightRequests": {"enabled": True},
+    }},
 }
 
 
@@ -63,7 +74,7 @@ def test_chart_version_matches_the_crate_and_the_image_tag():
 def test_lint_is_clean(switch):
     import helm_python
 
-    report = helm_python.lint(str(CHART), SWITCHES[switch], strict=True, kube_version="v1.30.0")
+    report = helm_python.lint(str(CHART), SWITCHES[switch], strict=True, kube_version="v" + KUBE_VERSION)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
     assert report["total_charts_linted"] == 1
@@ -87,6 +98,11 @@ def test_every_switch_renders_objects_kubernetes_can_read(switch):
         name = d["metadata"]["name"]
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
         assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+        # Against the API's own OpenAPI schema, unknown fields refused (the CRDs of
+        # prometheus-operator are not in it).
+        if not d["apiVersion"].startswith("monitoring.coreos.com/"):
+            obj = {k: v for k, v in d.items() if k != "_template"}
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 def sidecar_of(docs):
@@ -253,7 +269,9 @@ def test_config_map_sets_the_chart_owned_keys():
     assert "forward" not in cfg
     cfg = yaml.safe_load(rendered_config(render(HTTPS_GEN)))
     assert cfg["listeners"]["forward"] == "127.0.0.1:3128"
-    assert cfg["forward"]["ca"] == {"dir": "/var/run/llm-sidecar/ca"}
+    # The CA comes from its Secret: a sidecar that made its own when the mount is empty
+    # would sign with a CA no app trusts.
+    assert cfg["forward"]["ca"] == {"dir": "/var/run/llm-sidecar/ca", "create_if_missing": False}
     # Every ${file:...} the default config reads is in the Secret's mount.
     refs = re.findall(r"\$\{file:([^}]+)\}", rendered_config(render()))
     assert refs and all(r.startswith("/var/run/secrets/llm-sidecar/") for r in refs), refs
@@ -280,6 +298,104 @@ def test_service_monitor_and_network_policy():
     assert providers["ports"] == [{"protocol": "TCP", "port": 443}]
     block = providers["to"][0]["ipBlock"]
     assert block["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in block["except"] and "169.254.0.0/16" in block["except"]
+
+
+# -- the HorizontalPodAutoscaler ----------------------------------------------------
+
+HPA = {"autoscaling": {"enabled": True}}
+
+
+def hpa_of(autoscaling):
+    docs = render(deep_merge(HPA, {"autoscaling": autoscaling}))
+    return docs, find(docs, "HorizontalPodAutoscaler")
+
+
+def test_autoscaling_targets_the_deployment_and_owns_its_replica_count():
+    # Off by default: no HPA, and the Deployment keeps its replicas.
+    off = render()
+    assert "HorizontalPodAutoscaler" not in kinds(off)
+    assert find(off, "Deployment")["spec"]["replicas"] == values_file()["deployment"]["replicas"]
+
+    docs, hpa = hpa_of({})
+    assert kinds(docs) == ["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+                           "PodDisruptionBudget", "Service"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    dep = find(docs, "Deployment")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": dep["apiVersion"], "kind": "Deployment", "name": dep["metadata"]["name"]}
+    # The HPA sets the replica count; a replicas field in the Deployment would fight it on
+    # every `helm upgrade`.
+    assert "replicas" not in dep["spec"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    # By default the pod's CPU (app and sidecar) over the sum of their requests.
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    assert hpa["metadata"]["labels"] == dep["metadata"]["labels"]
+    # With no Deployment of the chart's own, there is nothing to scale.
+    assert "HorizontalPodAutoscaler" not in kinds(render(deep_merge(HPA, {"deployment": {"enabled": False}})))
+
+
+def test_autoscaling_on_one_container_memory_and_in_flight_requests():
+    _, hpa = hpa_of({
+        "minReplicas": 3, "maxReplicas": 30,
+        "cpu": {"averageUtilization": 60, "container": "llm-sidecar"},
+        "memory": {"averageUtilization": 80, "container": "app"},
+        "inFlightRequests": {"enabled": True, "averageValue": "50"},
+        "extraMetrics": [{"type": "External", "external": {
+            "metric": {"name": "queue_depth"}, "target": {"type": "Value", "value": "100"}}}],
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
+    })
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 30)
+    cpu, memory, in_flight, extra = hpa["spec"]["metrics"]
+    assert cpu == {"type": "ContainerResource", "containerResource": {
+        "name": "cpu", "container": "llm-sidecar", "target": {"type": "Utilization", "averageUtilization": 60}}}
+    assert memory == {"type": "ContainerResource", "containerResource": {
+        "name": "memory", "container": "app", "target": {"type": "Utilization", "averageUtilization": 80}}}
+    # The metric the sidecar exports, as the Prometheus adapter serves it per pod.
+    assert in_flight == {"type": "Pods", "pods": {
+        "metric": {"name": "llm_sidecar_requests_in_flight"},
+        "target": {"type": "AverageValue", "averageValue": "50"}}}
+    assert extra["external"]["metric"]["name"] == "queue_depth"
+    # behavior merges key by key: the scale-down policies stay, the window changes.
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
+    assert hpa["spec"]["behavior"]["scaleDown"]["policies"]
+    # Only CPU off, in-flight requests alone.
+    _, hpa = hpa_of({"cpu": {"averageUtilization": None}, "inFlightRequests": {"enabled": True}})
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"]
+
+
+def test_the_metric_the_hpa_reads_is_one_the_sidecar_exports():
+    # llm_sidecar_requests_in_flight must be in the binary's metrics, or the adapter rule
+    # in docs/kubernetes.md serves nothing and the HPA scales on a missing metric.
+    name = values_file()["autoscaling"]["inFlightRequests"]["metric"]
+    src = (ROOT / "src/observability/metrics.rs").read_text()
+    assert f'"{name}"' in src
+    assert name in (ROOT / "docs/kubernetes.md").read_text()
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"minReplicas": 5, "maxReplicas": 3}, r"minReplicas \(5\) is above autoscaling.maxReplicas \(3\)"),
+    ({"cpu": {"averageUtilization": None}}, "needs at least one metric"),
+    ({"cpu": {"container": "web"}}, "container \"web\" is neither llm-sidecar nor the app"),
+    ({"cpu": {"container": "llm-sidecar"}, "_resources": {"requests": {"cpu": None}}},
+     "llm-sidecar's utilization, which is measured against its cpu request: set it"),
+    ({"memory": {"averageUtilization": 80}, "_app": {"requests": {"memory": None}}},
+     "pod's utilization, which is measured against the sum of its containers' memory requests"),
+], ids=["min-above-max", "no-metric", "unknown-container", "no-sidecar-request", "no-app-request"])
+def test_autoscaling_refuses_what_the_hpa_could_not_compute(values, message):
+    from helm_python import HelmRenderError
+
+    values = dict(values)
+    extra = {}
+    if "_resources" in values:
+        extra["resources"] = values.pop("_resources")
+    if "_app" in values:
+        extra["deployment"] = {"app": {"resources": values.pop("_app")}}
+    with pytest.raises(HelmRenderError, match=message):
+        render(deep_merge(deep_merge(HPA, {"autoscaling": values}), extra))
 
 
 def test_library_templates_in_another_chart(tmp_path):
@@ -327,6 +443,12 @@ BAD_VALUES = [
     ({"secrets": {"mountPath": "relative/dir"}}, "/secrets/mountPath"),
     ({"appEnv": {"baseUrls": {"OPENAI BASE": "/x"}}}, "invalid propertyName 'OPENAI BASE'"),
     ({"replicas": 3}, "additional properties 'replicas'"),
+    ({"autoscaling": {"enabled": "true"}}, "/autoscaling/enabled.*want boolean"),
+    ({"autoscaling": {"minReplicas": 0}}, "/autoscaling/minReplicas"),
+    ({"autoscaling": {"cpu": {"averageUtilization": 0}}}, "/autoscaling/cpu/averageUtilization"),
+    ({"autoscaling": {"cpu": {"target": 70}}}, "/autoscaling/cpu.*additional properties 'target'"),
+    ({"autoscaling": {"inFlightRequests": {"averageValue": "lots"}}}, "/autoscaling/inFlightRequests/averageValue"),
+    ({"autoscaling": {"behaviour": {}}}, "/autoscaling.*additional properties 'behaviour'"),
 ]
 
 
