@@ -138,6 +138,65 @@ struct State {
     recorder: Recorder,
     requests: AtomicU64,
     connections: AtomicU64,
+    /// Body frames (SSE events, chunks) handed to the connection.
+    frames_sent: AtomicU64,
+    /// Response bodies dropped before their end: the client (the sidecar) went away.
+    bodies_cut: AtomicU64,
+}
+
+/// A response body that counts what the connection took of it, and whether it was
+/// dropped before its end (a hang-up that reached this server).
+struct Tracked {
+    inner: Body,
+    state: Arc<State>,
+    ended: bool,
+}
+
+impl Tracked {
+    fn body(inner: Body, state: Arc<State>) -> Body {
+        let ended = hyper::body::Body::is_end_stream(&inner);
+        BodyExt::boxed(Tracked {
+            inner,
+            state,
+            ended,
+        })
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(_)) => {
+                self.state.frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.ended && !hyper::body::Body::is_end_stream(&self.inner) {
+            self.state.bodies_cut.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A running mock.
@@ -188,6 +247,16 @@ impl MockServer {
         self.state.connections.load(Ordering::Relaxed)
     }
 
+    /// Response body frames (SSE events, chunks) handed to connections so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.state.frames_sent.load(Ordering::Relaxed)
+    }
+
+    /// Response bodies dropped before their end, because the client went away.
+    pub fn bodies_cut(&self) -> u64 {
+        self.state.bodies_cut.load(Ordering::Relaxed)
+    }
+
     pub fn stop(&self) {
         self.stop.cancel();
     }
@@ -211,6 +280,8 @@ pub async fn start(opts: MockOptions) -> std::io::Result<MockServer> {
         opts,
         requests: AtomicU64::new(0),
         connections: AtomicU64::new(0),
+        frames_sent: AtomicU64::new(0),
+        bodies_cut: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
     tokio::spawn(serve(listener, state.clone(), stop.clone()));
@@ -230,7 +301,13 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
         let stop = stop.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), conn_id, req));
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move {
+                    let r = handle(state.clone(), conn_id, req).await?;
+                    Ok::<_, Infallible>(r.map(|b| Tracked::body(b, state)))
+                }
+            });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match acceptor {
                 Some(a) => {

@@ -199,12 +199,30 @@ mod tests {
             budget: RetryBudget::new(0.2, 0),
         };
         for n in 1..8 {
-            for _ in 0..50 {
-                let d = p.backoff(n, None);
-                let cap =
-                    Duration::from_millis(100 * (1 << (n - 1))).min(Duration::from_millis(400));
-                assert!(d <= cap, "{n}: {d:?}");
-            }
+            let cap = Duration::from_millis(100 * (1 << (n - 1))).min(Duration::from_millis(400));
+            let waits: Vec<f64> = (0..400)
+                .map(|_| {
+                    let d = p.backoff(n, None);
+                    assert!(d <= cap, "{n}: {d:?}");
+                    d.as_secs_f64() / cap.as_secs_f64()
+                })
+                .collect();
+            // Full jitter: spread uniformly over [0, cap], so retries of many clients do
+            // not come back together. A constant wait (0, the cap, or anything between)
+            // fails; with 400 draws each bound is many standard deviations wide.
+            let min = waits.iter().cloned().fold(f64::MAX, f64::min);
+            let max = waits.iter().cloned().fold(0.0, f64::max);
+            let mean = waits.iter().sum::<f64>() / waits.len() as f64;
+            assert!(
+                min < 0.1 && max > 0.9,
+                "{n}: spread {min:.3}..{max:.3} of the cap"
+            );
+            assert!((0.4..0.6).contains(&mean), "{n}: mean {mean:.3} of the cap");
+            let quarters = waits.iter().fold([0; 4], |mut q, w| {
+                q[((w * 4.0) as usize).min(3)] += 1;
+                q
+            });
+            assert!(quarters.iter().all(|&c| c > 60), "{n}: {quarters:?}");
         }
         assert_eq!(
             p.backoff(1, Some(Duration::from_secs(1))),

@@ -440,14 +440,11 @@ async fn oauth2_concurrent_requests_across_expiry_share_one_refresh() {
     assert!(rec[1..]
         .iter()
         .all(|r| r.header("authorization") == Some("Bearer tok-2")));
-    let metrics = s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"llm_sidecar_oauth_token_fetches_total{provider="idp",result="success"}"#
-        ),
-        2.0
-    );
+    s.assert_metric(
+        r#"llm_sidecar_oauth_token_fetches_total{provider="idp",result="success"}"#,
+        2.0,
+    )
+    .await;
     assert_no_leak(&s, &["oauth-secret-canary", "tok-1", "tok-2"]).await;
 }
 
@@ -683,24 +680,26 @@ routes:
     assert_eq!(&used[2..], &["Bearer pool-good-canary"; 3]);
     let metrics = s.metrics().await;
     let m = |line: &str| metric_value(&metrics, line);
-    assert_eq!(
-        m(r#"llm_sidecar_upstream_key_ejected{key="bad",provider="pool"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"llm_sidecar_upstream_key_events_total{event="ejected",key="bad",provider="pool"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(
-            r#"llm_sidecar_upstream_key_events_total{event="cooldown",key="limited",provider="pool"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        m(r#"llm_sidecar_upstream_key_requests_total{key="good",provider="pool"}"#),
-        3.0
-    );
+    s.assert_metric(
+        r#"llm_sidecar_upstream_key_ejected{key="bad",provider="pool"}"#,
+        1.0,
+    )
+    .await;
+    s.assert_metric(
+        r#"llm_sidecar_upstream_key_events_total{event="ejected",key="bad",provider="pool"}"#,
+        1.0,
+    )
+    .await;
+    s.assert_metric(
+        r#"llm_sidecar_upstream_key_events_total{event="cooldown",key="limited",provider="pool"}"#,
+        1.0,
+    )
+    .await;
+    s.assert_metric(
+        r#"llm_sidecar_upstream_key_requests_total{key="good",provider="pool"}"#,
+        3.0,
+    )
+    .await;
     assert!(
         m(
             r#"llm_sidecar_upstream_key_cooldown_until_timestamp_seconds{key="limited",provider="pool"}"#

@@ -214,12 +214,7 @@ async fn assert_clean(
     slack: usize,
     case: &str,
 ) {
-    eventually(
-        &format!("{case}: no request in flight"),
-        Duration::from_secs(5),
-        || async { s.metric("llm_sidecar_requests_in_flight").await == 0.0 },
-    )
-    .await;
+    s.assert_metric("llm_sidecar_requests_in_flight", 0.0).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (open, tasks) = (f.open.load(Ordering::SeqCst), alive_tasks());

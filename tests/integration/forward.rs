@@ -262,31 +262,23 @@ async fn curl_through_the_proxy_gets_the_key_and_tenant_injected() {
     assert!(out.matches("data: ").count() >= 10, "{out}");
     assert!(out.trim_end().ends_with("data: [DONE]"), "{out}");
 
-    let metrics = f.s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_forward_requests_total{decision=\"intercept\",kind=\"connect\",reason=\"\"}"
-        ),
+    f.s.assert_metric(
+        "llm_sidecar_forward_requests_total{decision=\"intercept\",kind=\"connect\",reason=\"\"}",
         3.0,
-        "{metrics}"
-    );
+    )
+    .await;
     // Same pipeline as base-URL mode: the route's request metrics count them.
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_requests_total{provider=\"openai\",route=\"openai\",status=\"200\"}"
-        ),
-        3.0
-    );
+    f.s.assert_metric(
+        "llm_sidecar_requests_total{provider=\"openai\",route=\"openai\",status=\"200\"}",
+        3.0,
+    )
+    .await;
     // One leaf minted for api.openai.com, then reused.
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_forward_leaf_certificates_total{cache=\"miss\"}"
-        ),
-        1.0
-    );
+    f.s.assert_metric(
+        "llm_sidecar_forward_leaf_certificates_total{cache=\"miss\"}",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,23 +418,25 @@ async fn passthrough_tunnels_tls_end_to_end() {
         "{e:?}"
     );
 
+    // A tunnel's bytes are counted as it closes.
+    f.s.wait_metric(
+        r#"llm_sidecar_forward_tunnel_bytes_total{direction="upstream"}"#,
+        "> 200",
+        |v| v > 200.0,
+    )
+    .await;
+    f.s.wait_metric(
+        r#"llm_sidecar_forward_tunnel_bytes_total{direction="downstream"}"#,
+        "> 500",
+        |v| v > 500.0,
+    )
+    .await;
     let after = f.s.metrics().await;
-    let up = metric_value(
-        &after,
-        "llm_sidecar_forward_tunnel_bytes_total{direction=\"upstream\"}",
-    );
-    let down = metric_value(
-        &after,
-        "llm_sidecar_forward_tunnel_bytes_total{direction=\"downstream\"}",
-    );
-    assert!(up > 200.0 && down > 500.0, "up {up} down {down}");
-    assert_eq!(
-        metric_value(
-            &after,
-            "llm_sidecar_forward_requests_total{decision=\"passthrough\",kind=\"connect\",reason=\"\"}"
-        ),
-        2.0
-    );
+    f.s.assert_metric(
+        "llm_sidecar_forward_requests_total{decision=\"passthrough\",kind=\"connect\",reason=\"\"}",
+        2.0,
+    )
+    .await;
     // No request was parsed: the request counters did not move.
     let total = |t: &str| -> f64 {
         t.lines()
@@ -615,14 +609,10 @@ async fn an_intercepted_connection_serves_only_its_host() {
             .await
             .is_err()
     );
-    eventually(
-        "handshake failures counted",
-        Duration::from_secs(5),
-        || async {
-            f.s.metric("llm_sidecar_forward_tls_handshake_failures_total")
-                .await
-                >= 2.0
-        },
+    f.s.wait_metric(
+        "llm_sidecar_forward_tls_handshake_failures_total",
+        ">= 2.0",
+        |v| v >= 2.0,
     )
     .await;
 }
@@ -652,14 +642,11 @@ async fn plain_http_proxy_requests_are_intercepted_when_port_80_is_allowed() {
     assert!(rec
         .iter()
         .all(|r| r.header("authorization") == Some(&format!("Bearer {REAL_KEY}"))));
-    let m = f.s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "llm_sidecar_forward_requests_total{decision=\"intercept\",kind=\"http\",reason=\"\"}"
-        ),
-        2.0
-    );
+    f.s.assert_metric(
+        "llm_sidecar_forward_requests_total{decision=\"intercept\",kind=\"http\",reason=\"\"}",
+        2.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -807,12 +794,9 @@ async fn plain_http_passthrough_reaches_the_origin_untouched() {
     );
     assert_eq!(rec[0].header("proxy-connection"), None);
     assert_eq!(rec[0].header("connection"), Some("close"));
-    let m = f.s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "llm_sidecar_forward_requests_total{decision=\"passthrough\",kind=\"http\",reason=\"\"}"
-        ),
-        1.0
-    );
+    f.s.assert_metric(
+        "llm_sidecar_forward_requests_total{decision=\"passthrough\",kind=\"http\",reason=\"\"}",
+        1.0,
+    )
+    .await;
 }

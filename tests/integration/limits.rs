@@ -48,16 +48,16 @@ async fn a_burst_over_the_request_limit_gets_exactly_the_excess_as_429s() {
     }
     assert_eq!((ok, limited.len()), (5, 7));
     // the rule's decisions, both ways
-    assert_eq!(
-        s.metric(r#"llm_sidecar_limit_admitted_total{rule="tenant-rate"}"#)
-            .await,
-        5.0
-    );
-    assert_eq!(
-        s.metric(r#"llm_sidecar_limited_total{kind="requests",rule="tenant-rate"}"#)
-            .await,
-        7.0
-    );
+    s.assert_metric(
+        r#"llm_sidecar_limit_admitted_total{rule="tenant-rate"}"#,
+        5.0,
+    )
+    .await;
+    s.assert_metric(
+        r#"llm_sidecar_limited_total{kind="requests",rule="tenant-rate"}"#,
+        7.0,
+    )
+    .await;
     let r = &limited[0];
     assert_eq!(r.headers()["x-llm-sidecar-error"], "rate_limited");
     let retry: u64 = r.headers()["retry-after"]
@@ -73,14 +73,6 @@ async fn a_burst_over_the_request_limit_gets_exactly_the_excess_as_429s() {
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
     assert!(r.headers().contains_key("x-ratelimit-reset-requests"));
     assert_eq!(m.request_count(), 5);
-    let metrics = s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_limited_total{kind=\"requests\",rule=\"tenant-rate\"}"
-        ),
-        7.0
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +132,10 @@ async fn spend(accounting: &str) -> (f64, usize) {
             admitted += 1;
         }
     }
+    // Usage is counted when each exchange ends, just after its last byte: wait until all
+    // 50 are (an under-count here would make "within budget" easier to pass).
+    s.assert_metric(r#"llm_sidecar_requests_total{route="openai"}"#, 50.0)
+        .await;
     let metrics = s.metrics().await;
     let used = |ty: &str| {
         metric_value(
@@ -175,17 +171,17 @@ async fn reserving_tokens_keeps_concurrent_streams_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limits_queue_then_refuse() {
     let m = mock(MockOptions {
-        latency: Duration::from_millis(300),
+        latency: Duration::from_millis(1000),
         ..Default::default()
     })
     .await;
     let s = TestSidecar::start(&config(
         &m.url(),
-        "    - { name: one-at-a-time, concurrency: { max: 1, queue: 1, queue_timeout: 2s } }",
+        "    - { name: one-at-a-time, concurrency: { max: 1, queue: 1, queue_timeout: 3s } }",
     ))
     .await;
     let mut tasks = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let client = s.client.clone();
         let url = s.url("/openai/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
@@ -198,7 +194,18 @@ async fn concurrency_limits_queue_then_refuse() {
                 .status()
                 .as_u16()
         }));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // In order: the first is at the provider, the second is queued (in flight in
+        // the sidecar, not at the provider), then the third comes.
+        match i {
+            0 => {
+                eventually("the first at the provider", WAIT, || async {
+                    m.request_count() == 1
+                })
+                .await
+            }
+            1 => s.assert_metric("llm_sidecar_requests_in_flight", 2.0).await,
+            _ => {}
+        }
     }
     let mut statuses = Vec::new();
     for t in tasks {
@@ -255,12 +262,9 @@ limits:
     let count = |k: &str| keys.iter().filter(|h| h.ends_with(k)).count();
     // the weighted pool prefers `big`; its limit sends the overflow to `small`
     assert_eq!((count("key-big"), count("key-small")), (3, 3), "{keys:?}");
-    let metrics = s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_limited_total{kind=\"requests\",rule=\"per-key\"}"
-        ),
-        2.0
-    );
+    s.assert_metric(
+        r#"llm_sidecar_limited_total{kind="requests",rule="per-key"}"#,
+        2.0,
+    )
+    .await;
 }

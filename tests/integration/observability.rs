@@ -118,54 +118,47 @@ async fn genai_metrics_move_by_the_right_amounts_and_pass_promtool() {
         usage_line["usage"]["completion_tokens"].as_u64().unwrap(),
     );
 
-    let metrics = s.metrics().await;
+    // Written when each exchange ends, just after the client's last byte: polled.
     let genai = |name: &str, ty: &str| {
-        metric_value(
-            &metrics,
-            &format!(
-                "{name}{{gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"gpt-4o-mini\",gen_ai_response_model=\"{model}\",gen_ai_token_type=\"{ty}\"}}"
-            ),
+        format!(
+            "{name}{{gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"gpt-4o-mini\",gen_ai_response_model=\"{model}\",gen_ai_token_type=\"{ty}\"}}"
         )
     };
-    assert_eq!(genai("gen_ai_client_token_usage_count", "input"), 2.0);
-    assert_eq!(
-        genai("gen_ai_client_token_usage_sum", "input"),
-        (in1 + in2) as f64
-    );
-    assert_eq!(
-        genai("gen_ai_client_token_usage_sum", "output"),
-        (out1 + out2) as f64
-    );
-    let tenant = |ty: &str| {
-        metric_value(
-            &metrics,
-            &format!(
-                "llm_sidecar_tenant_tokens_total{{model=\"gpt-4o-mini\",tenant=\"team-obs\",type=\"{ty}\"}}"
-            ),
-        )
-    };
-    assert_eq!(tenant("output"), (out1 + out2) as f64);
+    s.assert_metric(&genai("gen_ai_client_token_usage_count", "input"), 2.0)
+        .await;
+    s.assert_metric(
+        &genai("gen_ai_client_token_usage_sum", "input"),
+        (in1 + in2) as f64,
+    )
+    .await;
+    s.assert_metric(
+        &genai("gen_ai_client_token_usage_sum", "output"),
+        (out1 + out2) as f64,
+    )
+    .await;
+    s.assert_metric(
+        r#"llm_sidecar_tenant_tokens_total{model="gpt-4o-mini",tenant="team-obs",type="output"}"#,
+        (out1 + out2) as f64,
+    )
+    .await;
     let series = "{model=\"gpt-4o-mini\",provider=\"mock\",route=\"mock\"}";
     // only the stream has a time to first token: 5 chunks 30 ms apart
-    assert_eq!(
-        metric_value(
-            &metrics,
-            &format!("llm_sidecar_time_to_first_token_seconds_count{series}")
-        ),
-        1.0
-    );
+    s.assert_metric(
+        &format!("llm_sidecar_time_to_first_token_seconds_count{series}"),
+        1.0,
+    )
+    .await;
+    s.assert_metric(
+        r#"llm_sidecar_llm_requests_total{model="gpt-4o-mini",provider="mock",route="mock",status_class="2xx",tenant="team-obs"}"#,
+        2.0,
+    )
+    .await;
+    let metrics = s.metrics().await;
     let ttft = metric_value(
         &metrics,
         &format!("llm_sidecar_time_to_first_token_seconds_sum{series}"),
     );
     assert!(ttft > 0.0 && ttft < 0.5, "ttft {ttft}");
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_llm_requests_total{model=\"gpt-4o-mini\",provider=\"mock\",route=\"mock\",status_class=\"2xx\",tenant=\"team-obs\"}"
-        ),
-        2.0
-    );
     assert!(
         metrics
             .lines()
@@ -301,11 +294,8 @@ async fn each_upstream_attempt_is_exported_as_a_client_span_with_genai_attribute
         Some(2),
         "STATUS_CODE_ERROR"
     );
-    assert_eq!(
-        s.metric("llm_sidecar_otlp_spans_total{result=\"exported\"}")
-            .await,
-        4.0
-    );
+    s.assert_metric(r#"llm_sidecar_otlp_spans_total{result="exported"}"#, 4.0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,14 +310,10 @@ async fn a_collector_that_is_down_costs_requests_nothing_and_is_counted() {
         let r = s.chat("/openai/v1/chat/completions", false).await;
         assert_eq!(r.status(), 200);
     }
-    eventually(
-        "failed exports counted",
-        Duration::from_secs(10),
-        || async {
-            s.metric("llm_sidecar_otlp_spans_total{result=\"failed\"}")
-                .await
-                >= 1.0
-        },
+    s.wait_metric(
+        "llm_sidecar_otlp_spans_total{result=\"failed\"}",
+        ">= 1.0",
+        |v| v >= 1.0,
     )
     .await;
     assert_eq!(
@@ -500,10 +486,8 @@ async fn past_the_label_bound_audit_and_spans_keep_the_real_model() {
         assert_eq!(post(model.to_string()).await.unwrap().status(), 200);
     }
     let sent = MAX_MODELS + 2;
-    eventually("every record written", Duration::from_secs(20), || async {
-        s.metric("llm_sidecar_audit_records_total").await == sent as f64
-    })
-    .await;
+    s.assert_metric("llm_sidecar_audit_records_total", sent as f64)
+        .await;
     // metrics: past the bound, a new name is `other`
     let text = s.metrics().await;
     assert!(

@@ -3,7 +3,6 @@
 use crate::support::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 fn tenant_block() -> &'static str {
     "tenant:\n  id: team-a\n  headers: { x-llm-tenant: \"{tenant}\", x-llm-team: \"team={tenant}\" }\n  strip: [x-internal-debug]\n"
@@ -220,10 +219,7 @@ routes:
     // The 200 is counted when its exchange ends, which can be just after the client has
     // the answer.
     let ok = r#"llm_sidecar_requests_total{provider="mock",route="mock",status="200"}"#;
-    eventually("the 200 counted", Duration::from_secs(5), || async {
-        s.metric(ok).await == 1.0
-    })
-    .await;
+    s.assert_metric(ok, 1.0).await;
     let text = s.metrics().await;
     assert!(
         text.contains(r#"llm_sidecar_requests_total{provider="-",route="-",status="404"} 1"#),

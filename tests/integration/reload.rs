@@ -141,14 +141,10 @@ async fn an_invalid_edit_is_rejected_while_traffic_keeps_flowing() {
     };
 
     s.write_in_place("providers: [this is: not valid\n");
-    eventually(
-        "the failure is counted",
-        Duration::from_secs(10),
-        || async {
-            s.metric(r#"llm_sidecar_config_reloads_total{result="failure"}"#)
-                .await
-                >= 1.0
-        },
+    s.wait_metric(
+        r#"llm_sidecar_config_reloads_total{result="failure"}"#,
+        ">= 1.0",
+        |v| v >= 1.0,
     )
     .await;
     s.write_in_place(&cfg(&m.url(), "good").replace("provider: mock", "provider: mokc"));
@@ -192,12 +188,7 @@ async fn a_request_in_flight_during_reload_finishes_on_its_snapshot() {
         .body(reqwest::Body::wrap_stream(body_stream))
         .send();
     let in_flight = tokio::spawn(req);
-    eventually(
-        "the request is in flight",
-        Duration::from_secs(5),
-        || async { s.metric("llm_sidecar_requests_in_flight").await == 1.0 },
-    )
-    .await;
+    s.assert_metric("llm_sidecar_requests_in_flight", 1.0).await;
 
     s.write_in_place(&cfg(&m.url(), "after"));
     assert!(matches!(s.reload().await, ReloadOutcome::Applied { .. }));

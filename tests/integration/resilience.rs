@@ -165,27 +165,20 @@ routes:
     let body: serde_json::Value = serde_json::from_slice(&rec[0].body).unwrap();
     assert_eq!(body["model"], "backup-model");
     assert_eq!(body["messages"][0]["content"], "Say hello");
-    let metrics = s.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_fallbacks_total{provider=\"backup\",route=\"primary\"}"
-        ),
-        4.0
-    );
+    s.assert_metric(
+        "llm_sidecar_fallbacks_total{provider=\"backup\",route=\"primary\"}",
+        4.0,
+    )
+    .await;
     // After two failures the primary's breaker opened: the last requests went straight
     // to the fallback without trying it.
-    assert_eq!(
-        metric_value(&metrics, "llm_sidecar_breaker_state{provider=\"primary\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_breaker_rejected_total{provider=\"primary\"}"
-        ),
-        2.0
-    );
+    s.assert_metric("llm_sidecar_breaker_state{provider=\"primary\"}", 1.0)
+        .await;
+    s.assert_metric(
+        "llm_sidecar_breaker_rejected_total{provider=\"primary\"}",
+        2.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,18 +205,13 @@ async fn the_breaker_opens_sheds_half_opens_and_closes() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(s.chat("/v1/chat/completions", false).await.status(), 200);
     assert_eq!(seen.lock().unwrap().at.len(), 4);
-    let metrics = s.metrics().await;
-    assert_eq!(
-        metric_value(&metrics, "llm_sidecar_breaker_state{provider=\"primary\"}"),
-        0.0
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            "llm_sidecar_breaker_opened_total{provider=\"primary\"}"
-        ),
-        1.0
-    );
+    s.assert_metric("llm_sidecar_breaker_state{provider=\"primary\"}", 0.0)
+        .await;
+    s.assert_metric(
+        "llm_sidecar_breaker_opened_total{provider=\"primary\"}",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,12 +228,7 @@ async fn usage_is_counted_per_route_and_provider_for_json_and_sse() {
     // Usage is recorded when the exchange ends, which can be just after the client has
     // read the last byte.
     let output = r#"llm_sidecar_tokens_total{provider="mock",route="mock",type="output"}"#;
-    eventually(
-        "both answers' usage recorded",
-        Duration::from_secs(5),
-        || async { s.metric(output).await >= 16.0 },
-    )
-    .await;
+    s.wait_metric(output, ">= 16.0", |v| v >= 16.0).await;
     let metrics = s.metrics().await;
     let t = |ty: &str| {
         metric_value(

@@ -9,7 +9,7 @@ fn config(mock: &str, redis: &str, policy: &str) -> String {
     with_listeners(&format!(
         r#"log: {{ format: json }}
 tenant: {{ source: header, header: x-llm-tenant }}
-tenants: {{ sharing: {{}}, outage: {{}}, resumed: {{}} }}
+tenants: {{ sharing: {{}}, outage: {{}}, resumed: {{}}, probe: {{}} }}
 limits:
   backend: {redis}
   lease: 0.1
@@ -56,6 +56,13 @@ impl Replica {
 
     async fn metric(&self, c: &reqwest::Client, name: &str) -> f64 {
         metric_value(&metrics_at(c, &self.admin).await, name)
+    }
+
+    /// Polls this replica's `/metrics` until the series has `expected`.
+    async fn assert_metric(&self, c: &reqwest::Client, name: &str, expected: f64) {
+        series(name)
+            .assert_in(|| metrics_at(c, &self.admin), expected)
+            .await
     }
 }
 
@@ -127,22 +134,38 @@ async fn two_processes_share_one_budget_survive_a_redis_outage_and_resume() {
             .all(|c| c == "503 limits_backend_unavailable"),
         "{b_codes:?}"
     );
-    assert_eq!(a.metric(&c, "llm_sidecar_limits_backend_up").await, 0.0);
-    assert_eq!(b.metric(&c, "llm_sidecar_limits_backend_up").await, 0.0);
+    a.assert_metric(&c, "llm_sidecar_limits_backend_up", 0.0)
+        .await;
+    b.assert_metric(&c, "llm_sidecar_limits_backend_up", 0.0)
+        .await;
     assert!(a.metric(&c, "llm_sidecar_limits_failed_open_total").await >= 7.0);
-    assert_eq!(
-        b.metric(
-            &c,
-            "llm_sidecar_limited_total{kind=\"backend_down\",rule=\"per-tenant\"}"
-        )
-        .await,
-        7.0
-    );
+    b.assert_metric(
+        &c,
+        r#"llm_sidecar_limited_total{kind="backend_down",rule="per-tenant"}"#,
+        7.0,
+    )
+    .await;
 
-    // Redis comes back (empty); after the reconnect pause both share again.
+    // Redis comes back (empty). Each replica holds calls back for a pause after a failure,
+    // then reconnects on the next call: probe with a tenant of its own until both are up.
     redis.restart();
     assert_eq!(redis.dbsize(), 0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut up = 0.0;
+        for r in [&a, &b] {
+            r.send(&c, "probe").await;
+            up += r.metric(&c, "llm_sidecar_limits_backend_up").await;
+        }
+        if up == 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis never came back for both"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let ok = alternate(&c, [&a, &b], "resumed", 60).await;
     let total = ok[0] + ok[1];
     assert!(
@@ -150,8 +173,10 @@ async fn two_processes_share_one_budget_survive_a_redis_outage_and_resume() {
         "sharing resumed: within 40 again: {ok:?}"
     );
     assert!(redis.dbsize() >= 1);
-    assert_eq!(a.metric(&c, "llm_sidecar_limits_backend_up").await, 1.0);
-    assert_eq!(b.metric(&c, "llm_sidecar_limits_backend_up").await, 1.0);
+    a.assert_metric(&c, "llm_sidecar_limits_backend_up", 1.0)
+        .await;
+    b.assert_metric(&c, "llm_sidecar_limits_backend_up", 1.0)
+        .await;
     // the outage is logged once each way
     let lines: Vec<String> = b.logs.try_iter().collect();
     let count = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
@@ -198,8 +223,16 @@ async fn replicas_reserve_tokens_from_one_shared_budget() {
             other => panic!("unexpected {other}"),
         }
     }
+    // Usage is counted when each exchange ends: wait until all 50 are (an under-count
+    // would make "within the shared budget" easier to pass).
     let mut spent = 0.0;
+    let mut counted = 0.0;
     for s in &replicas {
+        counted += s
+            .wait_metric(r#"llm_sidecar_requests_total{route="mock"}"#, "25", |v| {
+                v == 25.0
+            })
+            .await;
         let metrics = s.metrics().await;
         for ty in ["input", "output"] {
             spent += metric_value(
@@ -210,6 +243,7 @@ async fn replicas_reserve_tokens_from_one_shared_budget() {
             );
         }
     }
+    assert_eq!(counted, 50.0);
     println!("shared: {spent} tokens spent by {admitted} admitted requests");
     assert!(
         spent <= 10_000.0,

@@ -37,12 +37,7 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     for _ in 0..3 {
         inflight.push(slow_chat(s.url("/openai/v1/chat/completions"), 800));
     }
-    eventually(
-        "three requests in flight",
-        Duration::from_secs(5),
-        || async { s.metric("llm_sidecar_requests_in_flight").await == 3.0 },
-    )
-    .await;
+    s.assert_metric("llm_sidecar_requests_in_flight", 3.0).await;
 
     let mut s = s;
     let handle = s.sidecar.take().unwrap();
@@ -72,12 +67,7 @@ async fn requests_past_the_grace_period_are_cut() {
     let m = default_mock().await;
     let s = TestSidecar::start(&openai_to(&m.url(), "k")).await;
     let slow = slow_chat(s.url("/openai/v1/chat/completions"), 10_000);
-    eventually(
-        "the request is in flight",
-        Duration::from_secs(5),
-        || async { s.metric("llm_sidecar_requests_in_flight").await == 1.0 },
-    )
-    .await;
+    s.assert_metric("llm_sidecar_requests_in_flight", 1.0).await;
     let mut s = s;
     let start = Instant::now();
     let report = s
@@ -127,8 +117,12 @@ async fn sigterm_drains_and_sighup_reloads() {
     )
     .await;
 
+    let before = m.request_count();
     let slow = slow_chat(format!("http://{reverse}/openai/v1/chat/completions"), 1000);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the slow request is at the provider", WAIT, || async {
+        m.request_count() > before
+    })
+    .await;
     signal(&child, libc::SIGTERM);
     assert_eq!(
         slow.await.unwrap().unwrap(),

@@ -161,14 +161,9 @@ async fn a_stalled_stream_is_cut_after_idle_and_a_long_one_after_total() {
         took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
         "{took:?}"
     );
-    eventually(
-        "the cut exchanges are counted as 200s that failed",
-        Duration::from_secs(5),
-        || async {
-            s.metric(r#"llm_sidecar_requests_total{provider="mock",route="mock",status="200"}"#)
-                .await
-                == 2.0
-        },
+    s.assert_metric(
+        r#"llm_sidecar_requests_total{provider="mock",route="mock",status="200"}"#,
+        2.0,
     )
     .await;
 }
@@ -186,29 +181,33 @@ async fn a_client_hang_up_cancels_the_upstream_request() {
     let mut stream = r.bytes_stream();
     let _ = stream.next().await;
     drop(stream);
-    // The sidecar notices and drops its upstream connection: the in-flight gauge returns
-    // to 0 long before the 20 s stream would have ended.
-    eventually(
-        "in-flight requests drop to zero",
-        Duration::from_secs(5),
-        || async { s.metric("llm_sidecar_requests_in_flight").await == 0.0 },
+    // The hang-up reaches the provider: the sidecar drops its upstream request, and the
+    // provider sees its stream cut long before the 20 s it would have lasted. (A sidecar
+    // that kept reading upstream to the end would pass a check of its own gauges.)
+    eventually("the provider's stream is cut", WAIT, || async {
+        m.bodies_cut() == 1
+    })
+    .await;
+    let sent = m.frames_sent();
+    assert!(
+        sent < 50,
+        "the provider sent {sent} of 200 events before the hang-up reached it"
+    );
+    s.assert_metric("llm_sidecar_requests_in_flight", 0.0).await;
+    // The exchange is counted once, with the status the client was sent (200: the
+    // headers went out before the hang-up); 499 is for a client gone before them.
+    s.assert_metric(
+        r#"llm_sidecar_requests_total{provider="mock",route="mock",status="200"}"#,
+        1.0,
     )
     .await;
-    eventually(
-        "the exchange is logged as client-closed (499)",
-        Duration::from_secs(5),
-        || async {
-            s.metric(r#"llm_sidecar_requests_total{provider="mock",route="mock",status="200"}"#)
-                .await
-                == 1.0
-                || s.metric(
-                    r#"llm_sidecar_requests_total{provider="mock",route="mock",status="499"}"#,
-                )
-                .await
-                    == 1.0
-        },
-    )
-    .await;
+    assert_eq!(
+        s.metric_zero_or_absent(
+            r#"llm_sidecar_requests_total{provider="mock",route="mock",status="499"}"#
+        )
+        .await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -275,7 +275,11 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Under way: every client has had answers, and more are at the provider.
+    eventually("the load is running", WAIT, || async {
+        tally.ok.load(Ordering::Relaxed) >= 24
+    })
+    .await;
     let before_term = m.request_count();
     term.store(true, Ordering::SeqCst);
     signal(&child, libc::SIGTERM);
@@ -306,8 +310,15 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
         "responses cut during the drain"
     );
     assert!(
-        before_term >= 12,
+        before_term >= 24,
         "the load ran: {before_term} requests before SIGTERM"
+    );
+    // The drain was tested against new requests: each client sent at least one after
+    // SIGTERM (it stops only at a refusal, and refusals come only after it).
+    assert!(
+        sent_after_term.load(Ordering::Relaxed) >= 12,
+        "only {} requests were sent after SIGTERM",
+        sent_after_term.load(Ordering::Relaxed)
     );
     // Every request that reached the provider was answered in full: nothing accepted was
     // dropped. A client whose connection was still in the listen backlog when the

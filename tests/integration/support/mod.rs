@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod leaks;
+pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod raw;
@@ -12,6 +13,7 @@ pub mod token_server;
 pub mod upstreams;
 
 pub use leaks::{assert_no_leak, capture_logs};
+pub use metrics::series;
 pub use process::{signal, spawn_binary, wait_exit, ChildGuard};
 pub use raw::{head_complete, raw_request, send_raw, Answer};
 
@@ -27,6 +29,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The bound a test waits for state that another task updates.
+pub const WAIT: Duration = metrics::METRIC_WAIT;
 
 /// Retries `check` until it returns true, for at most `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -242,9 +247,28 @@ impl TestSidecar {
         self.get_text(&self.admin("/metrics")).await
     }
 
-    /// Value of the first sample whose line starts with `prefix` (0 if none).
-    pub async fn metric(&self, prefix: &str) -> f64 {
-        metric_value(&self.metrics().await, prefix)
+    /// The value of a series now (see [`series`]); a series that is not there fails.
+    /// For a value that the end of an exchange writes, use [`Self::assert_metric`].
+    pub async fn metric(&self, selector: &str) -> f64 {
+        series(selector).value(&self.metrics().await)
+    }
+
+    /// For "it never happened": 0 or no such series yet; the metric must exist.
+    pub async fn metric_zero_or_absent(&self, selector: &str) -> f64 {
+        series(selector).zero_or_absent(&self.metrics().await)
+    }
+
+    /// Polls `/metrics` until the series has `expected`, or fails after
+    /// [`metrics::METRIC_WAIT`] with what it holds.
+    pub async fn assert_metric(&self, selector: &str, expected: f64) {
+        series(selector)
+            .assert_in(|| self.metrics(), expected)
+            .await
+    }
+
+    /// Polls `/metrics` until `ok(value)` holds for the series; returns that value.
+    pub async fn wait_metric(&self, selector: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        series(selector).wait_for(|| self.metrics(), what, ok).await
     }
 
     pub async fn reload(&self) -> ReloadOutcome {
@@ -290,12 +314,10 @@ pub async fn metrics_at(c: &reqwest::Client, admin: &str) -> String {
         .unwrap()
 }
 
-pub fn metric_value(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// The value of a series in a `/metrics` text (see [`series`]); a series that is not
+/// there fails the test.
+pub fn metric_value(text: &str, selector: &str) -> f64 {
+    series(selector).value(text)
 }
 
 /// A provider + route block for the mock (OpenAI shape, bearer auth).

@@ -53,11 +53,18 @@ pub async fn send_raw(addr: SocketAddr, raw: &[u8], within: Duration) -> Answer 
     Answer::Status(status, text)
 }
 
-/// Sends a head and a body; returns what came back within 5 s (empty if nothing).
+/// Sends a head and a body; returns what came back, empty if the server closed the
+/// connection without a byte. No answer within 5 s, with the connection still open,
+/// fails the test: a server that hangs on bad input has not refused it.
 pub async fn raw_request(addr: SocketAddr, head: &[u8], body: &[u8]) -> String {
-    match send_raw(addr, &[head, body].concat(), Duration::from_secs(5)).await {
+    let within = Duration::from_secs(5);
+    match send_raw(addr, &[head, body].concat(), within).await {
         Answer::Status(_, text) => text,
-        Answer::Closed | Answer::Silent => String::new(),
+        Answer::Closed => String::new(),
+        Answer::Silent => panic!(
+            "no answer within {within:?} and the connection still open, for {:?}",
+            String::from_utf8_lossy(&head[..head.len().min(200)])
+        ),
     }
 }
 
