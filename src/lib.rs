@@ -1,7 +1,7 @@
 //! llm-sidecar: a sidecar proxy, built on Pingora, that carries an application's traffic
 //! to LLM providers. The app keeps no provider secrets and no resilience code.
 //!
-//! See `DESIGN.md`-style overviews at the top of each module:
+//! Each module opens with an overview of its part:
 //! [`config`] (YAML → snapshot, hot reload), [`proxy`] (the request path),
 //! [`routing`], [`auth`], [`tenant`], [`upstream`] (peers, DNS, TLS trust), [`forward`]
 //! (the HTTPS_PROXY listener, interception and its CA),

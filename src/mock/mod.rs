@@ -18,6 +18,7 @@
 //! | `x-mock-ascii` | chat: JSON and SSE answers escape every non-ASCII character as `\uXXXX`, as Python's `json.dumps` does |
 //! | `x-mock-interval-ms` | pause between SSE events |
 //! | `x-mock-status` | answer with this status and the provider's error JSON |
+//! | `x-mock-retry-after` | an injected error (`x-mock-status`, `fail_every`) carries this `Retry-After` |
 //! | `x-mock-stall-after` | stop sending (but keep the connection open) after N events |
 //!
 //! With recording on, every request (headers, body, connection id, HTTP version) is kept
@@ -413,11 +414,11 @@ async fn handle(
         });
     if let Some(status) = injected {
         if status >= 400 {
-            return Ok(error(
-                api,
-                status,
-                "Injected failure from llm-sidecar-mock.",
-            ));
+            let mut r = error(api, status, "Injected failure from llm-sidecar-mock.");
+            if let Some(v) = h.get("x-mock-retry-after") {
+                r.headers_mut().insert(http::header::RETRY_AFTER, v.clone());
+            }
+            return Ok(r);
         }
     }
 

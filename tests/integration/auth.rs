@@ -146,6 +146,78 @@ routes:
     assert_no_leak(&s, &[&secret]).await;
 }
 
+/// One request as the provider received it, for `sigv4_check.py`, and the headers its
+/// signature says it signed. botocore gets every header the provider received, not the
+/// sidecar's own list: it signs all of them, so a header the sidecar sent but left out of
+/// its signature fails the comparison.
+fn botocore_case(
+    r: &llm_sidecar::mock::Recorded,
+    (ak, sk, token): (&str, &str, &str),
+    dir: &std::path::Path,
+    i: usize,
+) -> (Value, Vec<String>) {
+    // Only these may go unsigned: framing and transport headers, tracing that a proxy
+    // may add on the way, and the test's own `x-mock-*` controls (headers AWS does not
+    // read, which the sidecar passes through as the client sent them).
+    const UNSIGNED_OK: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "accept",
+        "accept-encoding",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+    ];
+    let auth = r.header("authorization").unwrap();
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ak}/")),
+        "{auth}"
+    );
+    assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
+    assert_eq!(r.header("x-amz-security-token"), Some(token));
+    let amz_date = r.header("x-amz-date").unwrap();
+    assert_ne!(
+        amz_date, "19990101T000000Z",
+        "the client's date is replaced"
+    );
+    let signed: Vec<String> = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .split(';')
+        .map(str::to_string)
+        .collect();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in r.headers.iter() {
+        let n = name.as_str();
+        if ["authorization", "x-amz-date", "x-amz-security-token"].contains(&n)
+            || UNSIGNED_OK.contains(&n)
+            || n.starts_with("x-mock-")
+        {
+            continue;
+        }
+        headers.insert(n.to_string(), json!(value.to_str().unwrap()));
+    }
+    for h in &signed {
+        assert!(
+            h == "host" || h.starts_with("x-amz") || headers.contains_key(h),
+            "{h} is signed but was not sent"
+        );
+    }
+    let case = json!({
+        "access_key": ak, "secret_key": sk, "session_token": token,
+        "region": "us-west-2", "service": "bedrock", "method": r.method.as_str(),
+        "url": format!("https://{}{}", r.header("host").unwrap(), r.path),
+        "headers": headers, "amz_date": amz_date,
+        "body_file": body_file(dir, i, &r.body),
+    });
+    (case, signed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigv4_headers_match_botocore_for_bedrock_requests() {
     capture_logs();
@@ -235,46 +307,14 @@ routes:
     let dir = tempfile::tempdir().unwrap();
     let mut input = Vec::new();
     for (i, r) in rec.iter().enumerate() {
-        let auth = r.header("authorization").unwrap();
-        assert!(
-            auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ak}/")),
-            "{auth}"
-        );
-        assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
-        assert_eq!(r.header("x-amz-security-token"), Some(token.as_str()));
-        let amz_date = r.header("x-amz-date").unwrap();
-        assert_ne!(
-            amz_date, "19990101T000000Z",
-            "the client's date is replaced"
-        );
-        let signed: Vec<&str> = auth
-            .split("SignedHeaders=")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap()
-            .split(';')
-            .collect();
-        let mut headers = serde_json::Map::new();
-        for h in &signed {
-            if *h != "x-amz-date" && *h != "x-amz-security-token" {
-                headers.insert(h.to_string(), json!(r.header(h).unwrap()));
-            }
-        }
+        let (case, signed) = botocore_case(r, (&ak, &sk, &token), dir.path(), i);
         if i == 0 {
             assert!(
-                signed.contains(&"x-amzn-bedrock-trace"),
+                signed.contains(&"x-amzn-bedrock-trace".to_string()),
                 "Bedrock options are signed: {signed:?}"
             );
         }
-        input.push(json!({
-            "access_key": ak, "secret_key": sk, "session_token": token,
-            "region": "us-west-2", "service": "bedrock", "method": r.method.as_str(),
-            "url": format!("https://{}{}", r.header("host").unwrap(), r.path),
-            "headers": headers, "amz_date": amz_date,
-            "body_file": body_file(dir.path(), i, &r.body),
-        }));
+        input.push(case);
     }
     assert_eq!(
         rec[0].path,
@@ -286,6 +326,77 @@ routes:
         assert_eq!(r.header("authorization"), want.as_str(), "{}", r.path);
     }
     assert_no_leak(&s, &[&sk, &token]).await;
+}
+
+/// A retried request is signed again for its second attempt: its own `x-amz-date` (the
+/// provider's `Retry-After: 1` puts a second between them) and a signature botocore
+/// computes for it. A signature kept from the first attempt would carry the old date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigv4_signs_each_attempt_of_a_retried_request_afresh() {
+    capture_logs();
+    let (ak, sk, token) = ("AKIARETRY", "sigv4-retry-canary", "retry-session-canary");
+    // Every 2nd request is a 503: the warm-up is the 1st, the test request's first
+    // attempt the 2nd, its retry the 3rd.
+    let m = mock(MockOptions {
+        fail_every: Some(2),
+        fail_status: 503,
+        ..Default::default()
+    })
+    .await;
+    let yaml = format!(
+        r#"providers:
+  bedrock:
+    kind: bedrock
+    base_url: {url}
+    auth:
+      type: aws_sigv4
+      region: us-west-2
+      credentials: {{ from: static, access_key_id: "{ak}", secret_access_key: "{sk}", session_token: "{token}" }}
+routes:
+  - match: {{ path_prefix: /bedrock }}
+    provider: bedrock
+    retry: {{ max_attempts: 2 }}
+"#,
+        url = m.url()
+    );
+    let s = TestSidecar::start(&yaml).await;
+    let converse = json!({"messages": [{"role": "user", "content": [{"text": "Hello"}]}]});
+    let send = || {
+        s.client
+            .post(s.url("/bedrock/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"))
+            .header("x-mock-retry-after", "1")
+            .json(&converse)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 200, "retried after the 503");
+    let rec = m.recorded();
+    assert_eq!(rec.len(), 3);
+    let (first, second) = (&rec[1], &rec[2]);
+    assert_eq!(first.body, second.body, "the same body, replayed");
+    let date = |r: &llm_sidecar::mock::Recorded| r.header("x-amz-date").unwrap().to_string();
+    assert!(
+        date(second) > date(first),
+        "the retry has its own date: {} then {}",
+        date(first),
+        date(second)
+    );
+    assert_ne!(
+        first.header("authorization"),
+        second.header("authorization")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input: Vec<Value> = [first, second]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| botocore_case(r, (ak, sk, token), dir.path(), i).0)
+        .collect();
+    let expected = python("sigv4_check.py", &Value::Array(input));
+    for (r, want) in [first, second].iter().zip(expected.as_array().unwrap()) {
+        assert_eq!(r.header("authorization"), want.as_str());
+    }
+    assert_no_leak(&s, &[sk, token]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use llm_sidecar::forward::ca;
 use llm_sidecar::mock::{MockOptions, MockServer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -743,12 +743,14 @@ fn to_pem(der: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_intermediate_is_picked_up_on_reload() {
     let f = start("", "", "").await;
-    let before = std::fs::read(f.ca_dir.path().join(ca::INTERMEDIATE_CERT)).unwrap();
+    let file = f.ca_dir.path().join(ca::INTERMEDIATE_CERT);
+    let before = std::fs::read_to_string(&file).unwrap();
+    // Served before: a leaf (now cached) and the intermediate from the file.
+    let (leaf_before, served) = served_chain(&f).await;
+    assert_eq!(served.trim(), before.trim());
     init_ca(f.ca_dir.path(), &["api.openai.com"]);
-    assert_ne!(
-        before,
-        std::fs::read(f.ca_dir.path().join(ca::INTERMEDIATE_CERT)).unwrap()
-    );
+    let renewed = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(before, renewed);
     let outcome = f.s.reload().await;
     assert!(
         matches!(outcome, llm_sidecar::config::ReloadOutcome::Applied { .. }),
@@ -762,6 +764,59 @@ async fn a_renewed_intermediate_is_picked_up_on_reload() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // ...because the new intermediate signs: the chain served now is the new file, with
+    // a leaf minted by it (not the one cached under the old intermediate).
+    let (leaf_after, served) = served_chain(&f).await;
+    assert_eq!(
+        served.trim(),
+        renewed.trim(),
+        "the served intermediate is the new one"
+    );
+    assert_ne!(
+        leaf_after, leaf_before,
+        "a new leaf under the new intermediate"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let leaf_path = dir.path().join("leaf.pem");
+    std::fs::write(&leaf_path, &leaf_after).unwrap();
+    let mut c = Command::new("openssl");
+    c.arg("verify")
+        .arg("-CAfile")
+        .arg(f.ca_dir.path().join(ca::ROOT_CERT))
+        .arg("-untrusted")
+        .arg(&file)
+        .arg(&leaf_path);
+    let (ok, out, err) = run(c).await;
+    assert!(
+        ok,
+        "the leaf verifies under the new intermediate: {out} {err}"
+    );
+}
+
+/// The certificates the forward listener serves for api.openai.com, through a CONNECT,
+/// as `openssl s_client` sees them: the leaf and the intermediate, as PEM.
+async fn served_chain(f: &Fwd) -> (String, String) {
+    let mut c = Command::new("openssl");
+    c.args(["s_client", "-showcerts", "-proxy"])
+        .arg(f.addr().to_string())
+        .args([
+            "-connect",
+            "api.openai.com:443",
+            "-servername",
+            "api.openai.com",
+        ])
+        .stdin(Stdio::null());
+    let (_, out, err) = run(c).await;
+    let pems: Vec<String> = out
+        .split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .map(|rest| {
+            let body = rest.split("-----END CERTIFICATE-----").next().unwrap();
+            format!("-----BEGIN CERTIFICATE-----{body}-----END CERTIFICATE-----\n")
+        })
+        .collect();
+    assert_eq!(pems.len(), 2, "leaf and intermediate: {out} {err}");
+    (pems[0].clone(), pems[1].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
