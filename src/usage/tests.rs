@@ -109,6 +109,15 @@ fn bedrock_converse_and_converse_stream() {
         &body,
         u(12, 2, 0, 0, 0),
     );
+    // The same framing from an independent encoder, in the shape Bedrock sends (padding
+    // fields, cache counts): tests/fixtures/usage/make_bedrock_converse_stream.py wrote
+    // it and checked it with botocore's decoder. Cache tokens count into input, as for
+    // Converse JSON: 21 + 2048 read + 512 written.
+    check(
+        "application/vnd.amazon.eventstream",
+        fixture!("bedrock_converse_stream.bin"),
+        u(21 + 2048 + 512, 9, 2048, 512, 0),
+    );
 }
 
 #[test]

@@ -276,8 +276,36 @@ routes:
         "application/vnd.amazon.eventstream"
     );
     let frames = r.bytes().await.unwrap();
-    let total = u32::from_be_bytes(frames[0..4].try_into().unwrap()) as usize;
-    assert!(String::from_utf8_lossy(&frames[..total]).contains("messageStart"));
+    // Read as the AWS SDKs read it, by botocore's event-stream decoder (CRCs, header
+    // types), not by the mock's own encoder's rules.
+    let dir = tempfile::tempdir().unwrap();
+    let events = python(
+        "eventstream_check.py",
+        &json!({"body_file": body_file(dir.path(), 0, &frames)}),
+    );
+    let events = events.as_array().unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["headers"][":event-type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"messageStart"), "{types:?}");
+    assert!(types.contains(&"contentBlockDelta"), "{types:?}");
+    assert_eq!(&types[types.len() - 2..], ["messageStop", "metadata"]);
+    for e in events {
+        assert_eq!(e["headers"][":message-type"], "event");
+        assert_eq!(e["headers"][":content-type"], "application/json");
+    }
+    // What the sidecar counted from the stream is what its metadata event says.
+    let usage = &events.last().unwrap()["payload"]["usage"];
+    for (ty, field) in [("input", "inputTokens"), ("output", "outputTokens")] {
+        s.assert_metric(
+            &format!(
+                r#"llm_sidecar_tokens_total{{provider="bedrock",route="bedrock",type="{ty}"}}"#
+            ),
+            usage[field].as_f64().unwrap(),
+        )
+        .await;
+    }
     // A 20 MiB InvokeModel.
     let r = s
         .client
