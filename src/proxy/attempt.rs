@@ -29,6 +29,7 @@ use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Bodies go to the subrequest in slices of this size.
@@ -129,13 +130,8 @@ pub async fn run(
     let mut client_open = true;
     let mut usage: Option<crate::usage::UsageParser> = None;
 
-    // One lazy timer: armed at the earliest moment any limit could expire, and on expiry
-    // either fires or is pushed later. Activity only updates `last_activity`; moving a
-    // Tokio timer *earlier* on every chunk would wake the timer driver each time.
-    let started = Instant::now();
-    let first_byte_at = (started + t.first_byte).min(deadline);
-    let mut last_activity = started;
-    let timer = tokio::time::sleep_until(first_byte_at.min(started + t.idle));
+    let mut clock = Limits::start(Instant::now(), t, deadline);
+    let timer = tokio::time::sleep_until(clock.first_wake());
     tokio::pin!(timer);
 
     loop {
@@ -261,7 +257,7 @@ pub async fn run(
                 if batch.is_empty() {
                     continue;
                 }
-                last_activity = Instant::now();
+                clock.activity(Instant::now());
                 match session.write_response_tasks(batch).await {
                     Ok(done) => response_done |= done,
                     Err(_) => {
@@ -287,28 +283,13 @@ pub async fn run(
                     // connection to the pool and should have finished by now.
                     break;
                 }
-                // Which limit applies now: the first byte before the response header,
-                // the idle gap after it; the total always.
-                let limit = if status.is_some() {
-                    last_activity + t.idle
-                } else {
-                    first_byte_at
-                };
-                let due = limit.min(deadline);
-                let now = Instant::now();
-                if due > now {
-                    timer.as_mut().reset(due);
-                    continue;
+                match clock.on_timer(Instant::now(), status.is_some()) {
+                    Ok(due) => timer.as_mut().reset(due),
+                    Err(cause) => {
+                        charge_seen(&mut usage, &plan);
+                        return timed_out(cause, status, t);
+                    }
                 }
-                let cause = if now >= deadline {
-                    Cause::TotalTimeout
-                } else if status.is_some() {
-                    Cause::IdleTimeout
-                } else {
-                    Cause::FirstByteTimeout
-                };
-                charge_seen(&mut usage, &plan);
-                return timed_out(cause, status, t);
             }
         }
         if response_done && sub_done {
@@ -335,6 +316,61 @@ pub async fn run(
             stale_connection: plan.report.stale_connection(),
         },
         (None, None) => internal("the upstream attempt ended without a response"),
+    }
+}
+
+/// The first-byte, idle and total limits of one attempt, as one lazily armed timer: armed
+/// at the earliest moment a limit could expire and, on expiry, either firing or pushed
+/// later. Activity only records its time; moving a Tokio timer *earlier* on every chunk
+/// would wake the timer driver each time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    first_byte_at: Instant,
+    idle: Duration,
+    deadline: Instant,
+    last_activity: Instant,
+}
+
+impl Limits {
+    pub(crate) fn start(now: Instant, t: &Timeouts, deadline: Instant) -> Limits {
+        Limits {
+            first_byte_at: (now + t.first_byte).min(deadline),
+            idle: t.idle,
+            deadline,
+            last_activity: now,
+        }
+    }
+
+    /// When the timer is first armed.
+    pub(crate) fn first_wake(&self) -> Instant {
+        self.first_byte_at.min(self.last_activity + self.idle)
+    }
+
+    /// Bytes went to the client.
+    pub(crate) fn activity(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    /// The timer fired at `now`: `Ok(when)` to re-arm it, or the limit that expired. The
+    /// first byte applies before the response header, the idle gap after it; the total
+    /// always.
+    pub(crate) fn on_timer(&self, now: Instant, header_seen: bool) -> Result<Instant, Cause> {
+        let limit = if header_seen {
+            self.last_activity + self.idle
+        } else {
+            self.first_byte_at
+        };
+        let due = limit.min(self.deadline);
+        if due > now {
+            return Ok(due);
+        }
+        Err(if now >= self.deadline {
+            Cause::TotalTimeout
+        } else if header_seen {
+            Cause::IdleTimeout
+        } else {
+            Cause::FirstByteTimeout
+        })
     }
 }
 
@@ -415,5 +451,129 @@ fn describe(e: &Error, plan: &AttemptPlan) -> String {
         Cause::UpstreamReset => format!("provider \"{name}\" closed the connection before answering"),
         Cause::SigningFailed => format!("the request to provider \"{name}\" could not be signed"),
         _ => format!("provider \"{name}\" sent an invalid response"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn timeouts(first_byte: u64, idle: u64, total: u64) -> Timeouts {
+        Timeouts {
+            connect: ms(1000),
+            tls: ms(1000),
+            first_byte: ms(first_byte),
+            idle: ms(idle),
+            total: ms(total),
+        }
+    }
+
+    /// Drives the limits as the attempt loop does, on Tokio's paused clock: bytes reach
+    /// the client at `writes` (ms after the start; the first is the response header).
+    /// Returns the limit that fired, when, and how many times the timer woke.
+    async fn drive(t: &Timeouts, writes: &[u64]) -> (Cause, Duration, usize) {
+        let start = Instant::now();
+        let mut limits = Limits::start(start, t, start + t.total);
+        let timer = tokio::time::sleep_until(limits.first_wake());
+        tokio::pin!(timer);
+        let mut writes: VecDeque<Instant> = writes.iter().map(|w| start + ms(*w)).collect();
+        let mut header_seen = false;
+        let mut wakes = 0;
+        loop {
+            let next = writes.front().copied();
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(next.unwrap_or(start)), if next.is_some() => {
+                    writes.pop_front();
+                    header_seen = true;
+                    limits.activity(Instant::now());
+                }
+                _ = &mut timer => {
+                    wakes += 1;
+                    match limits.on_timer(Instant::now(), header_seen) {
+                        Ok(due) => timer.as_mut().reset(due),
+                        Err(cause) => return (cause, start.elapsed(), wakes),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fired at `at` ms, to the millisecond (Tokio's timer resolution).
+    fn at(got: (Cause, Duration, usize), cause: Cause, at: u64) -> usize {
+        assert_eq!(got.0, cause, "{got:?}");
+        assert!(
+            got.1 >= ms(at) && got.1 < ms(at + 1),
+            "{cause:?} at {:?}, wanted {at} ms",
+            got.1
+        );
+        got.2
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_byte_fires_exactly_when_no_header_comes() {
+        at(
+            drive(&timeouts(400, 300, 10_000), &[]).await,
+            Cause::FirstByteTimeout,
+            400,
+        );
+        // The idle limit does not apply before the header, even when it is shorter.
+        let wakes = at(
+            drive(&timeouts(1000, 100, 10_000), &[]).await,
+            Cause::FirstByteTimeout,
+            1000,
+        );
+        assert_eq!(
+            wakes, 2,
+            "an early wake at idle, re-armed once for the first byte"
+        );
+        // A first byte past the total: the total fires, and says so.
+        at(
+            drive(&timeouts(5000, 300, 1000), &[]).await,
+            Cause::TotalTimeout,
+            1000,
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_just_in_time_hands_over_to_the_idle_limit() {
+        at(
+            drive(&timeouts(400, 300, 10_000), &[399]).await,
+            Cause::IdleTimeout,
+            699,
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_exactly_one_gap_after_the_last_write_and_wakes_rarely() {
+        let writes: Vec<u64> = (0..=1000).collect();
+        let wakes = at(
+            drive(&timeouts(400, 300, 10_000), &writes).await,
+            Cause::IdleTimeout,
+            1300,
+        );
+        // 1001 writes, yet the timer woke only about once per idle period: lazy.
+        assert!(wakes <= 6, "{wakes} wakes");
+        let gaps: Vec<u64> = (0..10).map(|i| 50 + i * 100).collect();
+        at(
+            drive(&timeouts(400, 300, 10_000), &gaps).await,
+            Cause::IdleTimeout,
+            950 + 300,
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn total_fires_exactly_however_busy_the_stream() {
+        let writes: Vec<u64> = (0..200).map(|i| i * 10).collect();
+        at(
+            drive(&timeouts(400, 300, 1500), &writes).await,
+            Cause::TotalTimeout,
+            1500,
+        );
     }
 }

@@ -87,6 +87,9 @@ pub fn peer_options(s: PeerSettings<'_>) -> PeerOptions {
     let mut o = PeerOptions::new();
     o.connection_timeout = Some(s.timeouts.connect);
     if s.tls {
+        // Pingora's own handshake timer (vendor patch 0003; without it the handshake
+        // would get `connect`).
+        o.tls_handshake_timeout = Some(s.timeouts.tls);
         o.total_connection_timeout = Some(s.timeouts.connect + s.timeouts.tls);
     }
     // The attempt driver enforces first-byte, idle and total precisely; Pingora's own read

@@ -1,8 +1,9 @@
 //! TLS upstreams: verification against a private CA, SNI override, HTTP/2 pooling.
 
+use crate::support::upstreams::silent;
 use crate::support::*;
 use llm_sidecar::mock::{MockOptions, MockServer};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) fn tls_provider(url: &str, tls: &str, pool: &str) -> String {
     format!(
@@ -266,4 +267,91 @@ async fn an_idle_timeout_on_http2_cuts_only_its_own_stream() {
         .recorded()
         .iter()
         .all(|r| r.version == http::Version::HTTP_2));
+}
+
+/// `first_byte` and `total` hold on HTTP/2 as on HTTP/1.1 (the timer logic itself is
+/// checked to the millisecond on a paused clock in `proxy::attempt`; here only a lower
+/// bound and a loose upper one, since the machine may be loaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_byte_and_total_timeouts_hold_on_http2() {
+    let (m, trust, _dir) = tls_mock(
+        &["127.0.0.1"],
+        &[b"h2"],
+        MockOptions {
+            interval: Duration::from_millis(100),
+            chunks: 40,
+            ..Default::default()
+        },
+    )
+    .await;
+    let yaml = tls_provider(&m.url(), &trust, "").replace(
+        "    pool: {  }\n",
+        "    pool: {  }\n    timeouts: { first_byte: 400ms, total: 1200ms }\n",
+    );
+    let s = TestSidecar::start(&yaml).await;
+    assert_eq!(s.get("/openai/v1/models").await.status(), 200);
+
+    // No response header within first_byte: 504, with the cause.
+    let start = Instant::now();
+    let r = s
+        .client
+        .post(s.url("/openai/v1/chat/completions"))
+        .header("x-mock-latency-ms", "3000")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.headers()["x-llm-sidecar-error"],
+        "upstream_timeout_first_byte"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // A stream of 4 s is cut at total, the client having had what came before it.
+    let start = Instant::now();
+    let r = s.chat("/openai/v1/chat/completions", true).await;
+    assert_eq!(r.status(), 200);
+    let (text, complete) = read_stream(r).await;
+    let took = start.elapsed();
+    assert!(!complete, "cut at total: {text}");
+    assert!(text.matches("data: ").count() >= 2, "{text}");
+    assert!(
+        took >= Duration::from_millis(1200) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(m
+        .recorded()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_2));
+}
+
+/// `timeouts.tls`: a provider that accepts the connection and never answers the TLS
+/// handshake is given up on after connect + tls, with a 504 that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_completes_is_cut_at_timeouts_tls() {
+    let addr = silent(Duration::from_secs(30)).await;
+    let yaml = format!(
+        "providers:\n  secure:\n    kind: openai\n    base_url: https://{addr}/v1\n    auth: {{ type: bearer, token: sk-tls }}\n    timeouts: {{ connect: 200ms, tls: 800ms, first_byte: 20s }}\nroutes:\n  - match: {{ path_prefix: /openai/v1 }}\n    provider: secure\n"
+    );
+    let s = TestSidecar::start(&yaml).await;
+    let start = Instant::now();
+    let r = s.chat("/openai/v1/chat/completions", false).await;
+    let took = start.elapsed();
+    assert_eq!(r.status(), 504, "{:?}", r.headers());
+    // A handshake that never ends is a connect that never completes.
+    assert_eq!(
+        r.headers()["x-llm-sidecar-error"],
+        "upstream_timeout_connect"
+    );
+    // The TCP connect is immediate on loopback: the handshake had its 800 ms, not the
+    // 200 ms of `connect`.
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
 }

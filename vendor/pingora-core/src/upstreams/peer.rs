@@ -160,6 +160,12 @@ pub trait Peer: Display + Clone {
             None => None,
         }
     }
+    /// How long the TLS handshake may take before it returns a timeout error. When unset,
+    /// the handshake gets [`Peer::connection_timeout`], as the TCP connect does.
+    fn tls_handshake_timeout(&self) -> Option<Duration> {
+        self.get_peer_options()
+            .and_then(|o| o.tls_handshake_timeout.or(o.connection_timeout))
+    }
     /// How long the overall connection establishment should take before a timeout error is returned.
     fn total_connection_timeout(&self) -> Option<Duration> {
         match self.get_peer_options() {
@@ -499,6 +505,7 @@ pub enum H1UpgradePolicy {
 pub struct PeerOptions {
     pub bind_to: Option<BindTo>,
     pub connection_timeout: Option<Duration>,
+    pub tls_handshake_timeout: Option<Duration>,
     pub total_connection_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
@@ -575,6 +582,7 @@ impl PeerOptions {
         PeerOptions {
             bind_to: None,
             connection_timeout: None,
+            tls_handshake_timeout: None,
             total_connection_timeout: None,
             read_timeout: None,
             idle_timeout: None,
@@ -627,6 +635,9 @@ impl Display for PeerOptions {
         }
         if let Some(t) = self.connection_timeout {
             write!(f, "conn_timeout: {:?},", t)?;
+        }
+        if let Some(t) = self.tls_handshake_timeout {
+            write!(f, "tls_handshake_timeout: {:?},", t)?;
         }
         if let Some(t) = self.total_connection_timeout {
             write!(f, "total_conn_timeout: {:?},", t)?;

@@ -247,12 +247,12 @@ where
         .and_then(|o| o.upstream_tls_handshake_complete_hook.clone());
     let connect_future = handshake(ssl_conf, peer.sni(), stream, complete_hook);
 
-    match peer.connection_timeout() {
+    match peer.tls_handshake_timeout() {
         Some(t) => match pingora_timeout::timeout(t, connect_future).await {
             Ok(res) => res,
             Err(_) => Error::e_explain(
                 ConnectTimedout,
-                format!("connecting to server {}, timeout {:?}", peer, t),
+                format!("TLS handshake with server {}, timeout {:?}", peer, t),
             ),
         },
         None => connect_future.await,

@@ -158,12 +158,12 @@ where
 
     let connect_future = handshake(&connector, domain, stream);
 
-    match peer.connection_timeout() {
+    match peer.tls_handshake_timeout() {
         Some(t) => match pingora_timeout::timeout(t, connect_future).await {
             Ok(res) => res,
             Err(_) => Error::e_explain(
                 ConnectTimedout,
-                format!("connecting to server {}, timeout {:?}", peer, t),
+                format!("TLS handshake with server {}, timeout {:?}", peer, t),
             ),
         },
         None => connect_future.await,
