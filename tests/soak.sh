@@ -2,8 +2,9 @@
 # Soak: one million requests through the release sidecar, mixing JSON answers, SSE
 # streams, provider errors passed through and the sidecar's own refusals, with limits,
 # metrics and the audit log on. Passes when every answer has the status its kind calls
-# for (no 5xx, no socket error) and the sidecar's RSS at the end is within 10% of its
-# RSS after warm-up.
+# for (no 5xx, no socket error), as the load generator saw it (each answer checked by
+# kind, every SSE stream whole, with its usage and [DONE]) and as the sidecar counted it,
+# the two agree, and the sidecar's RSS at the end is within 10% of its RSS after warm-up.
 #
 #   tests/soak.sh                 # 1,000,000 requests
 #   SOAK_REQUESTS=200000 tests/soak.sh
@@ -76,7 +77,51 @@ function request()
   n = n + 1
   return reqs[(n % 4) + 1]
 end
+
+-- What the client saw, by kind, from each answer itself (not the sidecar's counters):
+-- a JSON completion, an SSE stream that ended with its usage and [DONE], the provider's
+-- 400 error JSON, the sidecar's own 404 (no_route), and anything else.
+json_ok, sse_ok, sse_cut, provider_400, sidecar_404, other = 0, 0, 0, 0, 0, 0
+function response(status, headers, body)
+  local h = {}
+  for k, v in pairs(headers) do h[string.lower(k)] = v end
+  local ct = h["content-type"] or ""
+  if status == 200 and ct:find("text/event-stream", 1, true) then
+    if body:sub(-14) == "data: [DONE]\n\n" and body:find('"usage":{', 1, true) then
+      sse_ok = sse_ok + 1
+    else
+      sse_cut = sse_cut + 1
+    end
+  elseif status == 200 and body:find('"object":"chat.completion"', 1, true) then
+    json_ok = json_ok + 1
+  elseif status == 400 and body:find('"error"', 1, true) and not h["x-llm-sidecar-error"] then
+    provider_400 = provider_400 + 1
+  elseif status == 404 and h["x-llm-sidecar-error"] == "no_route" then
+    sidecar_404 = sidecar_404 + 1
+  else
+    other = other + 1
+  end
+end
+
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local keys = { "json_ok", "sse_ok", "sse_cut", "provider_400", "sidecar_404", "other" }
+  local line = {}
+  for _, k in ipairs(keys) do
+    local n = 0
+    for _, t in ipairs(threads) do n = n + t:get(k) end
+    table.insert(line, tostring(n))
+  end
+  local e = summary.errors
+  table.insert(line, tostring(e.connect + e.read + e.write + e.timeout))
+  local f = assert(io.open(os.getenv("SOAK_TALLY"), "a"))
+  f:write(table.concat(line, " ") .. "\n")
+  f:close()
+end
 LUA
+export SOAK_TALLY=$work/tally
+: > "$SOAK_TALLY"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$SPID/status"; }
 served() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk '/^llm_sidecar_requests_total/ {s+=$2} END {printf "%d", s}'; }
@@ -108,7 +153,14 @@ fivexx=$(echo "$metrics" | awk '/^llm_sidecar_requests_total/ && /status="5/ {s+
 in_flight=$(count 'llm_sidecar_requests_in_flight')
 dropped=$(count 'llm_sidecar_audit_dropped_total')
 
+# The load generator's own view, summed over its runs.
+read -r c_json c_sse c_cut c_400 c_404 c_other c_errors < <(awk '{for (i = 1; i <= NF; i++) s[i] += $i}
+  END {printf "%d %d %d %d %d %d %d\n", s[1], s[2], s[3], s[4], s[5], s[6], s[7]}' "$SOAK_TALLY")
+runs=$(wc -l < "$SOAK_TALLY")
+c_total=$((c_json + c_sse + c_cut + c_400 + c_404 + c_other))
+
 echo "soak: $total requests in ${took}s: $ok ok (JSON and SSE), $client_err provider 400s, $unrouted sidecar 404s, $fivexx 5xx"
+echo "soak: the client saw $c_total answers in $runs runs: $c_json JSON, $c_sse whole SSE streams, $c_cut cut streams, $c_400 provider 400s, $c_404 sidecar 404s, $c_other other; $c_errors socket errors"
 echo "soak: RSS after ${WARMUP} requests ${rss_warm} KiB, after ${total}: ${rss_end} KiB"
 echo "soak: audit records dropped: $dropped; in flight at the end: $in_flight"
 fail=0
@@ -121,6 +173,19 @@ for v in "$ok:2" "$client_err:1" "$unrouted:1"; do
     || { echo "soak: the mix is off ($n of $total for $parts/4)" >&2; fail=1; }
 done
 [ "$in_flight" -eq 0 ] || { echo "soak: $in_flight requests still in flight" >&2; fail=1; }
+# What the client saw: every answer of its kind, every stream whole, no socket error.
+[ "$c_cut" -eq 0 ] || { echo "soak: $c_cut SSE streams did not end with their usage and [DONE]" >&2; fail=1; }
+[ "$c_other" -eq 0 ] || { echo "soak: $c_other answers of no expected kind" >&2; fail=1; }
+[ "$c_errors" -eq 0 ] || { echo "soak: $c_errors socket errors" >&2; fail=1; }
+for v in "$c_json:1" "$c_sse:1" "$c_400:1" "$c_404:1"; do
+  n=${v%%:*}
+  python3 -c "import sys; n,t=$n,$c_total; sys.exit(0 if abs(n - t/4) <= t*0.01 else 1)" \
+    || { echo "soak: the client's mix is off ($n of $c_total for 1/4)" >&2; fail=1; }
+done
+# The client and the sidecar agree: the sidecar counted each answer the client saw, plus
+# at most the requests in flight when each run of the load generator stopped.
+[ "$c_total" -le "$total" ] && [ $((total - c_total)) -le $((runs * CONNS)) ] \
+  || { echo "soak: the client saw $c_total answers, the sidecar counted $total ($runs runs of $CONNS connections)" >&2; fail=1; }
 python3 -c "import sys; sys.exit(0 if $rss_end <= $rss_warm * 1.10 else 1)" \
   || { echo "soak: RSS grew more than 10% ($rss_warm -> $rss_end KiB)" >&2; fail=1; }
 if grep -q "sk-soak-canary" "$work/sidecar.log" "$work/audit.jsonl"* 2>/dev/null; then

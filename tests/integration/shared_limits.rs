@@ -369,21 +369,39 @@ async fn leases_share_one_refill_and_give_back_what_they_do_not_need() {
     );
     // a big reservation, then most of it refunded: the slice keeps one lease and
     // returns the rest, which another lease can then take
+    // The take empties the slice, and a background top-up leases 10 more: wait for it.
     a.take(50).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await; // a background top-up lands
+    eventually("the top-up lands", WAIT, || async { a.slice() == 10 }).await;
     a.refund(45);
     assert_eq!(a.slice(), 10, "keeps one lease");
-    tokio::time::sleep(Duration::from_millis(200)).await; // the give-back is async
-                                                          // `a` holds what it spent (20 + 50 - 45) and its slice (10)
+    // The give-back is async: `a` holds what it spent (20 + 50 - 45) and its slice (10),
+    // so the other 65 become free once it lands. A refused take grants nothing.
     let b = lease(1.0);
-    b.take(100 - 35)
-        .await
-        .expect("the returned units are free again");
+    takes_within(&b, 100 - 35, "the returned units").await;
     assert!(matches!(b.take(1).await, Err(Refused::Wait(_))));
 
     // dropping `a` returns its 10
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    b.take(10).await.expect("the dropped lease's units");
+    takes_within(&b, 10, "the dropped lease's units").await;
     assert!(matches!(b.take(1).await, Err(Refused::Wait(_))));
+}
+
+/// Retries `n` units on `lease` until they are granted (an async give-back landed) or
+/// the bound passes.
+async fn takes_within(
+    lease: &std::sync::Arc<llm_sidecar::limits::shared::Lease>,
+    n: u64,
+    what: &str,
+) {
+    use llm_sidecar::limits::shared::Refused;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match lease.take(n).await {
+            Ok(()) => return,
+            Err(Refused::Wait(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{what}: {n} units never became free ({e:?})"),
+        }
+    }
 }

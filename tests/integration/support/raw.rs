@@ -83,3 +83,15 @@ pub fn head_complete(bytes: &[u8]) -> bool {
         .unwrap_or(0);
     bytes.len() >= end + 4 + len
 }
+
+#[cfg(test)]
+mod tests {
+    /// A server that accepts and never answers is not a server that refused: the raw
+    /// client fails the test instead of returning "" (which callers read as "closed").
+    #[tokio::test]
+    #[should_panic(expected = "no answer within")]
+    async fn a_silent_server_fails_the_test() {
+        let addr = crate::support::upstreams::silent(std::time::Duration::from_secs(10)).await;
+        super::raw_request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"").await;
+    }
+}
