@@ -4,7 +4,7 @@
 # tests (tests/deploy: the Helm chart with the real Helm engine, the pod run on loopback
 # with the kubelet's updates simulated, docs/kubernetes.md, and the container image's
 # binaries built with the Dockerfile's command and run from an empty root), then the
-# soak (tests/soak.sh: a million requests, RSS within 10% or 4 MiB).
+# soak (tests/soak.sh: a million requests, RSS within 10% or 6 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
