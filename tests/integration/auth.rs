@@ -146,6 +146,25 @@ routes:
     assert_no_leak(&s, &[&secret]).await;
 }
 
+/// A Bedrock provider signed with static SigV4 credentials, routed at `/bedrock`;
+/// `route_extra` is added to the route.
+fn bedrock_yaml(url: &str, (ak, sk, token): (&str, &str, &str), route_extra: &str) -> String {
+    format!(
+        r#"providers:
+  bedrock:
+    kind: bedrock
+    base_url: {url}
+    auth:
+      type: aws_sigv4
+      region: us-west-2
+      credentials: {{ from: static, access_key_id: "{ak}", secret_access_key: "{sk}", session_token: "{token}" }}
+routes:
+  - match: {{ path_prefix: /bedrock }}
+    provider: bedrock
+{route_extra}"#
+    )
+}
+
 /// One request as the provider received it, for `sigv4_check.py`, and the headers its
 /// signature says it signed. botocore gets every header the provider received, not the
 /// sidecar's own list: it signs all of them, so a header the sidecar sent but left out of
@@ -232,21 +251,7 @@ async fn sigv4_headers_match_botocore_for_bedrock_requests() {
         ..Default::default()
     })
     .await;
-    let yaml = format!(
-        r#"providers:
-  bedrock:
-    kind: bedrock
-    base_url: {url}
-    auth:
-      type: aws_sigv4
-      region: us-west-2
-      credentials: {{ from: static, access_key_id: "{ak}", secret_access_key: "{sk}", session_token: "{token}" }}
-routes:
-  - match: {{ path_prefix: /bedrock }}
-    provider: bedrock
-"#,
-        url = m.url()
-    );
+    let yaml = bedrock_yaml(&m.url(), (&ak, &sk, &token), "");
     let s = TestSidecar::start(&yaml).await;
     let model = "anthropic.claude-3-5-sonnet-20240620-v1%3A0";
     let converse = json!({"messages": [{"role": "user", "content": [{"text": "Hello"}]}], "inferenceConfig": {"maxTokens": 5}});
@@ -371,21 +376,10 @@ async fn sigv4_signs_each_attempt_of_a_retried_request_afresh() {
         ..Default::default()
     })
     .await;
-    let yaml = format!(
-        r#"providers:
-  bedrock:
-    kind: bedrock
-    base_url: {url}
-    auth:
-      type: aws_sigv4
-      region: us-west-2
-      credentials: {{ from: static, access_key_id: "{ak}", secret_access_key: "{sk}", session_token: "{token}" }}
-routes:
-  - match: {{ path_prefix: /bedrock }}
-    provider: bedrock
-    retry: {{ max_attempts: 2 }}
-"#,
-        url = m.url()
+    let yaml = bedrock_yaml(
+        &m.url(),
+        (ak, sk, token),
+        "    retry: { max_attempts: 2 }\n",
     );
     let s = TestSidecar::start(&yaml).await;
     let converse = json!({"messages": [{"role": "user", "content": [{"text": "Hello"}]}]});

@@ -244,12 +244,7 @@ fn a_fresh_checkout_checks_then_runs_the_default_config_creating_its_ca() {
             .any(|l| l.contains("created the interception CA")),
         "the first run says what it created: {early:?}"
     );
-    let ready = Command::new(bin)
-        .args(["wait-ready", "--timeout", "20s", "--url"])
-        .arg(format!("http://{admin}/readyz"))
-        .output()
-        .unwrap();
-    assert!(ready.status.success());
+    wait_ready(bin, &admin);
     for f in [
         ca::ROOT_CERT,
         ca::INTERMEDIATE_CERT,
@@ -264,12 +259,7 @@ fn a_fresh_checkout_checks_then_runs_the_default_config_creating_its_ca() {
 
     // The second run keeps the CA apps now trust.
     let (mut child, _, admin, _rx) = spawn_binary(&config);
-    let ready = Command::new(bin)
-        .args(["wait-ready", "--timeout", "20s", "--url"])
-        .arg(format!("http://{admin}/readyz"))
-        .output()
-        .unwrap();
-    assert!(ready.status.success());
+    wait_ready(bin, &admin);
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child, std::time::Duration::from_secs(20)).is_some());
     assert_eq!(std::fs::read(ca_dir.join(ca::ROOT_CERT)).unwrap(), root);
@@ -410,4 +400,14 @@ routes:
     assert!(!err.contains("corp-ca.pem"), "files are not read: {err}");
     assert!(err.contains("2 error(s)"), "{err}");
     assert!(!err.contains("canary"), "{err}");
+}
+
+/// `llm-sidecar wait-ready` against a running sidecar's admin address must succeed.
+fn wait_ready(bin: &str, admin: &str) {
+    let ready = Command::new(bin)
+        .args(["wait-ready", "--timeout", "20s", "--url"])
+        .arg(format!("http://{admin}/readyz"))
+        .output()
+        .unwrap();
+    assert!(ready.status.success());
 }
