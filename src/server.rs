@@ -219,6 +219,7 @@ pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Side
     let mut proxy = http_proxy(
         &conf,
         SidecarProxy::new(
+            &conf,
             store.clone(),
             resolver.clone(),
             audit.clone(),

@@ -2,38 +2,35 @@
 //!
 //! Pingora's proxy loop offers one read timer per request and no hook while the upstream
 //! is silent, and it can replay at most 64 KiB of request body. So the exchange (the
-//! client-facing session) does not proxy itself: it runs each upstream try as a Pingora
-//! *subrequest* with the whole body preset, and drives it here:
+//! client's own request) does not let Pingora proxy it: it has read the whole body, and
+//! runs each try at the provider itself, here, with the connection [`super::call`] opens:
 //!
 //! ```text
-//!  client ◄──────────────────── exchange (main session) ◄── tasks ── attempt (subrequest)
-//!   │ headers+body already read      │ this loop:                       │ upstream_peer,
-//!   │                                │  - feeds the preset body         │ upstream_request_filter
-//!   └── hang-up detected ───────────►│  - forwards Header/Body tasks    │ (sign, inject), pooled
-//!                                    │  - first-byte / idle / total     │ connection, h1 or h2
-//!                                    │    timers, precise               │
-//!                                    │  - client hang-up cancels it     ▼
-//!                                    └──────────────────────────────► provider
+//!  client ◄────────────── exchange (the client's request, one pass) ────────────► provider
+//!   │ head and body already read       this loop:                      call: request_for,
+//!   │                                   - first-byte / idle / total     connect (pooled,
+//!   └── hang-up detected ─────────────►   timers, precise               h1 or h2), send,
+//!                                       - holds back an answer that     read_head
+//!                                         will be retried
+//!                                       - writes each body piece to
+//!                                         the client as it arrives
 //! ```
 //!
-//! The subrequest runs inside this task (no spawn); dropping it cancels the upstream
-//! request, which on HTTP/2 resets only that stream. Response bytes are written to the
-//! client as each task arrives: nothing is buffered here.
+//! Everything runs inside the request's own task (no spawn). Dropping the call cancels the
+//! upstream request, which on HTTP/2 resets only that stream. Response bytes are written
+//! to the client as each piece arrives, and the next piece is read only once the client
+//! took this one: nothing is buffered here, and a slow reader slows the provider down.
 
+use super::call::{self, Call, Upstream};
 use super::errors::{Cause, SidecarError};
 use super::AttemptPlan;
 use crate::upstream::Timeouts;
 use bytes::Bytes;
-use pingora::protocols::http::HttpTask;
-use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Bodies go to the subrequest in slices of this size.
-const BODY_SLICE: usize = 256 * 1024;
 
 /// A provider's response head (status line and headers) larger than this is a protocol
 /// error (502): SDKs choke on far less (Python's h11 stops at 16 KiB by default), and a
@@ -66,12 +63,9 @@ pub enum Outcome {
     HeldBack { status: u16 },
 }
 
-enum Event {
-    SubDone,
-    WantsBody(bool),
-    BodyPermit(Option<tokio::sync::mpsc::OwnedPermit<HttpTask>>),
-    ProxyError(Option<Box<Error>>),
-    Task(Option<HttpTask>),
+/// What woke the attempt while it waited.
+pub(super) enum Wake<T> {
+    Upstream(T),
     Client(pingora::Result<Option<Bytes>>),
     Timer,
 }
@@ -79,243 +73,89 @@ enum Event {
 /// Runs one attempt. `deadline` is when the whole exchange must be over.
 pub async fn run(
     session: &mut Session,
+    up: &Upstream,
     plan: Arc<AttemptPlan>,
-    body: &Bytes,
     t: &Timeouts,
     deadline: Instant,
 ) -> Outcome {
-    let body_mode = if body.is_empty() {
-        BodyMode::NoBody
-    } else {
-        BodyMode::ExpectBody
-    };
-    let sub_ctx = SubrequestCtx::builder()
-        .body_mode(body_mode)
-        .user_ctx(Box::new(plan.clone()))
-        .build();
-    // Pingora hands the subrequest the request serialized as HTTP/1 text; an HTTP/2
-    // request would be written with the version `HTTP/2`, which its HTTP/1 parser refuses.
-    // Present it as HTTP/1.1 for that moment (the attempt's upstream protocol is chosen
-    // by ALPN, not by this).
-    let version = session.req_header().version;
-    if version == http::Version::HTTP_2 {
-        session.req_header_mut().set_version(http::Version::HTTP_11);
-    }
-    let created = session
-        .subrequest_spawner
-        .as_ref()
-        .map(|spawner| spawner.create_subrequest(&session.downstream_session, sub_ctx));
-    if version == http::Version::HTTP_2 {
-        session.req_header_mut().set_version(version);
-    }
-    let Some((prepared, handle)) = created else {
-        return internal("subrequests are not enabled for this session");
-    };
-    let tx = handle.tx;
-    let mut rx = handle.rx;
-    let mut wants_rx = handle.subreq_wants_body;
-    let mut err_rx = handle.subreq_proxy_error;
-
-    let mut sub = Box::pin(prepared.run());
-    let mut sub_done = false;
-    let mut wants_body = body.is_empty();
-    let mut wants_closed = body.is_empty();
-    let mut body_offset = 0usize;
-    let mut body_sent = body.is_empty();
-    let mut err_closed = false;
-    let mut rx_closed = false;
-    let mut proxy_error: Option<Box<Error>> = None;
-    let mut status: Option<u16> = None;
-    let mut response_done = false;
-    let mut client_open = true;
-    let mut usage: Option<crate::usage::UsageParser> = None;
-
     let mut clock = Limits::start(Instant::now(), t, deadline);
     let timer = tokio::time::sleep_until(clock.first_wake());
     tokio::pin!(timer);
+    let mut client_open = true;
 
-    loop {
-        if sub_done && rx_closed {
-            break;
-        }
-        let event = tokio::select! {
-            biased;
-            _ = &mut sub, if !sub_done => Event::SubDone,
-            r = &mut wants_rx, if !wants_closed => Event::WantsBody(r.is_ok()),
-            p = tx.clone().reserve_owned(), if wants_body && !body_sent => Event::BodyPermit(p.ok()),
-            e = &mut err_rx, if !err_closed => Event::ProxyError(e.ok()),
-            task = rx.recv(), if !rx_closed => Event::Task(task),
-            c = session.downstream_session.read_body_or_idle(true), if client_open && !response_done => Event::Client(c),
-            _ = &mut timer, if !response_done || !sub_done => Event::Timer,
-        };
-        match event {
-            Event::SubDone => sub_done = true,
-            Event::WantsBody(ok) => {
-                wants_closed = true;
-                wants_body = ok;
-                if !ok {
-                    body_sent = true;
-                }
-            }
-            Event::BodyPermit(None) => body_sent = true,
-            Event::BodyPermit(Some(permit)) => {
-                let end = (body_offset + BODY_SLICE).min(body.len());
-                let slice = body.slice(body_offset..end);
-                body_offset = end;
-                let last = body_offset >= body.len();
-                permit.send(HttpTask::Body(Some(slice), last));
-                if last {
-                    body_sent = true;
-                }
-            }
-            Event::ProxyError(e) => {
-                err_closed = true;
-                if let Some(e) = e {
-                    proxy_error.get_or_insert(e);
-                }
-            }
-            Event::Task(None) => rx_closed = true,
-            Event::Task(Some(first)) => {
-                if response_done {
-                    continue;
-                }
-                // Write everything already waiting in one go (a small response's header
-                // and body become one write); never wait for more.
-                let mut batch = Vec::with_capacity(4);
-                let mut next = Some(first);
-                while let Some(task) = next.take() {
-                    match task {
-                        HttpTask::Header(h, _) if h.status.is_informational() => {
-                            // 1xx from the provider: the client's 100-continue was
-                            // already answered by the exchange.
-                        }
-                        HttpTask::Failed(e) => {
-                            proxy_error.get_or_insert(e);
-                        }
-                        HttpTask::Header(h, end) => {
-                            let head = response_head_bytes(&h);
-                            if head > MAX_RESPONSE_HEAD {
-                                return Outcome::NotStarted {
-                                    error: SidecarError::new(
-                                        Cause::UpstreamProtocol,
-                                        format!("the provider's response header is {head} bytes, above the sidecar's limit of {MAX_RESPONSE_HEAD}"),
-                                    ),
-                                    stale_connection: false,
-                                };
-                            }
-                            let code = h.status.as_u16();
-                            let retry_after = crate::auth::retry_after(&h.headers);
-                            plan.report.set_answer(code, retry_after);
-                            // Dropping the subrequest closes this upstream connection;
-                            // the exchange refreshes the token and replays, retries, or
-                            // moves on to a fallback.
-                            if code == 401 && plan.hold_back_401 {
-                                return Outcome::HeldBack { status: code };
-                            }
-                            if plan.gate.hold(code, retry_after, plan.pool_key()) {
-                                return Outcome::HeldBack { status: code };
-                            }
-                            status = Some(code);
-                            if code < 300 {
-                                usage = h
-                                    .headers
-                                    .get(http::header::CONTENT_TYPE)
-                                    .and_then(|v| v.to_str().ok())
-                                    .and_then(crate::usage::UsageParser::for_content_type);
-                                plan.report
-                                    .set_streaming(usage.as_ref().is_some_and(|p| p.is_stream()));
-                            }
-                            batch.push(HttpTask::Header(h, end));
-                        }
-                        // Body before header cannot happen; be safe.
-                        other if status.is_some() => {
-                            // Read after the bytes are handed on, never holding them.
-                            if let HttpTask::Body(Some(b), _) = &other {
-                                if !b.is_empty() {
-                                    plan.report.body_seen();
-                                }
-                                if let Some(p) = usage.as_mut() {
-                                    p.feed(b);
-                                }
-                                if plan.capture > 0 {
-                                    plan.report.capture(b, plan.capture);
-                                }
-                            }
-                            batch.push(other)
-                        }
-                        _ => {}
-                    }
-                    next = match rx.try_recv() {
-                        Ok(t) => Some(t),
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
-                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                            rx_closed = true;
-                            None
-                        }
-                    };
-                }
-                if batch.is_empty() {
-                    continue;
-                }
-                clock.activity(Instant::now());
-                match session.write_response_tasks(batch).await {
-                    Ok(done) => response_done |= done,
-                    Err(_) => {
-                        charge_seen(&mut usage, &plan);
-                        return Outcome::ClientGone { status };
-                    }
-                }
-            }
-            Event::Client(r) => {
-                match r {
-                    // Unreachable once the body is read, but harmless: keep watching.
-                    Ok(Some(_)) => {}
-                    Ok(None) => client_open = false,
-                    Err(_) => {
-                        charge_seen(&mut usage, &plan);
-                        return Outcome::ClientGone { status };
-                    }
-                }
-            }
-            Event::Timer => {
-                if response_done {
-                    // The client has everything; the subrequest is only returning its
-                    // connection to the pool and should have finished by now.
-                    break;
-                }
-                match clock.on_timer(Instant::now(), status.is_some()) {
+    let req = match call::request_for(session.req_header(), &plan) {
+        Ok(r) => r,
+        Err(e) => return not_started(&e, &plan, false),
+    };
+
+    // Up to the response head: connect, send, wait.
+    let call: Call = {
+        let start = call::start(up, &plan, req);
+        tokio::pin!(start);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                r = &mut start => Wake::Upstream(r),
+                c = session.downstream_session.read_body_or_idle(true), if client_open => Wake::Client(c),
+                _ = &mut timer => Wake::Timer,
+            };
+            match wake {
+                Wake::Upstream(Ok(call)) => break call,
+                Wake::Upstream(Err(f)) => return not_started(&f.error, &plan, f.stale),
+                Wake::Client(Ok(Some(_))) => {}
+                Wake::Client(Ok(None)) => client_open = false,
+                Wake::Client(Err(_)) => return Outcome::ClientGone { status: None },
+                Wake::Timer => match clock.on_timer(Instant::now(), false) {
                     Ok(due) => timer.as_mut().reset(due),
-                    Err(cause) => {
-                        charge_seen(&mut usage, &plan);
-                        return timed_out(cause, status, t);
-                    }
-                }
+                    Err(cause) => return timed_out(cause, None, t),
+                },
             }
         }
-        if response_done && sub_done {
-            break;
-        }
-    }
+    };
 
-    if let Some(p) = usage.as_mut() {
-        plan.report.settle(p, response_done);
-    }
-    if response_done {
-        return Outcome::Complete {
-            status: status.unwrap_or(0),
+    let head_request = session.req_header().method == http::Method::HEAD;
+    let Some(head) = call.response_for_client(head_request) else {
+        call.abandon(up).await;
+        return internal("the provider's response head was lost");
+    };
+    let size = response_head_bytes(&head);
+    if size > MAX_RESPONSE_HEAD {
+        call.abandon(up).await;
+        return Outcome::NotStarted {
+            error: SidecarError::new(
+                Cause::UpstreamProtocol,
+                format!("the provider's response header is {size} bytes, above the sidecar's limit of {MAX_RESPONSE_HEAD}"),
+            ),
+            stale_connection: false,
         };
     }
-    let error = proxy_error.as_deref();
-    match (status, error) {
-        (Some(s), e) => Outcome::Broken {
-            status: s,
-            cause: e.map_or(Cause::UpstreamReset, |e| classify(e, true)),
-        },
-        (None, Some(e)) => Outcome::NotStarted {
-            error: SidecarError::new(classify(e, false), describe(e, &plan)),
-            stale_connection: plan.report.stale_connection(),
-        },
-        (None, None) => internal("the upstream attempt ended without a response"),
+    let code = head.status.as_u16();
+    let retry_after = crate::auth::retry_after(&head.headers);
+    plan.report.set_answer(code, retry_after);
+    // An answer held back is not read: its connection is closed (an HTTP/2 stream reset),
+    // and the exchange refreshes the token and replays, retries, or moves on.
+    if (code == 401 && plan.hold_back_401) || plan.gate.hold(code, retry_after, plan.pool_key()) {
+        call.abandon(up).await;
+        return Outcome::HeldBack { status: code };
+    }
+    super::response::forward(
+        session,
+        up,
+        call,
+        &plan,
+        head,
+        t,
+        &mut clock,
+        timer,
+        client_open,
+    )
+    .await
+}
+
+pub(super) fn not_started(e: &Error, plan: &AttemptPlan, stale: bool) -> Outcome {
+    Outcome::NotStarted {
+        error: SidecarError::new(classify(e, false), describe(e, plan)),
+        stale_connection: stale,
     }
 }
 
@@ -324,7 +164,7 @@ pub async fn run(
 /// later. Activity only records its time; moving a Tokio timer *earlier* on every chunk
 /// would wake the timer driver each time.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
     first_byte_at: Instant,
     idle: Duration,
     deadline: Instant,
@@ -332,7 +172,7 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub(crate) fn start(now: Instant, t: &Timeouts, deadline: Instant) -> Limits {
+    pub fn start(now: Instant, t: &Timeouts, deadline: Instant) -> Limits {
         Limits {
             first_byte_at: (now + t.first_byte).min(deadline),
             idle: t.idle,
@@ -342,19 +182,19 @@ impl Limits {
     }
 
     /// When the timer is first armed.
-    pub(crate) fn first_wake(&self) -> Instant {
+    pub fn first_wake(&self) -> Instant {
         self.first_byte_at.min(self.last_activity + self.idle)
     }
 
     /// Bytes went to the client.
-    pub(crate) fn activity(&mut self, now: Instant) {
+    pub fn activity(&mut self, now: Instant) {
         self.last_activity = now;
     }
 
     /// The timer fired at `now`: `Ok(when)` to re-arm it, or the limit that expired. The
     /// first byte applies before the response header, the idle gap after it; the total
     /// always.
-    pub(crate) fn on_timer(&self, now: Instant, header_seen: bool) -> Result<Instant, Cause> {
+    pub fn on_timer(&self, now: Instant, header_seen: bool) -> Result<Instant, Cause> {
         let limit = if header_seen {
             self.last_activity + self.idle
         } else {
@@ -375,7 +215,7 @@ impl Limits {
 }
 
 /// A response that ends early is charged the tokens seen so far.
-fn charge_seen(usage: &mut Option<crate::usage::UsageParser>, plan: &AttemptPlan) {
+pub(super) fn charge_seen(usage: &mut Option<crate::usage::UsageParser>, plan: &AttemptPlan) {
     if let Some(p) = usage.as_mut() {
         plan.report.settle(p, false);
     }
@@ -388,7 +228,7 @@ fn internal(msg: &str) -> Outcome {
     }
 }
 
-fn timed_out(cause: Cause, status: Option<u16>, t: &Timeouts) -> Outcome {
+pub(super) fn timed_out(cause: Cause, status: Option<u16>, t: &Timeouts) -> Outcome {
     match status {
         Some(s) => Outcome::Broken { status: s, cause },
         None => {

@@ -113,6 +113,21 @@ impl Cause {
         }
     }
 
+    /// An error about the request's framing or the client's pace: bytes of it may be
+    /// left unread, so the connection is closed after the answer.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Cause::Misdirected
+                | Cause::HeadersTooLarge
+                | Cause::BodyTooLarge
+                | Cause::BadFraming
+                | Cause::BadPath
+                | Cause::BadRequest
+                | Cause::ClientTimeout
+        )
+    }
+
     pub fn status(self) -> u16 {
         match self {
             Cause::NoRoute => 404,

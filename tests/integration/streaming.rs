@@ -244,3 +244,184 @@ async fn a_connect_that_hangs_is_a_504() {
     );
     drop(listener);
 }
+
+/// A slow reader costs the sidecar a small, bounded amount of memory, whatever the size
+/// of the response, and the provider is slowed down to the reader's pace: 50 clients each
+/// read a 64 MiB download at about 256 KiB/s through the real binary, and the sidecar's
+/// RSS and the bytes the provider got rid of are measured while they read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_a_large_response_cost_bounded_memory_and_slow_the_provider() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const CLIENTS: usize = 50;
+    const SIZE: u64 = 64 << 20;
+    const PIECE: usize = 64 * 1024;
+    const READ_FOR: Duration = Duration::from_secs(4);
+
+    // The provider: a 64 MiB body to every request, written as fast as TCP takes it,
+    // counting what the kernel accepted. Small socket buffers on both outer ends, so what
+    // is in flight is what the sidecar holds (or has its kernel hold).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_send_buffer_size(64 * 1024).unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(128).unwrap();
+    let up = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    crate::support::upstreams::accept_for(listener, Duration::from_secs(60), move |mut tcp| {
+        let sent = counter.clone();
+        async move {
+            let mut buf = Vec::new();
+            if crate::support::upstreams::read_request(&mut tcp, &mut buf)
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n"
+            );
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let piece = vec![b'x'; PIECE];
+            let mut left = SIZE;
+            while left > 0 {
+                let n = (left as usize).min(PIECE);
+                match tcp.write(&piece[..n]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => {
+                        left -= k as u64;
+                        sent.fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &path,
+        with_listeners(&format!(
+            "log: {{ format: json }}\n{}",
+            openai_to(&format!("http://{up}"), "k")
+        )),
+    )
+    .unwrap();
+    let (child, reverse, _admin, _logs) = crate::support::process::spawn_binary(&path);
+    let pid = child.0.id();
+    let rss_kib = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let c = reqwest::Client::new();
+    // Warm up: one small request, so the base has the sidecar's first-use allocations.
+    let warm = c
+        .post(format!("http://{reverse}/openai/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    drop(warm); // hangs up on the 64 MiB answer
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib();
+    let sent_before = sent.load(Ordering::Relaxed);
+
+    let addr: std::net::SocketAddr = reverse.parse().unwrap();
+    let read = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let read = read.clone();
+        clients.push(tokio::spawn(async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(64 * 1024).unwrap();
+            let mut tcp = sock.connect(addr).await.unwrap();
+            tcp.write_all(b"GET /openai/v1/files/f/content HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            // 16 KiB every 62.5 ms: 256 KiB/s.
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = 0u64;
+            let mut status = String::new();
+            let end = Instant::now() + READ_FOR;
+            while Instant::now() < end {
+                let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                    .await
+                    .expect("the download stalled")
+                    .unwrap();
+                assert!(n > 0, "the sidecar closed the download");
+                if status.is_empty() {
+                    status = String::from_utf8_lossy(&buf[..n.min(12)]).into_owned();
+                }
+                got += n as u64;
+                read.fetch_add(n as u64, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_micros(62_500)).await;
+            }
+            (status, got, tcp)
+        }));
+    }
+    // Sample while they read; keep the peak, and how far the provider is ahead of the
+    // readers halfway through.
+    let mut peak = base;
+    let start = Instant::now();
+    let mut halfway = None;
+    while start.elapsed() < READ_FOR {
+        peak = peak.max(rss_kib());
+        if halfway.is_none() && start.elapsed() >= READ_FOR / 2 {
+            halfway = Some((
+                sent.load(Ordering::Relaxed) - sent_before,
+                read.load(Ordering::Relaxed),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut conns = Vec::new();
+    for h in clients {
+        let (status, got, tcp) = h.await.unwrap();
+        assert_eq!(status, "HTTP/1.1 200", "a download did not start");
+        assert!(got > 0);
+        conns.push(tcp);
+    }
+    peak = peak.max(rss_kib());
+    let provider_sent = sent.load(Ordering::Relaxed) - sent_before;
+    let clients_read = read.load(Ordering::Relaxed);
+    drop(conns);
+    let per_reader_kib = peak.saturating_sub(base) / CLIENTS as u64;
+    let mib = |b: u64| b as f64 / CLIENTS as f64 / 1048576.0;
+    let ahead = mib(provider_sent.saturating_sub(clients_read));
+    let (sent_half, read_half) = halfway.expect("sampled halfway");
+    // From halfway to the end: what the provider sent beyond what the readers took.
+    let ahead_late = mib((provider_sent - sent_half).saturating_sub(clients_read - read_half));
+    eprintln!(
+        "RSS {base} KiB -> peak {peak} KiB: {per_reader_kib} KiB per slow reader; per reader, the \
+         provider sent {:.2} MiB, the client read {:.2} MiB: {ahead:.2} MiB ahead at the end, \
+         {ahead_late:.2} MiB of it gained in the second half",
+        mib(provider_sent),
+        mib(clients_read)
+    );
+    // The target: 256 KiB per slow response beyond a stream's base (itself well under
+    // 256 KiB). A queue of response pieces per reader would cost megabytes each.
+    assert!(
+        per_reader_kib <= 512,
+        "{per_reader_kib} KiB of sidecar memory per slow reader"
+    );
+    // What the provider got rid of is what the readers took plus what the sockets on the
+    // way hold (kernel buffers, filled in the first moments): nowhere near 64 MiB each,
+    // and in the second half it sends at the readers' pace.
+    assert!(
+        ahead < 16.0,
+        "the provider is {ahead:.1} MiB ahead of each reader"
+    );
+    assert!(
+        ahead_late < 1.5,
+        "the provider gained {ahead_late:.2} MiB per reader in the second half: the sidecar did not slow it down"
+    );
+}

@@ -1443,6 +1443,11 @@ impl BodyWriter {
         }
     }
 
+    /// A body of known, non-zero length is set up and not all written yet.
+    pub fn is_pending_known_length(&self) -> bool {
+        matches!(self.body_mode, BM::ContentLength(total, written) if written < total)
+    }
+
     pub fn is_close_delimited(&self) -> bool {
         matches!(self.body_mode, BM::UntilClose(_))
     }

@@ -145,10 +145,16 @@ impl HttpSession {
             _ => Error::because(WriteError, "while writing request headers", e),
         })?;
 
-        self.underlying_stream
-            .flush()
-            .await
-            .or_err(WriteError, "flushing request header")?;
+        // A body of known length follows: it is written to the same buffer and flushed
+        // when its last byte is written (see the note on buffering in
+        // `BodyWriter::write_body`), so the head and a small body leave in one send.
+        // Any other request (no body, chunked, until close) flushes its head now.
+        if !self.body_writer.is_pending_known_length() {
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing request header")?;
+        }
 
         // write was successful
         self.request_written = Some(req);

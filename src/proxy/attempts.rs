@@ -1,0 +1,673 @@
+//! The attempt loop: the route's targets in order (its provider, then its fallbacks),
+//! each with its retries, behind its circuit breaker and its key pool. Each attempt's
+//! plan says what to sign with and when to hold an answer back for a retry; the attempt
+//! itself is [`super::attempt`].
+
+use super::admission::Admitted;
+use super::body;
+use super::errors::{Cause, SidecarError};
+use super::{attempt, ExchangeState, Served, SidecarProxy};
+use crate::auth::{AcquireError, Auth, Credential, Verdict};
+use crate::config::compile::Target;
+use crate::config::Snapshot;
+use crate::observability::metrics::STATUS_CLIENT_CLOSED;
+use crate::observability::trace::{self, TraceContext};
+use crate::resilience::{self, breaker::Admission};
+use crate::tenant::Tenant;
+use crate::upstream::Provider;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Stale pooled connections are retried at most this many times per exchange.
+const MAX_STALE_RETRIES: u32 = 2;
+
+/// What an exchange hands to each of its attempts.
+pub struct AttemptPlan {
+    pub provider: Arc<Provider>,
+    /// The credentials in use (the tenant's own, or the provider's).
+    pub auth: Arc<Auth>,
+    /// What this attempt signs with (a key of the pool, a token).
+    pub credential: Credential,
+    pub tenant: Tenant,
+    /// Path and query to request upstream.
+    pub uri: http::Uri,
+    /// The whole request body (shared, not copied, between attempts).
+    pub body: Bytes,
+    /// Lowercase hex SHA-256 of `body` when the signer needs it, else empty.
+    pub body_sha256: Arc<str>,
+    /// Do not forward a 401: the exchange refreshes the token and tries once more.
+    pub hold_back_401: bool,
+    /// Decides, when the response header arrives, whether another attempt will follow
+    /// (then the response is held back instead of forwarded).
+    pub gate: RetryGate,
+    pub report: AttemptReport,
+    /// The exchange's trace, and this attempt's span in it.
+    pub trace: TraceContext,
+    pub span: [u8; 8],
+    /// Keep this many bytes of the response body for the audit log (0: none).
+    pub capture: usize,
+}
+
+impl AttemptPlan {
+    /// The pool and the key this attempt signs with, if it uses a pool.
+    pub fn pool_key(&self) -> Option<(&crate::auth::KeyPool, usize)> {
+        match self.credential {
+            Credential::Key(i) => self.auth.keys.as_ref().map(|p| (p, i)),
+            _ => None,
+        }
+    }
+}
+
+/// What follows a held-back response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    Retry { wait: Duration },
+    Fallback,
+}
+
+/// The retry decision for one attempt's answer, made the moment its header arrives: a
+/// response is held back only if another attempt is certain to follow, so the client
+/// always gets either the provider's answer or the next attempt's.
+pub struct RetryGate {
+    snapshot: Arc<Snapshot>,
+    route: usize,
+    /// Retries left on this target.
+    retries_left: u32,
+    /// A later target (fallback) is ready.
+    fallback_left: bool,
+    /// A 401/403 may be retried with another key of the pool.
+    other_keys: bool,
+    deadline: tokio::time::Instant,
+    decision: std::sync::OnceLock<NextStep>,
+}
+
+impl RetryGate {
+    /// Whether to hold back an answer with `status` (and commit to the next step).
+    /// `key`: the pool and the key this attempt signed with, if it used a pool.
+    pub fn hold(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+        key: Option<(&crate::auth::KeyPool, usize)>,
+    ) -> bool {
+        let retryable = resilience::retry::retryable_status(status)
+            || (self.other_keys && matches!(status, 401 | 403));
+        if !retryable {
+            return false;
+        }
+        let wait = resilience::retry::wait_after(
+            status,
+            retry_after,
+            key.map(|(pool, i)| pool.others(i)),
+            key.map_or(Duration::ZERO, |(pool, _)| pool.cooldown(retry_after)),
+        );
+        if let Some(wait) = wait.and_then(|w| self.wait(w)) {
+            return self.decision.set(NextStep::Retry { wait }).is_ok();
+        }
+        self.fallback_left && self.decision.set(NextStep::Fallback).is_ok()
+    }
+
+    /// The wait before a retry, if one is allowed now (attempts left, `Retry-After`
+    /// within the cap, time left, and the retry budget — which this withdraws from).
+    fn retry_wait(&self, retry_after: Option<Duration>) -> Option<Duration> {
+        self.wait(retry_after.map_or(resilience::retry::Wait::Backoff, |r| {
+            resilience::retry::Wait::AtLeast(r)
+        }))
+    }
+
+    fn wait(&self, w: resilience::retry::Wait) -> Option<Duration> {
+        use resilience::retry::Wait;
+        let policy = &self.snapshot.plans.get(self.route)?.retry;
+        if self.retries_left == 0 {
+            return None;
+        }
+        let n = policy.max_attempts.saturating_sub(self.retries_left);
+        let wait = match w {
+            Wait::Now => Duration::ZERO,
+            Wait::AtLeast(r) if r > policy.retry_after_max => return None,
+            Wait::AtLeast(r) => policy.backoff(n, Some(r)),
+            Wait::Backoff => policy.backoff(n, None),
+        };
+        if tokio::time::Instant::now() + wait >= self.deadline || !policy.budget.withdraw() {
+            return None;
+        }
+        Some(wait)
+    }
+
+    pub fn decision(&self) -> Option<NextStep> {
+        self.decision.get().copied()
+    }
+}
+
+/// Facts an attempt reports back to its exchange.
+#[derive(Default)]
+pub struct AttemptReport {
+    /// Token usage read from the response as it passed (set when the attempt ends).
+    usage: std::sync::OnceLock<crate::usage::Usage>,
+    /// The provider's status and `Retry-After`, once its response header arrived.
+    answer: std::sync::OnceLock<(u16, Option<Duration>)>,
+    /// The model the response names.
+    model: std::sync::OnceLock<String>,
+    /// Why the model stopped, as the response said.
+    pub(super) finish_reasons: std::sync::OnceLock<Box<[Box<str>]>>,
+    /// When the first body byte of the response arrived.
+    first_body: std::sync::OnceLock<Instant>,
+    /// The response is a stream (SSE, event-stream, NDJSON).
+    streaming: AtomicBool,
+    /// The start of the response body, for the audit log (only with `capture`), and
+    /// whether it is all of it so far.
+    captured: parking_lot::Mutex<(Vec<u8>, bool)>,
+}
+
+impl AttemptReport {
+    pub fn set_answer(&self, status: u16, retry_after: Option<Duration>) {
+        let _ = self.answer.set((status, retry_after));
+    }
+
+    pub fn answer(&self) -> Option<(u16, Option<Duration>)> {
+        self.answer.get().copied()
+    }
+
+    pub fn set_usage(&self, u: crate::usage::Usage) {
+        let _ = self.usage.set(u);
+    }
+
+    /// Records what the response's parser read: usage (`complete`: the body ended) and
+    /// the model it named.
+    pub fn settle(&self, p: &mut crate::usage::UsageParser, complete: bool) {
+        self.set_usage(p.finish(complete));
+        if let Some(m) = p.model() {
+            let _ = self
+                .model
+                .set(crate::observability::genai::model_name(m).to_string());
+        }
+        if !p.finish_reasons().is_empty() {
+            let _ = self.finish_reasons.set(p.finish_reasons().into());
+        }
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.get().map(String::as_str)
+    }
+
+    /// Notes a response body byte: the clock is read for the first one only.
+    /// Keeps the start of the response body for the audit log, up to `cap` bytes.
+    pub fn capture(&self, chunk: &[u8], cap: usize) {
+        let mut c = self.captured.lock();
+        let room = cap.saturating_sub(c.0.len());
+        if chunk.len() > room {
+            c.1 = true; // cut
+        }
+        c.0.extend_from_slice(&chunk[..room.min(chunk.len())]);
+    }
+
+    /// The captured body, and whether it is complete.
+    fn captured(&self) -> (Bytes, bool) {
+        let mut c = self.captured.lock();
+        let cut = c.1;
+        (Bytes::from(std::mem::take(&mut c.0)), !cut)
+    }
+
+    pub fn body_seen(&self) {
+        if self.first_body.get().is_none() {
+            let _ = self.first_body.set(Instant::now());
+        }
+    }
+
+    pub fn first_body_at(&self) -> Option<Instant> {
+        self.first_body.get().copied()
+    }
+
+    pub fn set_streaming(&self, yes: bool) {
+        self.streaming.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
+    }
+
+    pub fn usage(&self) -> Option<crate::usage::Usage> {
+        self.usage.get().copied()
+    }
+}
+
+/// How the attempts on one target ended.
+pub enum TargetEnd {
+    /// The exchange is over (answered, or the connection must be cut).
+    Done(Result<bool>),
+    /// Nothing reached the client: try the next target, or answer this error.
+    Next(SidecarError),
+}
+
+impl SidecarProxy {
+    /// The route's provider first, then its fallbacks, each with its retries, until one
+    /// answers; `total` counts from the request's arrival, upload time and every attempt
+    /// included.
+    pub(super) async fn run_targets(
+        &self,
+        session: &mut Session,
+        snap: &Arc<Snapshot>,
+        x: &mut ExchangeState,
+        admitted: Admitted<'_>,
+        started: Instant,
+    ) -> TargetEnd {
+        let Admitted {
+            route,
+            provider,
+            tenant,
+            uri,
+            body,
+        } = admitted;
+        let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
+        let plan = &snap.plans[route.index];
+        plan.retry.budget.deposit();
+        let mut last_error = None;
+        for ti in 0..=plan.fallbacks.len() {
+            let fallback_left = plan.ready_after(ti);
+            let target = if ti == 0 {
+                Some((provider.clone(), uri.clone(), body.clone()))
+            } else {
+                let fb = &plan.fallbacks[ti - 1];
+                match &fb.target {
+                    Target::Ready(p) => {
+                        self.metrics.fallback(&route.name, &fb.provider);
+                        x.note(|| format!("fallback to {}", fb.provider).into());
+                        let req = session.req_header();
+                        let up = route.fallback_path(&fb.mount, req.uri.path(), req.uri.query());
+                        let body = match &fb.model {
+                            Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
+                            None => body.clone(),
+                        };
+                        up.parse::<http::Uri>().ok().map(|u| (p.clone(), u, body))
+                    }
+                    Target::Disabled { .. } => None,
+                }
+            };
+            let Some((target, uri, target_body)) = target else {
+                continue;
+            };
+            tracing::debug!(provider = %target.name, target = ti, "trying target");
+            let end = self
+                .try_target(
+                    session,
+                    snap,
+                    x,
+                    route.index,
+                    &route.name,
+                    &target,
+                    &tenant,
+                    uri,
+                    target_body,
+                    deadline,
+                    fallback_left,
+                )
+                .await;
+            match end {
+                TargetEnd::Done(r) => return TargetEnd::Done(r),
+                TargetEnd::Next(e) => last_error = Some(e),
+            }
+        }
+        TargetEnd::Next(last_error.unwrap_or_else(|| {
+            SidecarError::new(Cause::Internal, "no provider could take the request")
+        }))
+    }
+
+    /// Attempts on one target (the route's provider or a fallback), with retries.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_target(
+        &self,
+        session: &mut Session,
+        snap: &Arc<Snapshot>,
+        x: &mut ExchangeState,
+        route_index: usize,
+        route_name: &str,
+        provider: &Arc<Provider>,
+        tenant: &Tenant,
+        uri: http::Uri,
+        body: Bytes,
+        deadline: tokio::time::Instant,
+        fallback_left: bool,
+    ) -> TargetEnd {
+        let policy = &snap.plans[route_index].retry;
+        let auth = provider.auth_for(tenant.index).clone();
+        let body_sha256: Arc<str> = if auth.signer.needs_body_hash() {
+            Arc::from(body::sha256_hex(&body).await)
+        } else {
+            Arc::from("")
+        };
+        let other_keys = auth.keys.as_ref().is_some_and(|k| k.has_alternatives());
+        let mut attempts = 0u32;
+        let mut stale_retries = 0;
+        let mut token_replayed = false;
+        // Bytes of the answer kept for the audit log: the cap, plus room for a secret
+        // that starts before the cap to be seen whole (and masked) when redacted.
+        let capture = match (&snap.redactor, snap.plans[route_index].audit_bodies) {
+            (Some(r), Some(b)) if x.auditing && b.response => {
+                b.max_bytes + r.longest_secret() + 256
+            }
+            _ => 0,
+        };
+        loop {
+            let admission = provider
+                .breaker
+                .as_ref()
+                .map_or(Admission::Allowed, |b| b.admit());
+            if let Admission::Rejected { retry_in } = admission {
+                x.note(|| format!("breaker open: {}", provider.name).into());
+                let mut e = SidecarError::new(
+                    Cause::CircuitOpen,
+                    format!(
+                        "provider \"{}\" is failing; requests to it are paused for a while (circuit breaker open)",
+                        provider.name
+                    ),
+                );
+                e.retry_after_secs = Some(retry_in.as_secs_f64().ceil().max(1.0) as u64);
+                return TargetEnd::Next(e);
+            }
+            let record = |ok: bool| {
+                if let Some(b) = &provider.breaker {
+                    b.record(admission, ok);
+                }
+            };
+            attempts += 1;
+            x.attempts += 1;
+            // A key at its key-scoped limit is passed over for the next one.
+            let mut denied: Option<crate::limits::Denied> = None;
+            let mut tried: Vec<usize> = Vec::new();
+            let (credential, key_held) = loop {
+                let credential = match auth.acquire_except(&tried).await {
+                    Ok(c) => c,
+                    Err(AcquireError::KeysUnavailable {
+                        detail,
+                        retry_after,
+                        ..
+                    }) => {
+                        record(true);
+                        let mut e = SidecarError::new(
+                            Cause::KeysUnavailable,
+                            format!("every key for provider \"{}\" is unavailable ({detail}); try again later", provider.name),
+                        );
+                        e.retry_after_secs = Some(retry_after.as_secs_f64().ceil() as u64);
+                        return TargetEnd::Next(e);
+                    }
+                    Err(AcquireError::Token { reason, .. }) => {
+                        record(true);
+                        tracing::warn!(provider = %provider.name, %reason, "no access token");
+                        let mut e = SidecarError::new(
+                            Cause::TokenUnavailable,
+                            format!(
+                                "cannot get an access token for provider \"{}\" right now",
+                                provider.name
+                            ),
+                        );
+                        e.retry_after_secs = Some(1);
+                        return TargetEnd::Next(e);
+                    }
+                };
+                match self
+                    .key_limits(snap, x, route_index, provider, tenant, &credential)
+                    .await
+                {
+                    Ok(held) => break (credential, held),
+                    Err(d) => {
+                        // the soonest any key frees up
+                        let d = match denied.take() {
+                            Some(best) if best.retry_after <= d.retry_after => best,
+                            _ => d,
+                        };
+                        let other = match credential {
+                            Credential::Key(i)
+                                if tried.len() + 1 < auth.keys.as_ref().map_or(1, |k| k.len()) =>
+                            {
+                                tried.push(i);
+                                true
+                            }
+                            _ => false,
+                        };
+                        x.note(|| format!("key limit {}: key passed over", d.rule).into());
+                        if !other {
+                            record(true);
+                            self.metrics.limited(&d.rule, d.kind);
+                            return TargetEnd::Next(super::admission::limit_error(
+                                &d,
+                                provider.style,
+                            ));
+                        }
+                        denied = Some(d);
+                    }
+                }
+            };
+            x.key = auth.key_name(&credential);
+            let retries_left = policy.max_attempts.saturating_sub(attempts);
+            let plan = Arc::new(AttemptPlan {
+                provider: provider.clone(),
+                auth: auth.clone(),
+                hold_back_401: matches!(credential, Credential::Token(_)) && !token_replayed,
+                gate: RetryGate {
+                    snapshot: snap.clone(),
+                    route: route_index,
+                    retries_left,
+                    fallback_left,
+                    other_keys,
+                    deadline,
+                    decision: std::sync::OnceLock::new(),
+                },
+                credential: credential.clone(),
+                tenant: tenant.clone(),
+                uri: uri.clone(),
+                body: body.clone(),
+                body_sha256: body_sha256.clone(),
+                report: AttemptReport::default(),
+                trace: x.trace.clone().unwrap_or_else(TraceContext::root),
+                span: trace::new_span_id(),
+                capture,
+            });
+            let attempt_start = std::time::SystemTime::now();
+            let outcome = attempt::run(
+                session,
+                &self.upstream,
+                plan.clone(),
+                &provider.timeouts,
+                deadline,
+            )
+            .await;
+            if let Some(spans) = &self.spans {
+                self.export_span(spans, &plan, &outcome, attempt_start, route_name, x);
+            }
+            if let Some((status, retry_after)) = plan.report.answer() {
+                let verdict = auth.feedback(&credential, status, retry_after);
+                if verdict == Verdict::TokenRejected
+                    && matches!(outcome, attempt::Outcome::HeldBack { .. })
+                    && plan.gate.decision().is_none()
+                {
+                    record(true);
+                    token_replayed = true;
+                    x.note(|| "access token rejected: refreshed, sent again".into());
+                    continue;
+                }
+            }
+            if matches!(
+                outcome,
+                attempt::Outcome::Complete { .. }
+                    | attempt::Outcome::Broken { .. }
+                    | attempt::Outcome::ClientGone { .. }
+            ) {
+                x.served = Some(Served {
+                    provider: provider.name.clone(),
+                    gen_ai_provider: crate::observability::genai::provider_name(provider.kind),
+                    response_model: plan.report.model().map(Arc::from),
+                    response_model_label: plan
+                        .report
+                        .model()
+                        .map(|m| self.metrics.genai().models.label(Some(m))),
+                    first_body: plan.report.first_body_at(),
+                    streaming: plan.report.streaming(),
+                });
+                // this attempt's answer is the client's: settle its key limits at the end
+                if let Some(h) = key_held.and_then(crate::limits::AttemptHeld::keep) {
+                    match &mut x.held {
+                        Some(held) => held.absorb(h),
+                        None => x.held = Some(h),
+                    }
+                }
+            }
+            match outcome {
+                attempt::Outcome::Complete { status } => {
+                    record(status < 500);
+                    x.status = status;
+                    if capture > 0 {
+                        x.audit_response = Some(plan.report.captured());
+                    }
+                    if let Some(u) = plan.report.usage() {
+                        self.count_tokens(snap, route_index, route_name, provider, &u);
+                        x.usage = Some(u);
+                    }
+                    return TargetEnd::Done(Ok(true));
+                }
+                attempt::Outcome::HeldBack { status } => {
+                    record(status < 500);
+                    match plan.gate.decision() {
+                        Some(NextStep::Retry { wait }) => {
+                            let reason = resilience::retry::reason_for_status(status);
+                            self.metrics.retry(route_name, reason);
+                            x.note(|| format!("retry after {reason}").into());
+                            tracing::debug!(provider = %provider.name, status, ?wait, "retrying");
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            continue;
+                        }
+                        Some(NextStep::Fallback) => {
+                            x.note(|| {
+                                format!("{} answered {status}: next target", provider.name).into()
+                            });
+                            return TargetEnd::Next(SidecarError::new(
+                                Cause::UpstreamProtocol,
+                                format!("provider \"{}\" answered {status}", provider.name),
+                            ));
+                        }
+                        None => {
+                            // Only a token's 401 is held back without a decision, and
+                            // that always replays above.
+                            let e = SidecarError::new(
+                                Cause::Internal,
+                                format!(
+                                    "the provider answered {status} and the retry was not possible"
+                                ),
+                            );
+                            return TargetEnd::Next(e);
+                        }
+                    }
+                }
+                attempt::Outcome::NotStarted {
+                    error,
+                    stale_connection,
+                } => {
+                    let upstream_fault = resilience::retry::retryable_cause(error.cause)
+                        || matches!(
+                            error.cause,
+                            Cause::UpstreamTls | Cause::FirstByteTimeout | Cause::UpstreamProtocol
+                        );
+                    if stale_connection && stale_retries < MAX_STALE_RETRIES {
+                        record(true);
+                        stale_retries += 1;
+                        attempts -= 1;
+                        x.note(|| "stale pooled connection: sent again".into());
+                        tracing::debug!(provider = %provider.name, "pooled connection was closed by the provider; retrying on a fresh one");
+                        continue;
+                    }
+                    record(!upstream_fault);
+                    if resilience::retry::retryable_cause(error.cause) {
+                        if let Some(wait) = plan.gate.retry_wait(None) {
+                            let reason = resilience::retry::reason_for_cause(error.cause);
+                            self.metrics.retry(route_name, reason);
+                            x.note(|| format!("retry after {reason}").into());
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                    }
+                    return TargetEnd::Next(error);
+                }
+                attempt::Outcome::Broken { status, cause } => {
+                    record(false);
+                    if capture > 0 {
+                        x.audit_response = Some((plan.report.captured().0, false));
+                    }
+                    if let Some(u) = plan.report.usage() {
+                        self.count_tokens(snap, route_index, route_name, provider, &u);
+                        x.usage = Some(u);
+                    }
+                    x.status = status;
+                    x.cause = Some(cause);
+                    x.aborted = true;
+                    return TargetEnd::Done(Err(Error::explain(
+                        ErrorType::HTTPStatus(cause.status()),
+                        format!(
+                            "response from provider \"{}\" cut off: {}",
+                            provider.name,
+                            cause.as_str()
+                        ),
+                    )));
+                }
+                attempt::Outcome::ClientGone { status } => {
+                    record(true);
+                    x.status = status.unwrap_or(STATUS_CLIENT_CLOSED);
+                    x.aborted = true;
+                    let mut e = Error::new(ErrorType::ConnectionClosed);
+                    e.esource = ErrorSource::Downstream;
+                    return TargetEnd::Done(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Admits one attempt under the rules scoped by key, for the key it picked.
+    async fn key_limits(
+        &self,
+        snap: &Snapshot,
+        x: &ExchangeState,
+        route_index: usize,
+        provider: &Provider,
+        tenant: &Tenant,
+        credential: &Credential,
+    ) -> std::result::Result<Option<crate::limits::AttemptHeld>, crate::limits::Denied> {
+        let pool_key = match credential {
+            Credential::Key(i) => Some(*i),
+            _ => None,
+        };
+        let tenant_key = provider
+            .tenant_auth
+            .get(tenant.index)
+            .is_some_and(Option::is_some);
+        let Some(subject) = snap.limits.key_subject(
+            snap.limits.subject(tenant.index, route_index),
+            &provider.name,
+            pool_key,
+            tenant_key,
+        ) else {
+            return Ok(None);
+        };
+        snap.limits
+            .admit_key(subject, x.estimate)
+            .await
+            .map(|h| Some(crate::limits::AttemptHeld::new(h)))
+    }
+
+    fn count_tokens(
+        &self,
+        snap: &Snapshot,
+        route_index: usize,
+        route_name: &str,
+        provider: &Provider,
+        u: &crate::usage::Usage,
+    ) {
+        match snap.routes.get(route_index) {
+            Some(r) if r.metrics.provider() == &*provider.name => r.metrics.tokens(u),
+            _ => self.metrics.tokens(route_name, &provider.name, u),
+        }
+    }
+}
