@@ -61,7 +61,8 @@ impl SidecarProxy {
         let req = session.req_header();
         super::guards::check(req, raw_h1.as_deref(), &snap.guards)?;
 
-        let route = find_route(session, snap)?;
+        let fwd = forward_conn(session);
+        let route = find_route(session, snap, fwd)?;
         x.route = Some(route.index);
         let provider = match snap.target(route) {
             Target::Ready(p) => p.clone(),
@@ -73,7 +74,7 @@ impl SidecarProxy {
         x.style = Some(provider.style);
         super::guards::check_declared_length(session.req_header(), &snap.guards)?;
 
-        let tenant = resolve_tenant(session, snap).map_err(tenant_error)?;
+        let tenant = resolve_tenant(session, snap, fwd).map_err(tenant_error)?;
         x.tenant = Some(tenant.id.clone());
 
         let uri = {
@@ -147,15 +148,23 @@ impl SidecarProxy {
     }
 }
 
-/// The route for a request. One that came through the forward listener (HTTPS_PROXY)
-/// routes by the host it was intercepted for, and only to routes that match by host.
-fn find_route<'s>(session: &Session, snap: &'s Snapshot) -> Result<&'s Route, SidecarError> {
-    let req = session.req_header();
-    let forwarded = session
+/// The forward listener's connection (HTTPS_PROXY) the request came through, if any.
+fn forward_conn(session: &Session) -> Option<&ForwardConn> {
+    session
         .digest()
         .and_then(|d| d.proxy_digest.as_deref())
-        .filter(|d| d.user_data.is_some());
-    let fwd = forwarded.and_then(ForwardConn::of);
+        .filter(|d| d.user_data.is_some())
+        .and_then(ForwardConn::of)
+}
+
+/// The route for a request. One that came through the forward listener routes by the
+/// host it was intercepted for, and only to routes that match by host.
+fn find_route<'s>(
+    session: &Session,
+    snap: &'s Snapshot,
+    fwd: Option<&ForwardConn>,
+) -> Result<&'s Route, SidecarError> {
+    let req = session.req_header();
     let host = routing::request_host(req);
     let path = req.uri.path();
     let found = match fwd {
@@ -181,12 +190,11 @@ fn find_route<'s>(session: &Session, snap: &'s Snapshot) -> Result<&'s Route, Si
 }
 
 /// An authenticated proxy user's tenant wins over the other ways of naming one.
-fn resolve_tenant(session: &Session, snap: &Snapshot) -> Result<Tenant, TenantError> {
-    let fwd = session
-        .digest()
-        .and_then(|d| d.proxy_digest.as_deref())
-        .filter(|d| d.user_data.is_some())
-        .and_then(ForwardConn::of);
+fn resolve_tenant(
+    session: &Session,
+    snap: &Snapshot,
+    fwd: Option<&ForwardConn>,
+) -> Result<Tenant, TenantError> {
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())

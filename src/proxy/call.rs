@@ -340,10 +340,6 @@ impl Call {
         Some(h)
     }
 
-    pub fn response_header(&self) -> Option<&ResponseHeader> {
-        self.session.response_header()
-    }
-
     /// The next piece of the response body; `None` at its end.
     pub async fn read_body(&mut self) -> Result<Option<Bytes>> {
         self.session.read_response_body().await
