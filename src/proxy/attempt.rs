@@ -24,6 +24,7 @@
 use super::call::{self, Call, Upstream};
 use super::errors::{Cause, SidecarError};
 use super::AttemptPlan;
+use crate::resilience::step;
 use crate::upstream::Timeouts;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -134,7 +135,13 @@ pub async fn run(
     plan.report.set_answer(code, retry_after);
     // An answer held back is not read: its connection is closed (an HTTP/2 stream reset),
     // and the exchange refreshes the token and replays, retries, or moves on.
-    if (code == 401 && plan.hold_back_401) || plan.gate.hold(code, retry_after, plan.pool_key()) {
+    // (Below 400 nothing is retried: the policy is not asked.)
+    if code >= 400
+        && plan
+            .gate
+            .decide(&answered(&plan, code, retry_after))
+            .holds_back()
+    {
         call.abandon(up).await;
         return Outcome::HeldBack { status: code };
     }
@@ -150,6 +157,17 @@ pub async fn run(
         client_open,
     )
     .await
+}
+
+/// The policy's view of an answer: its status, and what the key pool can do about it.
+fn answered(plan: &AttemptPlan, status: u16, retry_after: Option<Duration>) -> step::Outcome {
+    step::Outcome::Answered {
+        status,
+        retry_after,
+        key: plan
+            .pool_key()
+            .map(|(pool, i)| (pool.others(i), pool.cooldown(retry_after))),
+    }
 }
 
 pub(super) fn not_started(e: &Error, plan: &AttemptPlan, stale: bool) -> Outcome {

@@ -12,6 +12,7 @@ use crate::config::compile::Target;
 use crate::config::Snapshot;
 use crate::observability::metrics::STATUS_CLIENT_CLOSED;
 use crate::observability::trace::{self, TraceContext};
+use crate::resilience::step::{self, Resend, Step};
 use crate::resilience::{self, breaker::Admission};
 use crate::tenant::Tenant;
 use crate::upstream::Provider;
@@ -21,9 +22,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Stale pooled connections are retried at most this many times per exchange.
-const MAX_STALE_RETRIES: u32 = 2;
 
 /// What an exchange hands to each of its attempts.
 pub struct AttemptPlan {
@@ -39,8 +37,6 @@ pub struct AttemptPlan {
     pub body: Bytes,
     /// Lowercase hex SHA-256 of `body` when the signer needs it, else empty.
     pub body_sha256: Arc<str>,
-    /// Do not forward a 401: the exchange refreshes the token and tries once more.
-    pub hold_back_401: bool,
     /// Decides, when the response header arrives, whether another attempt will follow
     /// (then the response is held back instead of forwarded).
     pub gate: RetryGate,
@@ -62,83 +58,28 @@ impl AttemptPlan {
     }
 }
 
-/// What follows a held-back response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextStep {
-    Retry { wait: Duration },
-    Fallback,
-}
-
-/// The retry decision for one attempt's answer, made the moment its header arrives: a
-/// response is held back only if another attempt is certain to follow, so the client
-/// always gets either the provider's answer or the next attempt's.
+/// The retry policy's gate for one attempt: where the attempts on its target stand,
+/// and the step decided when its answer (or its failure) came. A response is held back
+/// only if another attempt is certain to follow, so the client always gets either the
+/// provider's answer or the next attempt's.
 pub struct RetryGate {
     snapshot: Arc<Snapshot>,
     route: usize,
-    /// Retries left on this target.
-    retries_left: u32,
-    /// A later target (fallback) is ready.
-    fallback_left: bool,
-    /// A 401/403 may be retried with another key of the pool.
-    other_keys: bool,
-    deadline: tokio::time::Instant,
-    decision: std::sync::OnceLock<NextStep>,
+    gate: step::Gate,
+    decision: std::sync::OnceLock<Step>,
 }
 
 impl RetryGate {
-    /// Whether to hold back an answer with `status` (and commit to the next step).
-    /// `key`: the pool and the key this attempt signed with, if it used a pool.
-    pub fn hold(
-        &self,
-        status: u16,
-        retry_after: Option<Duration>,
-        key: Option<(&crate::auth::KeyPool, usize)>,
-    ) -> bool {
-        let retryable = resilience::retry::retryable_status(status)
-            || (self.other_keys && matches!(status, 401 | 403));
-        if !retryable {
-            return false;
-        }
-        let wait = resilience::retry::wait_after(
-            status,
-            retry_after,
-            key.map(|(pool, i)| pool.others(i)),
-            key.map_or(Duration::ZERO, |(pool, _)| pool.cooldown(retry_after)),
-        );
-        if let Some(wait) = wait.and_then(|w| self.wait(w)) {
-            return self.decision.set(NextStep::Retry { wait }).is_ok();
-        }
-        self.fallback_left && self.decision.set(NextStep::Fallback).is_ok()
-    }
-
-    /// The wait before a retry, if one is allowed now (attempts left, `Retry-After`
-    /// within the cap, time left, and the retry budget — which this withdraws from).
-    fn retry_wait(&self, retry_after: Option<Duration>) -> Option<Duration> {
-        self.wait(retry_after.map_or(resilience::retry::Wait::Backoff, |r| {
-            resilience::retry::Wait::AtLeast(r)
-        }))
-    }
-
-    fn wait(&self, w: resilience::retry::Wait) -> Option<Duration> {
-        use resilience::retry::Wait;
-        let policy = &self.snapshot.plans.get(self.route)?.retry;
-        if self.retries_left == 0 {
-            return None;
-        }
-        let n = policy.max_attempts.saturating_sub(self.retries_left);
-        let wait = match w {
-            Wait::Now => Duration::ZERO,
-            Wait::AtLeast(r) if r > policy.retry_after_max => return None,
-            Wait::AtLeast(r) => policy.backoff(n, Some(r)),
-            Wait::Backoff => policy.backoff(n, None),
+    /// Decides what follows `outcome` ([`step::next_step`]); the first decision is kept.
+    pub fn decide(&self, outcome: &step::Outcome) -> Step {
+        let step = match self.snapshot.plans.get(self.route) {
+            Some(plan) => step::next_step(outcome, &self.gate, &plan.retry),
+            None => Step::Forward,
         };
-        if tokio::time::Instant::now() + wait >= self.deadline || !policy.budget.withdraw() {
-            return None;
-        }
-        Some(wait)
+        *self.decision.get_or_init(|| step)
     }
 
-    pub fn decision(&self) -> Option<NextStep> {
+    pub fn decision(&self) -> Option<Step> {
         self.decision.get().copied()
     }
 }
@@ -332,7 +273,6 @@ impl SidecarProxy {
         deadline: tokio::time::Instant,
         fallback_left: bool,
     ) -> TargetEnd {
-        let policy = &snap.plans[route_index].retry;
         let auth = provider.auth_for(tenant.index).clone();
         let body_sha256: Arc<str> = if auth.signer.needs_body_hash() {
             Arc::from(body::sha256_hex(&body).await)
@@ -341,7 +281,7 @@ impl SidecarProxy {
         };
         let other_keys = auth.keys.as_ref().is_some_and(|k| k.has_alternatives());
         let mut attempts = 0u32;
-        let mut stale_retries = 0;
+        let mut stale_resends = 0;
         let mut token_replayed = false;
         // Bytes of the answer kept for the audit log: the cap, plus room for a secret
         // that starts before the cap to be seen whole (and masked) when redacted.
@@ -442,18 +382,20 @@ impl SidecarProxy {
                 }
             };
             x.key = auth.key_name(&credential);
-            let retries_left = policy.max_attempts.saturating_sub(attempts);
             let plan = Arc::new(AttemptPlan {
                 provider: provider.clone(),
                 auth: auth.clone(),
-                hold_back_401: matches!(credential, Credential::Token(_)) && !token_replayed,
                 gate: RetryGate {
                     snapshot: snap.clone(),
                     route: route_index,
-                    retries_left,
-                    fallback_left,
-                    other_keys,
-                    deadline,
+                    gate: step::Gate {
+                        attempts,
+                        stale_resends,
+                        fresh_token: matches!(credential, Credential::Token(_)) && !token_replayed,
+                        other_keys,
+                        fallback_left,
+                        deadline,
+                    },
                     decision: std::sync::OnceLock::new(),
                 },
                 credential: credential.clone(),
@@ -482,7 +424,7 @@ impl SidecarProxy {
                 let verdict = auth.feedback(&credential, status, retry_after);
                 if verdict == Verdict::TokenRejected
                     && matches!(outcome, attempt::Outcome::HeldBack { .. })
-                    && plan.gate.decision().is_none()
+                    && plan.gate.decision() == Some(Step::Resend(Resend::RefreshedToken))
                 {
                     record(true);
                     token_replayed = true;
@@ -531,8 +473,7 @@ impl SidecarProxy {
                 attempt::Outcome::HeldBack { status } => {
                     record(status < 500);
                     match plan.gate.decision() {
-                        Some(NextStep::Retry { wait }) => {
-                            let reason = resilience::retry::reason_for_status(status);
+                        Some(Step::Retry { wait, reason }) => {
                             self.metrics.retry(route_name, reason);
                             x.note(|| format!("retry after {reason}").into());
                             tracing::debug!(provider = %provider.name, status, ?wait, "retrying");
@@ -541,7 +482,7 @@ impl SidecarProxy {
                             }
                             continue;
                         }
-                        Some(NextStep::Fallback) => {
+                        Some(Step::Fallback) => {
                             x.note(|| {
                                 format!("{} answered {status}: next target", provider.name).into()
                             });
@@ -550,9 +491,8 @@ impl SidecarProxy {
                                 format!("provider \"{}\" answered {status}", provider.name),
                             ));
                         }
-                        None => {
-                            // Only a token's 401 is held back without a decision, and
-                            // that always replays above.
+                        _ => {
+                            // Only a token's 401 is resent, and that replays above.
                             let e = SidecarError::new(
                                 Cause::Internal,
                                 format!(
@@ -572,25 +512,31 @@ impl SidecarProxy {
                             error.cause,
                             Cause::UpstreamTls | Cause::FirstByteTimeout | Cause::UpstreamProtocol
                         );
-                    if stale_connection && stale_retries < MAX_STALE_RETRIES {
-                        record(true);
-                        stale_retries += 1;
-                        attempts -= 1;
-                        x.note(|| "stale pooled connection: sent again".into());
-                        tracing::debug!(provider = %provider.name, "pooled connection was closed by the provider; retrying on a fresh one");
-                        continue;
-                    }
-                    record(!upstream_fault);
-                    if resilience::retry::retryable_cause(error.cause) {
-                        if let Some(wait) = plan.gate.retry_wait(None) {
-                            let reason = resilience::retry::reason_for_cause(error.cause);
+                    let step = plan.gate.decide(&step::Outcome::Failed {
+                        cause: error.cause,
+                        stale_connection,
+                    });
+                    match step {
+                        Step::Resend(Resend::StaleConnection) => {
+                            record(true);
+                            stale_resends += 1;
+                            attempts -= 1;
+                            x.note(|| "stale pooled connection: sent again".into());
+                            tracing::debug!(provider = %provider.name, "pooled connection was closed by the provider; retrying on a fresh one");
+                            continue;
+                        }
+                        Step::Retry { wait, reason } => {
+                            record(!upstream_fault);
                             self.metrics.retry(route_name, reason);
                             x.note(|| format!("retry after {reason}").into());
                             tokio::time::sleep(wait).await;
                             continue;
                         }
+                        _ => {
+                            record(!upstream_fault);
+                            return TargetEnd::Next(error);
+                        }
                     }
-                    return TargetEnd::Next(error);
                 }
                 attempt::Outcome::Broken { status, cause } => {
                     record(false);

@@ -37,7 +37,7 @@ pub mod guards;
 mod record;
 mod response;
 
-pub use attempts::{AttemptPlan, AttemptReport, NextStep, RetryGate};
+pub use attempts::{AttemptPlan, AttemptReport, RetryGate};
 
 use crate::config::{ConfigStore, Snapshot};
 use crate::observability::audit::AuditLog;

@@ -15,9 +15,15 @@
 //! last one always reaches the client as the provider sent it. Nothing is retried once a
 //! response byte has gone to the client. Every attempt acquires a credential and signs
 //! anew.
+//!
+//! Every one of these decisions is [`step::next_step`], a function of the attempt's
+//! outcome and its target's gate (attempts made, resends, fallback, deadline), tested on
+//! tokio's paused clock. The exchange (`proxy::attempts`) only carries its step out.
 
 pub mod breaker;
 pub mod retry;
+pub mod step;
 
 pub use breaker::{Breaker, BreakerSettings};
 pub use retry::{RetryBudget, RetryPolicy};
+pub use step::{next_step, Step};
