@@ -111,8 +111,11 @@ pub fn join_mount(base: &str, rewrite: &str) -> String {
     out
 }
 
+/// A route: what it matches, how a matched path maps upstream, its metrics, and its
+/// action `A` (in the compiled config, [`crate::config::compile::RouteAction`]: the
+/// target it sends to and its plan for failures). One struct, looked up once.
 #[derive(Debug)]
-pub struct Route {
+pub struct Route<A = ()> {
     pub name: Arc<str>,
     pub index: usize,
     host: Option<HostPattern>,
@@ -122,9 +125,10 @@ pub struct Route {
     /// Send the request path unchanged (`keep_path`).
     keep_path: bool,
     pub metrics: RouteMetrics,
+    pub action: A,
 }
 
-impl Route {
+impl<A> Route<A> {
     pub fn new(
         name: Arc<str>,
         index: usize,
@@ -132,7 +136,8 @@ impl Route {
         prefix: Option<String>,
         mount: String,
         metrics: RouteMetrics,
-    ) -> Route {
+        action: A,
+    ) -> Route<A> {
         Route {
             name,
             index,
@@ -141,11 +146,12 @@ impl Route {
             mount,
             keep_path: false,
             metrics,
+            action,
         }
     }
 
     /// Sends request paths upstream unchanged.
-    pub fn keeping_path(mut self, keep: bool) -> Route {
+    pub fn keeping_path(mut self, keep: bool) -> Route<A> {
         self.keep_path = keep;
         self
     }
@@ -202,7 +208,7 @@ impl Route {
     }
 
     /// True when this route matches every request `later` would match.
-    pub fn shadows(&self, later: &Route) -> bool {
+    pub fn shadows<B>(&self, later: &Route<B>) -> bool {
         let host_covered = match (&self.host, &later.host) {
             (None, _) => true,
             (Some(_), None) => false,
@@ -318,34 +324,40 @@ fn is_dot_segment(seg: &[u8]) -> bool {
     dots > 0
 }
 
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    routes: Vec<Route>,
+#[derive(Debug)]
+pub struct RouteTable<A = ()> {
+    routes: Vec<Route<A>>,
 }
 
-impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> RouteTable {
+impl<A> Default for RouteTable<A> {
+    fn default() -> Self {
+        RouteTable { routes: Vec::new() }
+    }
+}
+
+impl<A> RouteTable<A> {
+    pub fn new(routes: Vec<Route<A>>) -> RouteTable<A> {
         RouteTable { routes }
     }
 
     /// The first route matching `host` (without port) and `path` (without query).
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route<A>> {
         self.routes.iter().find(|r| r.matches(host, path))
     }
 
     /// The first route that matches by host `host` (a request that arrived through the
     /// forward proxy for that host) and `path`. Routes without a host never match.
-    pub fn find_intercepted(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn find_intercepted(&self, host: &str, path: &str) -> Option<&Route<A>> {
         self.routes
             .iter()
             .find(|r| r.host.is_some() && r.matches(Some(host), path))
     }
 
-    pub fn get(&self, index: usize) -> Option<&Route> {
+    pub fn get(&self, index: usize) -> Option<&Route<A>> {
         self.routes.get(index)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+    pub fn iter(&self) -> impl Iterator<Item = &Route<A>> {
         self.routes.iter()
     }
 

@@ -11,7 +11,7 @@ use super::secret::{EnvLookup, Template};
 use crate::auth::Auth;
 use crate::observability::metrics::Metrics;
 use crate::proxy::errors::ErrorStyle;
-use crate::routing::{self, HostPattern, Route, RouteTable};
+use crate::routing::{self, HostPattern};
 use crate::tenant::Tenants;
 use crate::upstream::dns::{DnsRegistry, DnsSettings};
 use crate::upstream::{self, trust, PeerSettings, Provider, Timeouts};
@@ -107,6 +107,17 @@ pub struct FallbackPlan {
     pub model: Option<Arc<str>>,
 }
 
+/// What a matched request is sent to, and what happens when that fails.
+#[derive(Debug)]
+pub struct RouteAction {
+    pub target: Target,
+    pub plan: RoutePlan,
+}
+
+/// A compiled route: its matcher and path mapping, its target and its plan.
+pub type Route = routing::Route<RouteAction>;
+pub type RouteTable = routing::RouteTable<RouteAction>;
+
 /// What a route does when an attempt fails.
 #[derive(Debug)]
 pub struct RoutePlan {
@@ -137,11 +148,8 @@ pub struct Snapshot {
     pub grace_period: Duration,
     pub reload_debounce: Duration,
     pub guards: Guards,
+    /// The routes, in order, each with its target and plan.
     pub routes: RouteTable,
-    /// Route index → target, parallel to `routes`.
-    pub targets: Vec<Target>,
-    /// Route index → retries and fallbacks, parallel to `routes`.
-    pub plans: Vec<RoutePlan>,
     /// `limits.rules`, with their counters.
     pub limits: crate::limits::Limits,
     pub providers: IndexMap<String, Target>,
@@ -167,12 +175,6 @@ impl std::fmt::Debug for Snapshot {
             .field("routes", &self.routes.len())
             .field("providers", &self.providers.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl Snapshot {
-    pub fn target(&self, route: &Route) -> &Target {
-        &self.targets[route.index]
     }
 }
 
@@ -254,8 +256,8 @@ impl<'a> Compiler<'a> {
             }
         }
 
-        let (routes, targets, plans) = self.routes(&file, &providers);
-        let limits = self.limits(&file, &routes, &targets, &providers, &tenants);
+        let routes = self.routes(&file, &providers);
+        let limits = self.limits(&file, &routes, &providers, &tenants);
         let forward = self.forward(
             &file,
             &routes,
@@ -317,8 +319,6 @@ impl<'a> Compiler<'a> {
             reload_debounce: file.server.reload_debounce.get(),
             guards,
             routes,
-            targets,
-            plans,
             limits,
             providers,
             tenants,
@@ -826,14 +826,8 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn routes(
-        &mut self,
-        file: &ConfigFile,
-        providers: &IndexMap<String, Target>,
-    ) -> (RouteTable, Vec<Target>, Vec<RoutePlan>) {
+    fn routes(&mut self, file: &ConfigFile, providers: &IndexMap<String, Target>) -> RouteTable {
         let mut routes: Vec<Route> = Vec::new();
-        let mut targets = Vec::new();
-        let mut plans = Vec::new();
         let mut names = BTreeSet::new();
         for (i, r) in file.routes.iter().enumerate() {
             let base = format!("routes[{i}]");
@@ -921,6 +915,10 @@ impl<'a> Compiler<'a> {
             }
             let mount = routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or(""));
             let metrics = self.ctx.metrics.route(&name, &provider_name);
+            let action = RouteAction {
+                target: target.clone(),
+                plan: self.route_plan(&base, r, providers),
+            };
             let route = Route::new(
                 Arc::from(name.as_str()),
                 routes.len(),
@@ -928,6 +926,7 @@ impl<'a> Compiler<'a> {
                 prefix,
                 mount,
                 metrics,
+                action,
             )
             .keeping_path(keep_path);
             if let Some(earlier) = routes.iter().find(|e| e.shadows(&route)) {
@@ -940,10 +939,8 @@ impl<'a> Compiler<'a> {
                 );
             }
             routes.push(route);
-            targets.push(target.clone());
-            plans.push(self.route_plan(&base, r, providers));
         }
-        (RouteTable::new(routes), targets, plans)
+        RouteTable::new(routes)
     }
 
     fn route_plan(

@@ -7,11 +7,12 @@
 use super::body::{self, BodyError};
 use super::errors::{Cause, ErrorStyle, SidecarError};
 use super::{ExchangeState, SidecarProxy};
+use crate::config::compile::Route;
 use crate::config::compile::Target;
 use crate::config::Snapshot;
 use crate::forward::ForwardConn;
 use crate::observability::trace::TraceContext;
-use crate::routing::{self, Route};
+use crate::routing;
 use crate::tenant::{Tenant, TenantError};
 use crate::upstream::Provider;
 use bytes::Bytes;
@@ -64,7 +65,7 @@ impl SidecarProxy {
         let fwd = forward_conn(session);
         let route = find_route(session, snap, fwd)?;
         x.route = Some(route.index);
-        let provider = match snap.target(route) {
+        let provider = match &route.action.target {
             Target::Ready(p) => p.clone(),
             Target::Disabled { reason, style } => {
                 x.style = Some(*style);
@@ -101,11 +102,7 @@ impl SidecarProxy {
             .await
             .map_err(|e| body_error(e, &snap.guards))?;
 
-        if x.auditing
-            && snap.plans[route.index]
-                .audit_bodies
-                .is_some_and(|b| b.request)
-        {
+        if x.auditing && route.action.plan.audit_bodies.is_some_and(|b| b.request) {
             x.audit_request = Some(body.clone());
         }
 

@@ -8,7 +8,7 @@ use super::body;
 use super::errors::{Cause, SidecarError};
 use super::{attempt, ExchangeState, Served, SidecarProxy};
 use crate::auth::{AcquireError, Auth, Credential, Verdict};
-use crate::config::compile::Target;
+use crate::config::compile::{Route, Target};
 use crate::config::Snapshot;
 use crate::observability::metrics::STATUS_CLIENT_CLOSED;
 use crate::observability::trace::{self, TraceContext};
@@ -72,8 +72,8 @@ pub struct RetryGate {
 impl RetryGate {
     /// Decides what follows `outcome` ([`step::next_step`]); the first decision is kept.
     pub fn decide(&self, outcome: &step::Outcome) -> Step {
-        let step = match self.snapshot.plans.get(self.route) {
-            Some(plan) => step::next_step(outcome, &self.gate, &plan.retry),
+        let step = match self.snapshot.routes.get(self.route) {
+            Some(r) => step::next_step(outcome, &self.gate, &r.action.plan.retry),
             None => Step::Forward,
         };
         *self.decision.get_or_init(|| step)
@@ -204,7 +204,7 @@ impl SidecarProxy {
             body,
         } = admitted;
         let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
-        let plan = &snap.plans[route.index];
+        let plan = &route.action.plan;
         plan.retry.budget.deposit();
         let mut last_error = None;
         for ti in 0..=plan.fallbacks.len() {
@@ -237,8 +237,7 @@ impl SidecarProxy {
                     session,
                     snap,
                     x,
-                    route.index,
-                    &route.name,
+                    route,
                     &target,
                     &tenant,
                     uri,
@@ -264,8 +263,7 @@ impl SidecarProxy {
         session: &mut Session,
         snap: &Arc<Snapshot>,
         x: &mut ExchangeState,
-        route_index: usize,
-        route_name: &str,
+        route: &Route,
         provider: &Arc<Provider>,
         tenant: &Tenant,
         uri: http::Uri,
@@ -273,6 +271,7 @@ impl SidecarProxy {
         deadline: tokio::time::Instant,
         fallback_left: bool,
     ) -> TargetEnd {
+        let (route_index, route_name, route_plan) = (route.index, &*route.name, &route.action.plan);
         let auth = provider.auth_for(tenant.index).clone();
         let body_sha256: Arc<str> = if auth.signer.needs_body_hash() {
             Arc::from(body::sha256_hex(&body).await)
@@ -285,7 +284,7 @@ impl SidecarProxy {
         let mut token_replayed = false;
         // Bytes of the answer kept for the audit log: the cap, plus room for a secret
         // that starts before the cap to be seen whole (and masked) when redacted.
-        let capture = match (&snap.redactor, snap.plans[route_index].audit_bodies) {
+        let capture = match (&snap.redactor, route_plan.audit_bodies) {
             (Some(r), Some(b)) if x.auditing && b.response => {
                 b.max_bytes + r.longest_secret() + 256
             }

@@ -18,8 +18,7 @@ impl SidecarProxy {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_call(
         &self,
-        snap: &Snapshot,
-        route: &crate::routing::Route,
+        route: &crate::config::compile::Route,
         x: &ExchangeState,
         path: &str,
         started: Instant,
@@ -27,7 +26,7 @@ impl SidecarProxy {
         elapsed: Duration,
     ) {
         use crate::observability::genai::{operation_name, Call};
-        let (provider, gen_ai_provider) = answering_provider(snap, route, x)
+        let (provider, gen_ai_provider) = answering_provider(route, x)
             .map_or((route.metrics.provider(), "none"), |(p, g)| (&**p, g));
         let request_model = x.model_label.as_deref().unwrap_or("none");
         let served = x.served.as_ref();
@@ -118,13 +117,14 @@ impl SidecarProxy {
         let route = x.route.and_then(|i| snap.routes.get(i));
         let cap = x
             .route
-            .and_then(|i| snap.plans.get(i))
+            .and_then(|i| snap.routes.get(i))
+            .map(|r| &r.action.plan)
             .and_then(|p| p.audit_bodies)
             .map_or(0, |b| b.max_bytes);
         let req = session.req_header();
         let served = x.served.as_ref();
         let provider = route
-            .and_then(|r| answering_provider(snap, r, x))
+            .and_then(|r| answering_provider(r, x))
             .map(|(p, _)| p.clone());
         Box::new(AuditRecord {
             time: std::time::SystemTime::now(),
@@ -169,13 +169,12 @@ impl SidecarProxy {
 /// The provider whose answer the client got, else the route's own when it is ready:
 /// its name and `gen_ai.provider.name`.
 fn answering_provider<'a>(
-    snap: &'a Snapshot,
-    route: &crate::routing::Route,
+    route: &'a crate::config::compile::Route,
     x: &'a ExchangeState,
 ) -> Option<(&'a Arc<str>, &'static str)> {
-    match (&x.served, snap.targets.get(route.index)) {
+    match (&x.served, &route.action.target) {
         (Some(s), _) => Some((&s.provider, s.gen_ai_provider)),
-        (None, Some(Target::Ready(p))) => {
+        (None, Target::Ready(p)) => {
             Some((&p.name, crate::observability::genai::provider_name(p.kind)))
         }
         (None, _) => None,
@@ -237,7 +236,7 @@ impl SidecarProxy {
         }
         if let Some(r) = route {
             let path = session.req_header().uri.path();
-            self.record_call(snap, r, x, path, ctx.started, status, elapsed);
+            self.record_call(r, x, path, ctx.started, status, elapsed);
         }
         if let (Some(audit), Some(redactor)) = (&self.audit, &snap.redactor) {
             audit.submit(self.audit_record(

@@ -9,6 +9,7 @@ fn route(m: &Metrics, name: &str, host: Option<&str>, prefix: Option<&str>, moun
         prefix.and_then(|p| normalize_prefix(p).unwrap()),
         mount.to_string(),
         m.route(name, "p"),
+        (),
     )
 }
 

@@ -1,11 +1,12 @@
 //! Compiling `forward` (and `dns.overrides`) into [`ForwardSettings`] and [`Overrides`].
 
 use super::Compiler;
+use super::RouteTable;
 use crate::config::schema::{self, ConfigFile};
 use crate::forward::ca::{self, Authority, CaFiles, VerifyError};
 use crate::forward::guard::AllowList;
 use crate::forward::{ForwardSettings, PassRule, ProxyAuth, ProxyUser, TunnelLimits};
-use crate::routing::{HostPattern, RouteTable};
+use crate::routing::HostPattern;
 use crate::tenant::Tenants;
 use crate::upstream::dns::Overrides;
 use sha2::{Digest, Sha256};

@@ -7,7 +7,6 @@ use crate::limits::shared::BackendSpec;
 use crate::limits::{
     parse_rate, ConcurrencySpec, Dims, Limits, RateSpec, Rule, Shared, Spec, TokenSpec,
 };
-use crate::routing::RouteTable;
 use crate::tenant::Tenants;
 use indexmap::IndexMap;
 use std::collections::{BTreeSet, HashMap};
@@ -17,8 +16,7 @@ impl Compiler<'_> {
     pub(super) fn limits(
         &mut self,
         file: &ConfigFile,
-        routes: &RouteTable,
-        targets: &[Target],
+        routes: &super::RouteTable,
         providers: &IndexMap<String, Target>,
         tenants: &Tenants,
     ) -> Limits {
@@ -26,10 +24,10 @@ impl Compiler<'_> {
         let mut names = BTreeSet::new();
         let shared = self.limits_backend(&file.limits);
         // Each route's provider, by index into `providers`.
-        let route_provider: Vec<usize> = targets
+        let route_provider: Vec<usize> = routes
             .iter()
-            .map(|t| {
-                let name = match t {
+            .map(|r| {
+                let name = match &r.action.target {
                     Target::Ready(p) => p.name.to_string(),
                     Target::Disabled { .. } => String::new(),
                 };

@@ -169,7 +169,7 @@ fn url_and_tls_rules() {
         "{base}    base_url: \"http://[::1]:8081/v1\"\nroutes:\n  - {{ match: {{ path_prefix: /a }}, provider: p }}\n"
     ))
     .expect("an IPv6 host with a port");
-    match &snap.targets[0] {
+    match &snap.routes.get(0).unwrap().action.target {
         Target::Ready(p) => assert_eq!(p.endpoint.port(), 8081),
         _ => panic!("ready"),
     }
@@ -638,7 +638,13 @@ telemetry: {{ otlp_endpoint: "http://127.0.0.1:4318/v1/traces" }}
     .expect("valid");
     assert!(snap.redactor.is_some());
     assert_eq!(
-        snap.plans[0].audit_bodies.map(|b| b.max_bytes),
+        snap.routes
+            .get(0)
+            .unwrap()
+            .action
+            .plan
+            .audit_bodies
+            .map(|b| b.max_bytes),
         Some(16 * 1024)
     );
     assert!(snap.startup.telemetry.is_some());
