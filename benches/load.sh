@@ -249,7 +249,7 @@ EOF
     tz_model timing "$MOCK" '{ name = "x-mock-chunks", value = "10" }, { name = "x-mock-interval-ms", value = "5" }'
     tz_model hold "$MOCK" '{ name = "x-mock-chunks", value = "60" }, { name = "x-mock-interval-ms", value = "1000" }'
   } > "$work/tensorzero.toml"
-  cat > "$work/tensorzero.py" <<'EOF'
+  cat > "$work/tz_gateway.py" <<'EOF'
 import sys, time, tensorzero
 gw = tensorzero._start_http_gateway(config_file=sys.argv[1], clickhouse_url=None, postgres_url=None,
                                     valkey_url=None, async_setup=False)
@@ -257,7 +257,7 @@ print("GATEWAY", gw.base_url, flush=True)
 while True:
     time.sleep(3600)
 EOF
-  "${CPU0[@]}" "$PEERS_VENV/bin/python" "$work/tensorzero.py" "$work/tensorzero.toml" >"$work/logs/tz.out" 2>"$work/logs/tz.err" &
+  "${CPU0[@]}" "$PEERS_VENV/bin/python" "$work/tz_gateway.py" "$work/tensorzero.toml" >"$work/logs/tz.out" 2>"$work/logs/tz.err" &
   TZ_PID=$!; pids+=($TZ_PID)
   for _ in $(seq 300); do grep -q GATEWAY "$work/logs/tz.out" && break; sleep 0.1; done
   TZ_URL=$(awk '/^GATEWAY/ {print $2}' "$work/logs/tz.out")

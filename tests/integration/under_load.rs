@@ -340,3 +340,87 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
         log.join("\n")
     );
 }
+
+/// Two bursts of 2,000 new SSE streams, each burst opened within half a second, to a
+/// provider on loopback: every stream is delivered whole, in both bursts. The sidecar
+/// opens about as many new connections to the provider as it gets; a burst of them must
+/// not look like the provider failing (its breaker opening would turn the second burst
+/// into 503s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bursts_of_2000_new_streams_are_all_delivered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STREAMS: usize = 2000;
+    const SPREAD: Duration = Duration::from_millis(500);
+
+    let m = mock(llm_sidecar::mock::MockOptions {
+        interval: Duration::from_millis(2),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &path,
+        with_listeners(&format!(
+            "log: {{ format: json }}\n{}",
+            openai_to(&m.url(), "k")
+        )),
+    )
+    .unwrap();
+    let (_child, reverse, admin, _logs) = crate::support::process::spawn_binary(&path);
+    let addr: std::net::SocketAddr = reverse.parse().unwrap();
+    let body = chat_body(true).to_string();
+    let request: Arc<[u8]> = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: sidecar\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into();
+
+    for burst in 1..=2 {
+        let start = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..STREAMS)
+            .map(|i| {
+                let request = request.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(start + SPREAD * i as u32 / STREAMS as u32).await;
+                    let run = async {
+                        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+                        tcp.write_all(&request).await.ok()?;
+                        let mut answer = Vec::new();
+                        tcp.read_to_end(&mut answer).await.ok()?;
+                        Some(String::from_utf8_lossy(&answer).into_owned())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(60), run).await {
+                        Ok(Some(a)) => a,
+                        Ok(None) => "socket error".to_string(),
+                        Err(_) => "no answer in 60 s".to_string(),
+                    }
+                })
+            })
+            .collect();
+        let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+        for t in tasks {
+            let a = t.await.unwrap();
+            let kind = if a.starts_with("HTTP/1.1 200") && a.contains("data: [DONE]") {
+                "delivered".to_string()
+            } else {
+                a.lines().next().unwrap_or("").to_string()
+                    + a.find("\"type\"")
+                        .map_or("", |i| &a[i..(i + 40).min(a.len())])
+            };
+            *outcomes.entry(kind).or_default() += 1;
+        }
+        assert_eq!(
+            outcomes.get("delivered").copied().unwrap_or(0),
+            STREAMS,
+            "burst {burst}: {outcomes:?}"
+        );
+    }
+    let text = metrics_at(&http_client(), &admin).await;
+    assert_eq!(
+        crate::support::metrics::series("llm_sidecar_breaker_opened_total").zero_or_absent(&text),
+        0.0,
+        "the breaker opened"
+    );
+}
