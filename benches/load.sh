@@ -86,7 +86,7 @@ body='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"mo
 mkdir -p "$work/logs"
 nginx_common="error_log $work/logs/nginx.err warn;
 events { worker_connections 20000; }
-worker_rlimit_nofile 40000;"
+worker_rlimit_nofile $(( $(ulimit -n) - 64 ));"
 http_common="access_log off; keepalive_requests 1000000;
   client_body_temp_path $work/cb; proxy_temp_path $work/pt; fastcgi_temp_path $work/ft; uwsgi_temp_path $work/ut; scgi_temp_path $work/st;"
 cat > "$work/up.conf" <<EOF
@@ -214,7 +214,7 @@ EOF
   cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 40000
+  maxconn $(( ($(ulimit -n) - 256) / 2 ))
 defaults
   mode http
   timeout connect 5s
@@ -270,7 +270,10 @@ for _ in $(seq 100); do
     && curl -sf -o /dev/null "http://127.0.0.1:$UP/" && curl -sf -o /dev/null "http://127.0.0.1:$MOCK/v1/models" && break
   sleep 0.1
 done
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_kib() {
+  [ -r "/proc/$1/status" ] || { echo "process $1 is gone; the logs:" >&2; tail -n 20 "$work"/logs/* >&2; exit 1; }
+  awk '/^VmRSS/ {print $2}' "/proc/$1/status"
+}
 sc_idle=$(rss_kib "$SC_PID"); full_idle=$(rss_kib "$FULL_PID"); base_idle=${BASE_PID:+$(rss_kib "$BASE_PID")}
 envoy_idle=${ENVOY_PID:+$(rss_kib "$ENVOY_PID")}; hap_idle=${HAP_PID:+$(rss_kib "$HAP_PID")}; tz_idle=${TZ_PID:+$(rss_kib "$TZ_PID")}
 NGX_PID=$(pgrep -P "$(cat "$work/px.pid")" | head -1)

@@ -29,6 +29,11 @@ use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+/// A body's first read gets a buffer this big. Each read that fills the buffer doubles it, up
+/// to [`BODY_BUFFER_SIZE`]: a bulk transfer reaches full-size reads after a few of them, while
+/// a body that arrives in small pieces (server-sent events, a slow trickle) keeps a small buffer
+/// for its whole life instead of 64 KiB.
+const BODY_BUFFER_START: usize = 1024 * 4;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -238,7 +243,7 @@ impl BodyReader {
         BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
-            body_buf_size: BODY_BUFFER_SIZE,
+            body_buf_size: BODY_BUFFER_START,
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
@@ -274,6 +279,15 @@ impl BodyReader {
         self.body_buf = Some(buf_to_rewind);
     }
 
+    /// After a read of `n` bytes into room for `read_size`: a read that filled the whole buffer
+    /// doubles it for the next one, up to [`BODY_BUFFER_SIZE`].
+    fn grow_after_read(&mut self, n: usize, read_size: usize) {
+        if n == read_size && read_size == self.body_buf_size && self.body_buf_size < BODY_BUFFER_SIZE
+        {
+            self.body_buf_size = (self.body_buf_size * 2).min(BODY_BUFFER_SIZE);
+        }
+    }
+
     /// Empty the body buffer and return it with room for at least `read_size` more bytes,
     /// ready to be filled by [`AsyncReadExt::read_buf`].
     ///
@@ -294,6 +308,10 @@ impl BodyReader {
     /// Used by the partial chunk head path, which must keep the bytes it has already buffered
     /// while making room to read the rest of the head.
     fn reserve_buf_for_io(&mut self) {
+        // A partial chunk head (up to PARTIAL_CHUNK_HEAD_LIMIT) must fit with room to spare.
+        self.body_buf_size = self
+            .body_buf_size
+            .max((2 * PARTIAL_CHUNK_HEAD_LIMIT).min(BODY_BUFFER_SIZE));
         let body_buf = self.body_buf.get_or_insert_default();
         if body_buf.len() < self.body_buf_size {
             body_buf.reserve(self.body_buf_size - body_buf.len());
@@ -498,6 +516,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_after_read(n, read_size);
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -552,6 +571,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_after_read(n, read_size);
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -590,6 +610,7 @@ impl BodyReader {
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.grow_after_read(existing_buf_end, read_size);
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
@@ -921,11 +942,13 @@ impl BodyReader {
                     // (it only exits once `start` reaches `n`), so the buffer can be reset.
                     let read_size = self.body_buf_size;
                     let body_buf = self.prepare_buf_for_io(read_size);
-                    stream
+                    let n = stream
                         .take(read_size as u64)
                         .read_buf(body_buf)
                         .await
-                        .or_err(ReadError, "when reading trailers end")?
+                        .or_err(ReadError, "when reading trailers end")?;
+                    self.grow_after_read(n, read_size);
+                    n
                 };
                 if n == 0 {
                     self.body_state = PS::Done(read);
@@ -2154,6 +2177,67 @@ mod tests {
         let overread = body_reader.take_body_overread().unwrap();
         assert_eq!(overread.as_ptr(), rewind_ptr);
         assert_eq!(overread.as_ref(), b"next request");
+    }
+
+    #[tokio::test]
+    async fn body_buffer_starts_small_and_grows_only_while_reads_fill_it() {
+        // Small pieces (server-sent events): the buffer stays at its start size.
+        let event = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let mut builder = Builder::new();
+        for _ in 0..100 {
+            builder.read(event);
+        }
+        let mut mock_io = builder.build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_close_delimited(b"");
+        let mut got = 0;
+        while let Some(b) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            assert_eq!(body_reader.get_body(&b), &event[..]);
+            got += 1;
+        }
+        assert_eq!(got, 100);
+        assert_eq!(body_reader.body_buf_size, BODY_BUFFER_START);
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() < 2 * BODY_BUFFER_START);
+
+        // A bulk transfer: every read fills the buffer, which doubles up to the full size,
+        // and every byte arrives in order.
+        let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut mock_io = Builder::new().read(&data).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(data.len(), b"");
+        let (mut out, mut sizes) = (Vec::new(), Vec::new());
+        while let Some(b) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            out.extend_from_slice(body_reader.get_body(&b));
+            sizes.push(b.1);
+        }
+        assert_eq!(out, data);
+        assert_eq!(
+            sizes[..6],
+            [4096, 8192, 16384, 32768, 65536, 65536],
+            "reads double up to the cap"
+        );
+        assert_eq!(body_reader.body_buf_size, BODY_BUFFER_SIZE);
+    }
+
+    #[tokio::test]
+    async fn chunked_body_with_a_long_partial_chunk_head_still_parses_from_a_small_buffer() {
+        // A chunk extension that makes the head longer than the start buffer, split over reads.
+        let ext = "x".repeat(6000);
+        let head = format!("3;{ext}\r\n");
+        let (a, b) = head.as_bytes().split_at(3000);
+        let mut mock_io = Builder::new()
+            .read(a)
+            .read(b)
+            .read(b"abc\r\n0\r\n\r\n")
+            .build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_chunked(b"");
+        let mut out = Vec::new();
+        while let Some(r) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            out.extend_from_slice(body_reader.get_body(&r));
+        }
+        assert_eq!(out, b"abc");
+        assert!(body_reader.body_done());
     }
 
     #[tokio::test]
@@ -3395,6 +3479,8 @@ mod tests {
             .read(&trailer2[..])
             .build();
         let mut body_reader = BodyReader::new(false);
+        // The states below follow full-size reads.
+        body_reader.body_buf_size = BODY_BUFFER_SIZE;
         body_reader.init_chunked(b"");
         let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
         assert_eq!(res, BufRef::new(3, 1));
