@@ -171,8 +171,12 @@ fn answered(plan: &AttemptPlan, status: u16, retry_after: Option<Duration>) -> s
 }
 
 pub(super) fn not_started(e: &Error, plan: &AttemptPlan, stale: bool) -> Outcome {
+    let mut error = SidecarError::new(classify(e, false), describe(e, plan));
+    if error.cause == Cause::LocalConnect {
+        error.retry_after_secs = Some(1);
+    }
     Outcome::NotStarted {
-        error: SidecarError::new(classify(e, false), describe(e, plan)),
+        error,
         stale_connection: stale,
     }
 }
@@ -277,8 +281,21 @@ pub fn classify(e: &Error, after_header: bool) -> Cause {
         Custom(DNS_ERROR) => Cause::UpstreamDns,
         Custom(SIGNING_ERROR) => Cause::SigningFailed,
         ConnectTimedout => Cause::ConnectTimeout,
-        ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
-        | ConnectProxyFailure => Cause::UpstreamConnect,
+        // EADDRNOTAVAIL (no local port) and a socket that could not be made (EMFILE,
+        // ENFILE, ENOBUFS): the sidecar's own limits, not the provider failing.
+        // (Pingora's connector wraps them in an InternalError.)
+        BindError | SocketError => Cause::LocalConnect,
+        InternalError
+            if e.cause
+                .as_ref()
+                .and_then(|c| c.downcast_ref::<Box<Error>>())
+                .is_some_and(|c| matches!(c.etype(), BindError | SocketError)) =>
+        {
+            Cause::LocalConnect
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure => {
+            Cause::UpstreamConnect
+        }
         TLSHandshakeTimedout => Cause::ConnectTimeout,
         TLSHandshakeFailure | TLSWantX509Lookup | InvalidCert | HandshakeError => {
             Cause::UpstreamTls
@@ -304,6 +321,7 @@ fn describe(e: &Error, plan: &AttemptPlan) -> String {
         Cause::UpstreamDns => format!("cannot resolve the address of provider \"{name}\" ({host})"),
         Cause::ConnectTimeout => format!("connecting to provider \"{name}\" ({host}) timed out"),
         Cause::UpstreamConnect => format!("cannot connect to provider \"{name}\" ({host})"),
+        Cause::LocalConnect => format!("the sidecar has no local port or file descriptor free to connect to provider \"{name}\" ({host}); try again shortly"),
         Cause::UpstreamTls => format!("TLS with provider \"{name}\" ({host}) failed: its certificate is not trusted or the handshake was refused"),
         Cause::FirstByteTimeout => format!("provider \"{name}\" did not answer in time"),
         Cause::UpstreamReset => format!("provider \"{name}\" closed the connection before answering"),

@@ -47,6 +47,9 @@ pub enum Cause {
     UpstreamDns,
     ConnectTimeout,
     UpstreamConnect,
+    /// The sidecar itself could not open a connection: no local port or file descriptor
+    /// left. Not the provider's failure: its breaker does not count it.
+    LocalConnect,
     UpstreamTls,
     UpstreamProtocol,
     UpstreamReset,
@@ -89,6 +92,7 @@ impl Cause {
             Cause::UpstreamDns => "upstream_dns",
             Cause::ConnectTimeout => "upstream_timeout_connect",
             Cause::UpstreamConnect => "upstream_connect",
+            Cause::LocalConnect => "local_connect",
             Cause::UpstreamTls => "upstream_tls",
             Cause::UpstreamProtocol => "upstream_protocol",
             Cause::UpstreamReset => "upstream_reset",
@@ -136,6 +140,7 @@ impl Cause {
             Cause::ProviderDisabled
             | Cause::ShuttingDown
             | Cause::CircuitOpen
+            | Cause::LocalConnect
             | Cause::LimitsBackendDown
             | Cause::KeysUnavailable
             | Cause::TokenUnavailable => 503,

@@ -424,3 +424,123 @@ async fn two_bursts_of_2000_new_streams_are_all_delivered() {
         "the breaker opened"
     );
 }
+
+/// One HTTP/1.1 exchange on an open connection: the status and the `x-llm-sidecar-error`
+/// header of the answer (its body read by its Content-Length, so the connection stays
+/// usable).
+async fn exchange_on(tcp: &mut tokio::net::TcpStream, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut piece = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut piece))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&piece[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .map(str::trim)
+                .map(str::to_string)
+        })
+    };
+    let len: usize = header("content-length")
+        .expect("a content-length")
+        .parse()
+        .unwrap();
+    while buf.len() < head_end + len {
+        let mut piece = [0u8; 4096];
+        let n = tcp.read(&mut piece).await.unwrap();
+        assert!(n > 0, "body cut");
+        buf.extend_from_slice(&piece[..n]);
+    }
+    let status = head[9..12].parse().unwrap();
+    (status, header("x-llm-sidecar-error").unwrap_or_default())
+}
+
+/// Out of file descriptors, the sidecar cannot open a socket to the provider: that is
+/// its own limit, answered `503 local_connect`, and the provider's breaker does not count
+/// it (with `consecutive_failures: 2`, counting would open it at once). Once descriptors
+/// are free again the same connection gets the provider's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_local_sockets_is_not_the_provider_failing() {
+    const FDS: u32 = 64;
+    let m = default_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &path,
+        with_listeners(&format!(
+            "log: {{ format: json }}\n{}",
+            openai_to(&m.url(), "k").replace(
+                "    auth:",
+                "    breaker: { consecutive_failures: 2 }\n    auth:"
+            )
+        )),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {FDS} && exec \"$0\" run -c \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_llm-sidecar"))
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = crate::support::process::ChildGuard(child);
+    let (reverse, admin) = crate::support::process::listening_addrs(stderr);
+    let body = chat_body(false).to_string();
+    let request = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: sidecar\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+
+    // The app's connection, accepted while descriptors are free; then idle connections
+    // until the sidecar has none left (those past the limit wait in the accept queue).
+    let mut app = tokio::net::TcpStream::connect(&reverse).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut idle = Vec::new();
+    for _ in 0..FDS {
+        idle.push(tokio::net::TcpStream::connect(&reverse).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        let (status, error) = exchange_on(&mut app, request.as_bytes()).await;
+        assert_eq!(
+            (status, error.as_str()),
+            (503, "local_connect"),
+            "request {i} without a free descriptor"
+        );
+    }
+    drop(idle);
+    let mut answer = (0, String::new());
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = exchange_on(&mut app, request.as_bytes()).await;
+        if answer.0 == 200 {
+            break;
+        }
+    }
+    assert_eq!(answer.0, 200, "descriptors free again: {answer:?}");
+    let text = metrics_at(&http_client(), &admin).await;
+    assert_eq!(
+        crate::support::metrics::series("llm_sidecar_breaker_opened_total").zero_or_absent(&text),
+        0.0,
+        "the breaker counted the sidecar's own limit"
+    );
+}
