@@ -70,13 +70,15 @@ pub struct RetryGate {
 }
 
 impl RetryGate {
-    /// Decides what follows `outcome` ([`step::next_step`]); the first decision is kept.
+    /// Decides what follows `outcome` ([`step::next_step`]) once; a later call returns
+    /// that decision without asking the policy (or its budget) again.
     pub fn decide(&self, outcome: &step::Outcome) -> Step {
-        let step = match self.snapshot.routes.get(self.route) {
-            Some(r) => step::next_step(outcome, &self.gate, &r.action.plan.retry),
-            None => Step::Forward,
-        };
-        *self.decision.get_or_init(|| step)
+        *self
+            .decision
+            .get_or_init(|| match self.snapshot.routes.get(self.route) {
+                Some(r) => step::next_step(outcome, &self.gate, &r.action.plan.retry),
+                None => Step::Forward,
+            })
     }
 
     pub fn decision(&self) -> Option<Step> {

@@ -2,7 +2,7 @@
 //! where the attempts on its target stand.
 //!
 //! [`next_step`] is the only place a retry, a resend, a fallback or the end of a target
-//! is decided. The exchange calls it twice per attempt at most: when the response header
+//! is decided. The exchange calls it at most once per attempt: when the response header
 //! arrives (to hold an answer back only when another attempt is certain), or when the
 //! attempt failed before any byte of an answer. Its only effects are the retry budget
 //! (a retry withdraws from it) and the backoff's jitter.

@@ -301,16 +301,7 @@ async fn slow_readers_of_a_large_response_cost_bounded_memory_and_slow_the_provi
         }
     });
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(
-        &path,
-        with_listeners(&format!(
-            "log: {{ format: json }}\n{}",
-            openai_to(&format!("http://{up}"), "k")
-        )),
-    )
-    .unwrap();
+    let (_dir, path) = crate::support::binary_config(&openai_to(&format!("http://{up}"), "k"));
     let (child, reverse, _admin, _logs) = crate::support::process::spawn_binary(&path);
     let pid = child.0.id();
     let rss_kib = || -> u64 {

@@ -202,16 +202,10 @@ async fn fifty_reloads_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_every_accepted_request() {
     let m = default_mock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(
-        &path,
-        with_listeners(&format!(
-            "log: {{ format: json }}\nserver: {{ grace_period: 10s }}\n{}",
-            openai_to(&m.url(), "k")
-        )),
-    )
-    .unwrap();
+    let (_dir, path) = binary_config(&format!(
+        "server: {{ grace_period: 10s }}\n{}",
+        openai_to(&m.url(), "k")
+    ));
     let (mut child, reverse, _admin, logs) = spawn_binary(&path);
     let url = format!("http://{reverse}/openai/v1/chat/completions");
 
@@ -357,17 +351,8 @@ async fn two_bursts_of_2000_new_streams_are_all_delivered() {
         ..Default::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(
-        &path,
-        with_listeners(&format!(
-            "log: {{ format: json }}\n{}",
-            openai_to(&m.url(), "k")
-        )),
-    )
-    .unwrap();
-    let (_child, reverse, admin, _logs) = crate::support::process::spawn_binary(&path);
+    let (_dir, path) = binary_config(&openai_to(&m.url(), "k"));
+    let (_child, reverse, admin, _logs) = spawn_binary(&path);
     let addr: std::net::SocketAddr = reverse.parse().unwrap();
     let body = chat_body(true).to_string();
     let request: Arc<[u8]> = format!(
@@ -478,19 +463,10 @@ async fn exchange_on(tcp: &mut tokio::net::TcpStream, request: &[u8]) -> (u16, S
 async fn running_out_of_local_sockets_is_not_the_provider_failing() {
     const FDS: u32 = 64;
     let m = default_mock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(
-        &path,
-        with_listeners(&format!(
-            "log: {{ format: json }}\n{}",
-            openai_to(&m.url(), "k").replace(
-                "    auth:",
-                "    breaker: { consecutive_failures: 2 }\n    auth:"
-            )
-        )),
-    )
-    .unwrap();
+    let (_dir, path) = binary_config(&openai_to(&m.url(), "k").replace(
+        "    auth:",
+        "    breaker: { consecutive_failures: 2 }\n    auth:",
+    ));
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -n {FDS} && exec \"$0\" run -c \"$1\""))

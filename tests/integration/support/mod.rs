@@ -14,7 +14,7 @@ pub mod upstreams;
 
 pub use leaks::{assert_no_leak, capture_logs};
 pub use metrics::series;
-pub use process::{signal, spawn_binary, wait_exit, ChildGuard};
+pub use process::{binary_config, signal, spawn_binary, wait_exit, ChildGuard};
 pub use raw::{head_complete, raw_request, send_raw, Answer};
 
 use llm_sidecar::config::{self, ConfigStore, ReloadOutcome};

@@ -16,6 +16,19 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A config file for [`spawn_binary`]: `yaml` with port-0 listeners and the JSON log
+/// the binary's addresses are read from. Keep the directory for the test's length.
+pub fn binary_config(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &path,
+        super::with_listeners(&format!("log: {{ format: json }}\n{yaml}")),
+    )
+    .unwrap();
+    (dir, path)
+}
+
 /// Runs the real binary; returns it and its reverse/admin addresses (read from its JSON
 /// log line "llm-sidecar listening").
 pub fn spawn_binary(
