@@ -314,7 +314,8 @@ label() { case $1 in direct) echo "direct (upstream alone)";; nginx) echo "nginx
   base) echo "baseline $BASELINE_NAME, pass-through";;
   envoy) echo "Envoy 1.40 (one worker)";; haproxy) echo "haproxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}') (one thread)";;
   tz) echo "TensorZero gateway 2026.6.0";; esac; }
-BASELINE_NAME=${BASELINE_NAME:-$( [ -n "$BASELINE" ] && "$BASELINE" --version | awk '{print $2}')}
+if [ -n "$BASELINE" ] && [ -z "${BASELINE_NAME:-}" ]; then BASELINE_NAME=$("$BASELINE" --version | awk '{print $2}'); fi
+BASELINE_NAME=${BASELINE_NAME:-}
 
 for t in "${TARGETS[@]}"; do
   out=$(curl -sS -X POST -H 'content-type: application/json' -d '{}' "$(json_url "$t")")
