@@ -11,6 +11,10 @@ scripts/setup.sh --test
 # vendor/pingora-core is the release plus vendor/patches, nothing else.
 scripts/vendor-pingora.sh --check
 cargo fmt --all -- --check
+# The crate's layers: no import cycle between its parts, none pointing up
+# (docs/architecture.md); tests/layers.sh shows that the check fails on either.
+python3 scripts/layers.py
+tests/layers.sh
 cargo clippy --locked --all-targets -- -D warnings
 cargo nextest run --locked --no-fail-fast
 cargo test --locked --doc

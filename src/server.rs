@@ -22,12 +22,12 @@ use crate::config::{ConfigStore, ReloadOutcome};
 use crate::forward::ForwardFront;
 use crate::observability::audit::AuditLog;
 use crate::observability::otlp::Spans;
+use crate::proxy::serve::{serve_http1, Connections};
 use crate::proxy::SidecarProxy;
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::{
     L4BufferSettings, Stream as L4Stream, DEFAULT_L4_WRITE_BUFFER_SIZE,
 };
@@ -37,10 +37,8 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service as _;
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -77,55 +75,6 @@ pub enum StartError {
     },
 }
 
-/// Counts open client connections and wakes whoever waits for zero.
-#[derive(Default)]
-pub struct Connections {
-    open: AtomicUsize,
-    idle: Notify,
-}
-
-pub struct ConnectionGuard(Arc<Connections>);
-
-impl Connections {
-    /// Runs one client connection: counted while it lasts, cut at the hard stop.
-    pub async fn serve(
-        self: &Arc<Self>,
-        hard_stop: &CancellationToken,
-        connection: impl std::future::Future<Output = ()>,
-    ) {
-        let _guard = self.enter();
-        tokio::select! {
-            _ = connection => {}
-            _ = hard_stop.cancelled() => {}
-        }
-    }
-
-    fn enter(self: &Arc<Self>) -> ConnectionGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard(self.clone())
-    }
-    fn count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-    async fn wait_zero(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 type Proxy = HttpProxy<SidecarProxy>;
 
 /// A running sidecar.
@@ -155,33 +104,41 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
+/// The accept queue of each listener (the kernel caps it at `net.core.somaxconn`).
+/// Tokio's `TcpListener::bind` asks for 1,024, which a burst of new connections from the
+/// app overflows; Pingora's own listeners ask for 65,535.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds the listeners and starts serving with the store's config.
 pub async fn build_server(store: Arc<ConfigStore>, opts: Options) -> Result<Sidecar, StartError> {
     let startup = store.applied_startup().clone();
-    let reverse = TcpListener::bind(startup.reverse)
-        .await
-        .map_err(|source| StartError::Bind {
-            which: "listeners.reverse",
-            addr: startup.reverse,
-            source,
-        })?;
-    let admin = TcpListener::bind(startup.admin)
-        .await
-        .map_err(|source| StartError::Bind {
-            which: "listeners.admin",
-            addr: startup.admin,
-            source,
-        })?;
+    let reverse = bind(startup.reverse).map_err(|source| StartError::Bind {
+        which: "listeners.reverse",
+        addr: startup.reverse,
+        source,
+    })?;
+    let admin = bind(startup.admin).map_err(|source| StartError::Bind {
+        which: "listeners.admin",
+        addr: startup.admin,
+        source,
+    })?;
     let forward = match startup.forward {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    which: "listeners.forward",
-                    addr,
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(bind(addr).map_err(|source| StartError::Bind {
+            which: "listeners.forward",
+            addr,
+            source,
+        })?),
         None => None,
     };
     let reverse_addr = reverse.local_addr().unwrap_or(startup.reverse);
@@ -452,113 +409,6 @@ impl Front {
         } else {
             FirstBytes::Http1(stream)
         })
-    }
-}
-
-/// Pingora's HTTP/1 keep-alive loop (as in its `ServerApp` for HTTP apps), entered after
-/// the sidecar's own protocol check (reverse listener) or TLS interception (forward).
-///
-/// Each request head must be complete by `head_deadline` (the first one) or within
-/// `request.header_timeout` of its first byte (the next ones on a keep-alive connection):
-/// Pingora's own read timeout restarts on every byte, so a client trickling a header a
-/// byte at a time would otherwise hold its connection for ever. A connection that misses
-/// the deadline is closed without an answer, as nginx does.
-pub(crate) async fn serve_http1(
-    proxy: &Arc<Proxy>,
-    store: &ConfigStore,
-    stream: Stream,
-    shutdown: &ShutdownWatch,
-    head_deadline: Instant,
-) {
-    let mut session = ServerSession::new_http1(stream);
-    session.set_keepalive(if *shutdown.borrow() {
-        None
-    } else {
-        Some(KEEPALIVE_TIMEOUT.as_secs())
-    });
-    let mut deadline = head_deadline;
-    loop {
-        let served = HEAD_READ
-            .scope(Cell::new(false), async {
-                tokio::select! {
-                    reused = proxy.process_new_http(session, shutdown) => Some(reused),
-                    () = head_overdue(deadline) => None,
-                }
-            })
-            .await;
-        let reused = match served {
-            Some(Some(reused)) => reused,
-            Some(None) => return,
-            None => {
-                tracing::debug!("closing a connection whose request head was not complete in time (request.header_timeout)");
-                return;
-            }
-        };
-        let (mut stream, persistent) = reused.consume();
-        let header_timeout = store.load().guards.header_timeout;
-        deadline = match next_request(&mut stream, shutdown).await {
-            NextRequest::Started => Instant::now() + header_timeout,
-            NextRequest::Unknown => Instant::now() + KEEPALIVE_TIMEOUT + header_timeout,
-            NextRequest::None => return,
-        };
-        session = ServerSession::new_http1(stream);
-        if let Some(p) = persistent {
-            p.apply_to_session(&mut session);
-        }
-    }
-}
-
-/// How long an idle client connection (either listener) waits for its next request.
-pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-
-tokio::task_local! {
-    /// Whether the request being served on this connection has its whole head: set from
-    /// the proxy's first hook, read by [`head_overdue`].
-    static HEAD_READ: Cell<bool>;
-}
-
-/// Tells [`serve_http1`] that the current request's head has been read. Called from the
-/// proxy's first hook; a no-op outside `serve_http1` (HTTP/2 streams).
-pub(crate) fn head_read() {
-    let _ = HEAD_READ.try_with(|h| h.set(true));
-}
-
-/// Completes at `deadline` unless the head was read by then; otherwise never.
-async fn head_overdue(deadline: Instant) {
-    tokio::time::sleep_until(deadline).await;
-    if HEAD_READ.try_with(Cell::get).unwrap_or(true) {
-        std::future::pending::<()>().await;
-    }
-}
-
-enum NextRequest {
-    /// A byte of the next request has arrived.
-    Started,
-    /// The stream cannot be peeked (TLS): the next head's clock includes the idle wait.
-    Unknown,
-    /// Closed, idle for too long, or shutting down.
-    None,
-}
-
-/// Waits on a keep-alive connection for the first byte of the next request.
-async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> NextRequest {
-    let mut shutdown = shutdown.clone();
-    let mut byte = [0u8; 1];
-    let idle = tokio::time::sleep(KEEPALIVE_TIMEOUT);
-    tokio::pin!(idle);
-    loop {
-        if *shutdown.borrow() {
-            return NextRequest::None;
-        }
-        tokio::select! {
-            peeked = stream.try_peek(&mut byte) => return match peeked {
-                Ok(true) => NextRequest::Started,
-                Ok(false) => NextRequest::Unknown,
-                Err(_) => NextRequest::None,
-            },
-            changed = shutdown.changed() => if changed.is_err() { return NextRequest::None },
-            () = &mut idle => return NextRequest::None,
-        }
     }
 }
 

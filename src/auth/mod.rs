@@ -21,6 +21,7 @@
 //! attempt. Values that carry credentials are marked sensitive, so `http`'s `Debug`
 //! prints `Sensitive` (Pingora's debug logs print request headers).
 
+pub mod compile;
 pub mod hmac;
 pub mod keys;
 pub mod oauth2;

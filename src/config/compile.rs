@@ -7,13 +7,16 @@
 
 use super::errors::{did_you_mean, ConfigErrors};
 use super::schema::{self, ConfigFile, ProviderKind};
-use super::secret::{EnvLookup, Template};
+use super::secret::EnvLookup;
+use crate::auth::compile::{AuthCompiler, AuthMetrics};
 use crate::auth::Auth;
-use crate::observability::metrics::Metrics;
+use crate::forward::settings::ForwardSettings;
+use crate::limits::compile::{LimitCompiler, LimitMetrics, ProviderKeys, Scopes};
+use crate::observability::{self, metrics::Metrics};
 use crate::proxy::errors::ErrorStyle;
 use crate::routing::{self, HostPattern};
 use crate::tenant::Tenants;
-use crate::upstream::dns::{DnsRegistry, DnsSettings};
+use crate::upstream::dns::{DnsRegistry, DnsSettings, Overrides};
 use crate::upstream::{self, trust, PeerSettings, Provider, Timeouts};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -25,29 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-mod audit;
-mod auth;
-mod forward;
-mod limits;
-mod tenants;
+pub use crate::forward::settings::intercepted_domains;
 
-pub use forward::intercepted_domains;
-
-/// What a load is for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LoadMode {
-    /// To serve (start-up and reloads): every reference resolves, every file is there.
-    #[default]
-    Serve,
-    /// `llm-sidecar check`: as `Serve`, but files that `run` creates on its first start
-    /// (the interception CA) may be missing.
-    Check,
-    /// `llm-sidecar check --no-secrets`: the structure and the references only. No
-    /// `${env:...}` or `${file:...}` is resolved and no file is read (CA files, trust
-    /// bundles, credential files): a platform team's CI has none of them. A provider whose
-    /// secrets are unresolved is checked as far as it can be without them.
-    Structure,
-}
+pub use super::build::{Build, LoadMode};
 
 /// What a load needs from the running process.
 pub struct LoadContext<'a> {
@@ -62,7 +45,8 @@ pub struct LoadContext<'a> {
 }
 
 /// Settings that only take effect at start-up.
-pub use audit::{AuditSettings, AuditSink, BodyCapture, TelemetrySettings};
+pub use crate::observability::audit::{AuditSettings, AuditSink, BodyCapture};
+pub use crate::observability::otlp::TelemetrySettings;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartupSettings {
@@ -155,7 +139,7 @@ pub struct Snapshot {
     pub providers: IndexMap<String, Target>,
     pub tenants: Tenants,
     /// The HTTPS_PROXY mode's rules and CA.
-    pub forward: Arc<crate::forward::ForwardSettings>,
+    pub forward: Arc<ForwardSettings>,
     /// The audit log's redaction rules, with every secret of this config (None only
     /// when they did not compile, and then the load fails).
     pub redactor: Option<Arc<crate::observability::redact::Redactor>>,
@@ -199,32 +183,32 @@ pub fn compile(text: &str, ctx: &LoadContext<'_>) -> Result<Snapshot, ConfigErro
 struct Compiler<'a> {
     ctx: &'a LoadContext<'a>,
     text_hash: String,
-    errs: ConfigErrors,
-    warnings: Vec<String>,
-    files: Vec<PathBuf>,
-    fingerprint: Sha256,
+    /// Errors, warnings, secrets and files so far; the parts' compile steps take it.
+    b: Build<'a>,
     /// `dns.overrides`, needed while compiling providers.
     overrides: crate::upstream::dns::Overrides,
-    /// Every secret value resolved, for the audit log's redaction by value.
-    secrets: Vec<String>,
-    /// `LoadMode::Structure`: the references left unresolved, by path.
-    unresolved: Vec<String>,
+}
+
+impl<'a> std::ops::Deref for Compiler<'a> {
+    type Target = Build<'a>;
+    fn deref(&self) -> &Build<'a> {
+        &self.b
+    }
+}
+
+impl std::ops::DerefMut for Compiler<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.b
+    }
 }
 
 impl<'a> Compiler<'a> {
     fn new(ctx: &'a LoadContext<'a>, text: &str) -> Compiler<'a> {
-        let mut fingerprint = Sha256::new();
-        fingerprint.update(text.as_bytes());
         Compiler {
             ctx,
             text_hash: hex::encode(&Sha256::digest(text.as_bytes())[..8]),
-            errs: ConfigErrors::default(),
-            warnings: Vec::new(),
-            files: Vec::new(),
-            fingerprint,
+            b: Build::new(ctx.env, ctx.mode, text),
             overrides: Default::default(),
-            secrets: Vec::new(),
-            unresolved: Vec::new(),
         }
     }
 
@@ -233,7 +217,7 @@ impl<'a> Compiler<'a> {
         let guards = self.guards(&file.request);
         let credential_headers =
             self.header_names("request.strip_credentials", &file.request.strip_credentials);
-        let (tenants, tenant_defs) = self.tenants(&file);
+        let (tenants, tenant_defs) = Tenants::compile(&mut self.b, &file);
         let dns = self.dns(&file.dns);
         self.overrides = self.overrides(&file.dns);
 
@@ -258,15 +242,17 @@ impl<'a> Compiler<'a> {
 
         let routes = self.routes(&file, &providers);
         let limits = self.limits(&file, &routes, &providers, &tenants);
-        let forward = self.forward(
-            &file,
-            &routes,
+        let forward = ForwardSettings::compile(
+            &mut self.b,
+            &file.forward,
+            routes.iter().filter_map(|r| r.host().cloned()).collect(),
             &tenants,
             startup.as_ref().is_some_and(|s| s.forward.is_some()),
+            self.ctx.metrics.forward(),
         );
 
-        let (audit, redactor) = self.audit(&file);
-        let telemetry = self.telemetry(&file.telemetry);
+        let (audit, redactor) = observability::compile::audit(&mut self.b, &file);
+        let telemetry = observability::compile::telemetry(&mut self.b, &file.telemetry);
         let startup = startup.map(|s| StartupSettings {
             audit,
             telemetry,
@@ -282,10 +268,11 @@ impl<'a> Compiler<'a> {
 
         if !self.unresolved.is_empty() {
             let n = self.unresolved.len();
-            self.warnings.push(format!(
+            let warning = format!(
                 "not resolved (--no-secrets): {n} reference(s), at {}",
                 self.unresolved.join(", ")
-            ));
+            );
+            self.warnings.push(warning);
         }
 
         let effective = match serde_json::to_vec_pretty(&file) {
@@ -299,10 +286,14 @@ impl<'a> Compiler<'a> {
 
         let Compiler {
             text_hash,
-            errs,
-            warnings,
-            files,
-            fingerprint,
+            b:
+                Build {
+                    errs,
+                    warnings,
+                    files,
+                    fingerprint,
+                    ..
+                },
             overrides: dns_overrides,
             ..
         } = self;
@@ -442,18 +433,65 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn header_names(&mut self, path: &str, names: &[String]) -> Vec<HeaderName> {
-        let mut out = Vec::new();
-        for (i, n) in names.iter().enumerate() {
-            match HeaderName::from_bytes(n.as_bytes()) {
-                Ok(h) => out.push(h),
-                Err(_) => self.errs.push(
-                    format!("{path}[{i}]"),
-                    format!("\"{n}\" is not a valid header name"),
-                ),
+    fn overrides(&mut self, d: &schema::Dns) -> Overrides {
+        let mut o = Overrides::default();
+        for (k, v) in &d.overrides {
+            if let Err(e) = o.insert(k, v) {
+                self.errs.push(format!("dns.overrides.{k}"), e);
             }
         }
-        out
+        o
+    }
+
+    /// `limits`, compiled by their part from what routes and providers resolved to.
+    fn limits(
+        &mut self,
+        file: &ConfigFile,
+        routes: &RouteTable,
+        providers: &IndexMap<String, Target>,
+        tenants: &Tenants,
+    ) -> crate::limits::Limits {
+        let scopes = Scopes {
+            tenants,
+            routes: routes.iter().map(|r| &*r.name).collect(),
+            route_provider: routes
+                .iter()
+                .map(|r| match &r.action.target {
+                    Target::Ready(p) => providers.get_index_of(&*p.name).unwrap_or(usize::MAX),
+                    Target::Disabled { .. } => usize::MAX,
+                })
+                .collect(),
+            providers: providers
+                .iter()
+                .map(|(name, t)| {
+                    let keys = match t {
+                        Target::Ready(p) => Some(ProviderKeys {
+                            names: match &p.auth.keys {
+                                Some(pool) => (0..pool.len()).map(|k| pool.name(k)).collect(),
+                                None => vec![Arc::from("default")],
+                            },
+                            tenant_own: p.tenant_auth.iter().map(Option::is_some).collect(),
+                        }),
+                        Target::Disabled { .. } => None,
+                    };
+                    (name.as_str(), keys)
+                })
+                .collect(),
+        };
+        let metrics = self.ctx.metrics;
+        let (admitted, backend) = (
+            |rule: &str| metrics.limit_admitted(rule),
+            || metrics.limits_backend(),
+        );
+        LimitCompiler::new(
+            &mut self.b,
+            self.ctx.limits,
+            LimitMetrics {
+                admitted: &admitted,
+                backend: &backend,
+            },
+        )
+        .limits(file, &scopes)
     }
 
     fn dns(&mut self, d: &schema::Dns) -> DnsSettings {
@@ -468,67 +506,6 @@ impl<'a> Compiler<'a> {
             max_ttl: d.max_ttl.get(),
             negative_ttl: d.negative_ttl.get(),
         }
-    }
-
-    /// Resolves a template. A missing secret of an optional provider is returned as
-    /// `Err(Some(reason))` (the provider gets disabled); otherwise it is recorded.
-    fn resolve(
-        &mut self,
-        path: &str,
-        t: &Template,
-        optional: bool,
-    ) -> Result<String, Option<String>> {
-        if self.ctx.mode == LoadMode::Structure && t.has_refs() {
-            self.unresolved.push(path.to_string());
-            return Err(Some(format!("{path}: not resolved (--no-secrets)")));
-        }
-        match t.resolve(self.ctx.env) {
-            Ok(r) => {
-                self.fingerprint.update(r.value.as_bytes());
-                if !path.ends_with(".base_url") {
-                    self.secrets.push(r.value.clone());
-                }
-                self.files.extend(r.files);
-                Ok(r.value)
-            }
-            Err(e) => {
-                // Watch where a missing file would appear: a Secret that gains the key
-                // later is then picked up by the watcher.
-                self.files.extend(t.files().map(Path::to_path_buf));
-                if optional {
-                    Err(Some(format!("{path}: {e}")))
-                } else {
-                    self.errs.push(path, format!("{e}{}", optional_hint(path)));
-                    Err(None)
-                }
-            }
-        }
-    }
-
-    /// [`Self::resolve`] for a value that must be there: a missing reference of an
-    /// optional provider goes to `missing`.
-    fn secret(
-        &mut self,
-        path: &str,
-        t: &Template,
-        optional: bool,
-        missing: &mut Vec<String>,
-    ) -> Option<String> {
-        match self.resolve(path, t, optional) {
-            Ok(v) => Some(v),
-            Err(Some(reason)) => {
-                missing.push(reason);
-                None
-            }
-            Err(None) => None,
-        }
-    }
-
-    /// Counts a secret read outside templates (AWS credentials) in the fingerprint, so a
-    /// rotated value is a change.
-    fn fingerprint_secret(&mut self, value: &str) {
-        self.fingerprint.update(value.as_bytes());
-        self.secrets.push(value.to_string());
     }
 
     fn provider(
@@ -569,13 +546,25 @@ impl<'a> Compiler<'a> {
         });
 
         // credential, and tenants' own keys
-        let auth = self.auth(name, &base, p, &mut missing);
+        let metrics = self.ctx.metrics;
+        let (key, token) = (
+            |provider: &str, key: &str| metrics.key(provider, key),
+            |provider: &str| metrics.token(provider),
+        );
+        let mut ac = AuthCompiler::new(
+            &mut self.b,
+            AuthMetrics {
+                key: &key,
+                token: &token,
+            },
+        );
+        let auth = ac.auth(name, &base, p, &mut missing);
         let mut tenant_auth: Vec<Option<Arc<Auth>>> = Vec::with_capacity(tenants.list.len());
         for (t, def) in tenants.list.iter().zip(tenant_defs) {
             let own = def.and_then(|d| d.provider_keys.get(name));
             tenant_auth.push(own.and_then(|key| {
                 let path = format!("tenants.{}.provider_keys.{name}", t.id);
-                self.tenant_key_auth(&path, p, key).map(Arc::new)
+                ac.tenant_key_auth(&path, p, key).map(Arc::new)
             }));
         }
 
@@ -1021,16 +1010,8 @@ impl<'a> Compiler<'a> {
             retry,
             fallbacks,
             ready_after: ready_after.into(),
-            audit_bodies: self.audit_bodies(base, r),
+            audit_bodies: observability::compile::audit_bodies(&mut self.b, base, r),
         }
-    }
-}
-
-fn optional_hint(path: &str) -> &'static str {
-    if path.starts_with("providers.") {
-        " (set it, or mark the provider `optional: true` to run without it)"
-    } else {
-        ""
     }
 }
 

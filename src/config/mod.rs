@@ -10,6 +10,7 @@
 //! [`watch`] triggers reloads on file changes and SIGHUP. A reload that fails keeps the
 //! old snapshot serving and is counted in `llm_sidecar_config_reloads_total{result="failure"}`.
 
+pub mod build;
 pub mod compile;
 pub mod errors;
 pub mod kept;

@@ -33,17 +33,16 @@
 pub mod ca;
 pub mod guard;
 pub mod head;
+pub mod settings;
 pub mod stream;
 pub mod tunnel;
 
-use crate::config::{schema, ConfigStore, Snapshot};
+use crate::config::{ConfigStore, Snapshot};
 use crate::observability::metrics::ForwardMetrics;
+use crate::proxy::serve::{Connections, KEEPALIVE_TIMEOUT};
 use crate::proxy::{SidecarProxy, CLIENT_READ_TIMEOUT};
-use crate::routing::HostPattern;
-use crate::server::{Connections, KEEPALIVE_TIMEOUT};
 use crate::upstream::dns::Resolver;
 use async_trait::async_trait;
-use guard::{AllowList, Blocked};
 use head::{Head, HeadError};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::http::ResponseHeader;
@@ -53,9 +52,11 @@ use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{GetProxyDigest, Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use settings::ip_literal;
+pub use settings::{
+    Decision, ForwardConn, ForwardSettings, PassRule, ProxyAuth, ProxyUser, Refusal, TunnelLimits,
+};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -63,231 +64,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long an app may take to finish its TLS handshake after `200`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the request path knows about a request that came through the forward listener.
-#[derive(Debug, Clone)]
-pub struct ForwardConn {
-    /// The host the app asked for (lower case, no port).
-    pub host: Box<str>,
-    pub port: u16,
-    /// The tenant of the authenticated proxy user, if any.
-    pub tenant: Option<Arc<str>>,
-}
-
-impl ForwardConn {
-    /// The forward-proxy facts of a request's connection, if it came that way.
-    pub fn of(digest: &ProxyDigest) -> Option<&ForwardConn> {
-        digest.user_data.as_ref()?.downcast_ref::<ForwardConn>()
-    }
-}
-
-/// A pass-through entry: a host pattern and, optionally, the one port it may use.
-#[derive(Debug)]
-pub struct PassRule {
-    pub host: HostPattern,
-    pub port: Option<u16>,
-}
-
-impl PassRule {
-    pub fn parse(s: &str) -> Result<PassRule, String> {
-        let t = s.trim();
-        let (h, port) = match t.rsplit_once(':') {
-            Some((h, p))
-                if !h.is_empty() && !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                let port = p
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("\"{s}\": invalid port"))?;
-                (h, Some(port))
-            }
-            _ => (t, None),
-        };
-        Ok(PassRule {
-            host: HostPattern::parse(h.trim_start_matches('[').trim_end_matches(']'))?,
-            port,
-        })
-    }
-}
-
-/// Time limits of pass-through tunnels.
-#[derive(Clone, Copy, Debug)]
-pub struct TunnelLimits {
-    pub connect: Duration,
-    pub idle: Duration,
-    pub total: Duration,
-}
-
-impl From<&schema::TunnelSettings> for TunnelLimits {
-    fn from(t: &schema::TunnelSettings) -> Self {
-        TunnelLimits {
-            connect: t.connect.get(),
-            idle: t.idle.get(),
-            total: t.total.get(),
-        }
-    }
-}
-
-/// A proxy user (who it is and the tenant it acts for). The password is only kept as
-/// part of a digest.
-#[derive(Debug, Clone)]
-pub struct ProxyUser {
-    pub name: Arc<str>,
-    pub tenant: Arc<str>,
-}
-
-#[derive(Debug, Default)]
-pub struct ProxyAuth {
-    pub required: bool,
-    /// SHA-256 of `user:password` → user. Looked up by digest so the lookup time says
-    /// nothing about how close a guess was.
-    pub users: HashMap<[u8; 32], ProxyUser>,
-}
-
-/// `forward` as the listener uses it (compiled at config load).
-#[derive(Debug)]
-pub struct ForwardSettings {
-    pub authority: Option<Arc<ca::Authority>>,
-    pub ports: Box<[u16]>,
-    /// Host patterns of routes: CONNECTs to these are intercepted.
-    pub intercept: Vec<HostPattern>,
-    pub passthrough: Vec<PassRule>,
-    pub allow_private: AllowList,
-    pub tunnel: TunnelLimits,
-    pub proxy_auth: Option<ProxyAuth>,
-}
-
-impl Default for ForwardSettings {
-    fn default() -> Self {
-        ForwardSettings {
-            authority: None,
-            ports: schema::Forward::default().ports.into_boxed_slice(),
-            intercept: Vec::new(),
-            passthrough: Vec::new(),
-            allow_private: AllowList::default(),
-            tunnel: TunnelLimits::from(&schema::TunnelSettings::default()),
-            proxy_auth: None,
-        }
-    }
-}
-
-/// What to do with a proxy request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Intercept,
-    Passthrough,
-}
-
-/// Why a proxy request is refused. The string form is the `x-llm-sidecar-error` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    HostNotAllowed,
-    PortNotAllowed,
-    BlockedAddress(Blocked),
-    SniMismatch,
-    BadRequest,
-    /// A request head over `request.max_header_bytes` (431; reported as a bad request).
-    HeadTooLarge,
-    ProxyAuth,
-    Dns,
-    Connect,
-    ConnectTimeout,
-}
-
-impl Refusal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::HostNotAllowed => "forward_host_not_allowed",
-            Refusal::PortNotAllowed => "forward_port_not_allowed",
-            Refusal::BlockedAddress(_) => "forward_blocked_address",
-            Refusal::SniMismatch => "forward_sni_mismatch",
-            Refusal::BadRequest | Refusal::HeadTooLarge => "forward_bad_request",
-            Refusal::ProxyAuth => "forward_proxy_auth",
-            Refusal::Dns => "forward_dns",
-            Refusal::Connect => "forward_connect",
-            Refusal::ConnectTimeout => "forward_connect_timeout",
-        }
-    }
-
-    fn status(self) -> (u16, &'static str) {
-        match self {
-            Refusal::BadRequest => (400, "Bad Request"),
-            Refusal::HeadTooLarge => (431, "Request Header Fields Too Large"),
-            Refusal::ProxyAuth => (407, "Proxy Authentication Required"),
-            Refusal::Dns | Refusal::Connect => (502, "Bad Gateway"),
-            Refusal::ConnectTimeout => (504, "Gateway Timeout"),
-            _ => (403, "Forbidden"),
-        }
-    }
-}
-
-fn ip_literal(host: &str) -> Option<IpAddr> {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
-}
-
-impl ForwardSettings {
-    /// Decides by name and port alone (pass-through addresses are checked after DNS).
-    pub fn decide(&self, host: &str, port: u16) -> Result<Decision, Refusal> {
-        let literal = ip_literal(host);
-        if let Some(ip) = literal {
-            self.allow_private
-                .check(host, ip)
-                .map_err(Refusal::BlockedAddress)?;
-        }
-        if literal.is_none() && self.intercept.iter().any(|p| p.matches(host)) {
-            return if self.ports.contains(&port) {
-                Ok(Decision::Intercept)
-            } else {
-                Err(Refusal::PortNotAllowed)
-            };
-        }
-        let mut host_listed = false;
-        for rule in self.passthrough.iter().filter(|r| r.host.matches(host)) {
-            host_listed = true;
-            let port_ok = match rule.port {
-                Some(p) => p == port,
-                None => self.ports.contains(&port),
-            };
-            if port_ok {
-                return Ok(Decision::Passthrough);
-            }
-        }
-        Err(if host_listed {
-            Refusal::PortNotAllowed
-        } else {
-            Refusal::HostNotAllowed
-        })
-    }
-
-    /// Checks `Proxy-Authorization`: `Ok(Some(user))` for a known user, `Ok(None)` when
-    /// no auth is configured or it is optional and absent.
-    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Option<&ProxyUser>, Refusal> {
-        let Some(auth) = &self.proxy_auth else {
-            return Ok(None);
-        };
-        let Some(value) = header else {
-            return if auth.required {
-                Err(Refusal::ProxyAuth)
-            } else {
-                Ok(None)
-            };
-        };
-        let encoded = value
-            .strip_prefix(b"Basic ")
-            .or_else(|| value.strip_prefix(b"basic "))
-            .ok_or(Refusal::ProxyAuth)?;
-        use base64::Engine;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim_ascii())
-            .map_err(|_| Refusal::ProxyAuth)?;
-        let digest: [u8; 32] = Sha256::digest(&decoded).into();
-        auth.users.get(&digest).map(Some).ok_or(Refusal::ProxyAuth)
-    }
-}
 
 /// Writes a refusal and closes the write side.
 async fn refuse<S>(stream: &mut S, why: Refusal, message: &str)
@@ -540,7 +316,8 @@ impl ForwardFront {
             self.proxy.process_new(stream, shutdown).await;
         } else {
             let deadline = tokio::time::Instant::now() + self.store.load().guards.header_timeout;
-            crate::server::serve_http1(&self.proxy, &self.store, stream, shutdown, deadline).await;
+            crate::proxy::serve::serve_http1(&self.proxy, &self.store, stream, shutdown, deadline)
+                .await;
         }
     }
 

@@ -1,4 +1,8 @@
+use super::guard::AllowList;
 use super::*;
+use crate::routing::HostPattern;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 
 fn settings() -> ForwardSettings {
     let (allow, errs) = AllowList::parse(&["internal.example".into()]);

@@ -16,6 +16,7 @@
 //! the body's bytes for input. Reserving before the response, instead of charging after
 //! it, is what keeps 50 concurrent streams from overshooting a budget.
 
+pub mod compile;
 pub mod gcra;
 pub mod shared;
 

@@ -271,7 +271,17 @@ impl Drop for MockServer {
 
 /// Binds and starts serving in the current Tokio runtime.
 pub async fn start(opts: MockOptions) -> std::io::Result<MockServer> {
-    let listener = TcpListener::bind(opts.listen).await?;
+    // A provider's accept queue is deep; tokio's `bind` asks for 1,024, which a burst of
+    // thousands of new streams overflows (the kernel then drops the handshake's last ACK
+    // and the sidecar sees a reset: not what a provider does).
+    let socket = if opts.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(opts.listen)?;
+    let listener = socket.listen(65_535)?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State {
         recorder: Recorder {

@@ -22,7 +22,6 @@
 //!   `llm_sidecar_audit_records_total` counter.)
 
 use super::redact::Redactor;
-use crate::config::compile::{AuditSettings, AuditSink};
 use crate::config::schema::AuditWhenFull;
 use crate::usage::Usage;
 use bytes::Bytes;
@@ -38,6 +37,50 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// Where audit records are written; a startup setting (changing it needs a restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    File {
+        path: PathBuf,
+        max_size: u64,
+        max_files: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub sink: AuditSink,
+    pub queue: usize,
+    pub when_full: AuditWhenFull,
+}
+
+impl std::fmt::Display for AuditSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sink {
+            AuditSink::Stdout => write!(f, "stdout")?,
+            AuditSink::File {
+                path,
+                max_size,
+                max_files,
+            } => write!(
+                f,
+                "file {} (rotated at {max_size} bytes, {max_files} kept)",
+                path.display()
+            )?,
+        }
+        write!(f, ", queue {}, {:?}", self.queue, self.when_full)
+    }
+}
+
+/// A route's body capture for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyCapture {
+    pub request: bool,
+    pub response: bool,
+    pub max_bytes: usize,
+}
 
 /// The `prev` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -10,6 +10,7 @@
 //! [`log_filter`]); the canary test runs at TRACE to prove nothing else leaks.
 
 pub mod audit;
+pub mod compile;
 pub mod genai;
 pub mod metrics;
 pub mod otlp;

@@ -17,7 +17,6 @@
 //! of spans not yet exported so a full queue is a counted drop, not a block. A collector
 //! that is down costs one failed export per batch on the exporter thread.
 
-use crate::config::compile::TelemetrySettings;
 use crate::usage::Usage;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -33,6 +32,17 @@ use prometheus::IntCounter;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// OTLP/HTTP trace export; a startup setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    pub endpoint: String,
+    pub service_name: String,
+    pub queue: usize,
+    pub batch: usize,
+    pub delay: Duration,
+    pub timeout: Duration,
+}
 
 /// Counters of the exporter.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use super::{ExchangeState, SidecarProxy};
 use crate::config::compile::Route;
 use crate::config::compile::Target;
 use crate::config::Snapshot;
-use crate::forward::ForwardConn;
+use crate::forward::settings::ForwardConn;
 use crate::observability::trace::TraceContext;
 use crate::routing;
 use crate::tenant::{Tenant, TenantError};

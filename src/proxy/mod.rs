@@ -36,6 +36,7 @@ pub mod errors;
 pub mod guards;
 mod record;
 mod response;
+pub mod serve;
 
 pub use attempts::{AttemptPlan, AttemptReport, RetryGate};
 
@@ -217,7 +218,7 @@ impl ProxyHttp for SidecarProxy {
 
     /// Runs first for every request: loads the config snapshot it will use to the end.
     async fn early_request_filter(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        crate::server::head_read();
+        serve::head_read();
         ctx.snapshot = Some(self.store.load());
         ctx.x.in_flight = true;
         self.metrics.in_flight().inc();

@@ -1,6 +1,6 @@
 //! Compiling `tenant`, `tenants` and `virtual_keys` into [`Tenants`].
 
-use super::Compiler;
+use crate::config::build::{Build, LoadMode};
 use crate::config::schema::{ConfigFile, TenantDef, TenantSource};
 use crate::tenant::{self, Cidr, Resolution, Tenant, Tenants};
 use http::{HeaderName, HeaderValue};
@@ -8,11 +8,11 @@ use indexmap::IndexMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-impl Compiler<'_> {
+impl Tenants {
     /// The tenants and how requests map to them. Also returns each tenant's definition
     /// (attributes, own provider keys), by tenant index.
-    pub(super) fn tenants<'f>(
-        &mut self,
+    pub fn compile<'f>(
+        b: &mut Build<'_>,
         file: &'f ConfigFile,
     ) -> (Tenants, Vec<Option<&'f TenantDef>>) {
         let t = &file.tenant;
@@ -20,32 +20,32 @@ impl Compiler<'_> {
         let mut defs: Vec<Option<&TenantDef>> = Vec::new();
         for (id, _) in &file.tenants {
             if let Err(e) = tenant::validate_id(id) {
-                self.errs.push(format!("tenants.{id}"), e);
+                b.errs.push(format!("tenants.{id}"), e);
             }
         }
 
         let resolution = match t.source {
             TenantSource::Static => {
                 if !file.virtual_keys.is_empty() {
-                    self.errs.push(
+                    b.errs.push(
                         "virtual_keys",
                         "used only with `tenant.source: virtual_key`",
                     );
                 }
-                let unresolved = self.ctx.mode == super::LoadMode::Structure && t.id.0.has_refs();
-                let id = match t.id.0.resolve(self.ctx.env) {
+                let unresolved = b.mode == LoadMode::Structure && t.id.0.has_refs();
+                let id = match t.id.0.resolve(b.env) {
                     _ if unresolved => {
-                        self.unresolved.push("tenant.id".into());
+                        b.unresolved.push("tenant.id".into());
                         "default".to_string()
                     }
                     Ok(r) => r.value,
                     Err(e) => {
-                        self.errs.push("tenant.id", e.to_string());
+                        b.errs.push("tenant.id", e.to_string());
                         "default".to_string()
                     }
                 };
                 if let Err(e) = tenant::validate_id(&id) {
-                    self.errs.push("tenant.id", e);
+                    b.errs.push("tenant.id", e);
                 }
                 defs.push(file.tenants.get(&id));
                 // The other listed tenants stay reachable for forward-proxy users
@@ -67,11 +67,11 @@ impl Compiler<'_> {
                 {
                     Some(Ok(n)) => Some(n),
                     Some(Err(_)) => {
-                        self.errs.push("tenant.header", "not a valid header name");
+                        b.errs.push("tenant.header", "not a valid header name");
                         None
                     }
                     None => {
-                        self.errs.push(
+                        b.errs.push(
                             "tenant.header",
                             "`tenant.source: header` needs the header that names the tenant",
                         );
@@ -79,10 +79,10 @@ impl Compiler<'_> {
                     }
                 };
                 if file.tenants.is_empty() {
-                    self.errs.push("tenants", "`tenant.source: header` accepts only the tenants listed here; list at least one");
+                    b.errs.push("tenants", "`tenant.source: header` accepts only the tenants listed here; list at least one");
                 }
                 if !file.virtual_keys.is_empty() {
-                    self.errs.push(
+                    b.errs.push(
                         "virtual_keys",
                         "used only with `tenant.source: virtual_key`",
                     );
@@ -91,7 +91,7 @@ impl Compiler<'_> {
                 for (i, s) in t.trusted_sources.iter().enumerate() {
                     match Cidr::parse(s) {
                         Ok(c) => trusted.push(c),
-                        Err(e) => self.errs.push(format!("tenant.trusted_sources[{i}]"), e),
+                        Err(e) => b.errs.push(format!("tenant.trusted_sources[{i}]"), e),
                     }
                 }
                 let mut by_id = HashMap::new();
@@ -108,7 +108,7 @@ impl Compiler<'_> {
             }
             TenantSource::VirtualKey => {
                 if file.virtual_keys.is_empty() {
-                    self.errs.push(
+                    b.errs.push(
                         "virtual_keys",
                         "`tenant.source: virtual_key` needs at least one virtual key",
                     );
@@ -123,7 +123,7 @@ impl Compiler<'_> {
                 for (i, vk) in file.virtual_keys.iter().enumerate() {
                     let path = format!("virtual_keys[{i}]");
                     if let Err(e) = tenant::validate_id(&vk.tenant) {
-                        self.errs.push(format!("{path}.tenant"), e);
+                        b.errs.push(format!("{path}.tenant"), e);
                         continue;
                     }
                     let idx = *index.entry(vk.tenant.clone()).or_insert_with(|| {
@@ -132,12 +132,12 @@ impl Compiler<'_> {
                         ids.len() - 1
                     });
                     let Some(key) =
-                        self.secret(&format!("{path}.key"), &vk.key.0, false, &mut Vec::new())
+                        b.secret(&format!("{path}.key"), &vk.key.0, false, &mut Vec::new())
                     else {
                         continue;
                     };
                     if key.len() < 16 {
-                        self.errs.push(
+                        b.errs.push(
                             format!("{path}.key"),
                             "virtual keys must be at least 16 characters (they are credentials)",
                         );
@@ -147,7 +147,7 @@ impl Compiler<'_> {
                         .insert(tenant::key_digest(key.as_bytes()), idx)
                         .is_some()
                     {
-                        self.errs
+                        b.errs
                             .push(format!("{path}.key"), "the same key is listed twice");
                     }
                 }
@@ -160,12 +160,12 @@ impl Compiler<'_> {
         for (name, _) in &t.headers {
             match HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => names.push(n),
-                Err(_) => self
+                Err(_) => b
                     .errs
                     .push(format!("tenant.headers.{name}"), "not a valid header name"),
             }
         }
-        let mut strip = self.header_names("tenant.strip", &t.strip);
+        let mut strip = b.header_names("tenant.strip", &t.strip);
         strip.extend(names.iter().cloned());
         if let Resolution::Header { name, .. } = &resolution {
             strip.push(name.clone());
@@ -181,14 +181,14 @@ impl Compiler<'_> {
                 match tenant::expand(template, id, attributes) {
                     Ok(v) => match HeaderValue::from_str(&v) {
                         Ok(v) => inject.push((name.clone(), v)),
-                        Err(_) => self.errs.push(
+                        Err(_) => b.errs.push(
                             path,
                             format!(
                                 "value for tenant \"{id}\" has characters not allowed in a header"
                             ),
                         ),
                     },
-                    Err(e) => self.errs.push(path, e),
+                    Err(e) => b.errs.push(path, e),
                 }
             }
             list.push(Tenant {

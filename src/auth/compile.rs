@@ -1,12 +1,14 @@
 //! Compiling `providers.*.auth` (and tenants' own provider keys) into [`Auth`].
 
-use super::Compiler;
 use crate::auth::hmac::{HmacHeaders, HmacKeySpec, HmacSigner, TimestampUnit};
+use crate::auth::keys::KeyMetrics;
 use crate::auth::keys::{KeyPool, KeySpec, Strategy};
+use crate::auth::oauth2::TokenMetrics;
 use crate::auth::oauth2::{self, ClientAuth, Flow, TokenSource};
 use crate::auth::sigv4::{self, AwsCredentials, SigV4Signer};
 use crate::auth::static_key::{BearerToken, StaticHeader};
 use crate::auth::{Auth, NoAuth, Signer};
+use crate::config::build::{Build, LoadMode};
 use crate::config::schema::{self, KeyStrategy, PoolKey};
 use crate::config::secret::{Secret, SecretTemplate};
 use crate::upstream::trust;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A key of a pool, resolved.
-pub(super) struct ResolvedKey {
+pub(crate) struct ResolvedKey {
     name: Arc<str>,
     secret: Secret,
     weight: u32,
@@ -24,7 +26,7 @@ pub(super) struct ResolvedKey {
 }
 
 /// Which keys a key-based auth uses: a single key (no pool: it is never ejected) or a pool.
-pub(super) struct Keys {
+pub(crate) struct Keys {
     keys: Vec<ResolvedKey>,
     pooled: bool,
     strategy: Strategy,
@@ -43,7 +45,39 @@ impl Keys {
     }
 }
 
-impl Compiler<'_> {
+/// The metric handles a provider's auth keeps, made by the caller (metrics sit above
+/// this part: they know its handle types, it does not know them).
+pub struct AuthMetrics<'m> {
+    /// `(provider, key name)` → the key's counters in a pool.
+    pub key: &'m dyn Fn(&str, &str) -> KeyMetrics,
+    /// `provider` → its OAuth2 token fetch counters.
+    pub token: &'m dyn Fn(&str) -> TokenMetrics,
+}
+
+/// Compiles the auth of providers and tenants' keys, over one load's [`Build`].
+pub struct AuthCompiler<'c, 'a> {
+    b: &'c mut Build<'a>,
+    metrics: AuthMetrics<'c>,
+}
+
+impl<'a> std::ops::Deref for AuthCompiler<'_, 'a> {
+    type Target = Build<'a>;
+    fn deref(&self) -> &Build<'a> {
+        self.b
+    }
+}
+
+impl std::ops::DerefMut for AuthCompiler<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.b
+    }
+}
+
+impl<'c, 'a> AuthCompiler<'c, 'a> {
+    pub fn new(b: &'c mut Build<'a>, metrics: AuthMetrics<'c>) -> Self {
+        AuthCompiler { b, metrics }
+    }
+
     /// `token`/`value`/`secret` (one key) or `keys` (a pool), exactly one of them.
     #[allow(clippy::too_many_arguments)]
     fn keys(
@@ -164,7 +198,7 @@ impl Compiler<'_> {
                 .map(|k| KeySpec {
                     name: k.name.clone(),
                     weight: k.weight,
-                    metrics: Some(self.ctx.metrics.key(provider, &k.name)),
+                    metrics: Some((self.metrics.key)(provider, &k.name)),
                 })
                 .collect();
             KeyPool::new(Arc::from(provider), specs, keys.strategy, keys.cooldown)
@@ -173,7 +207,7 @@ impl Compiler<'_> {
 
     /// Builds a provider's credential machinery. Missing secrets of an optional provider
     /// go to `missing`; everything else wrong is recorded as an error.
-    pub(super) fn auth(
+    pub fn auth(
         &mut self,
         name: &str,
         base: &str,
@@ -389,7 +423,7 @@ impl Compiler<'_> {
                     flow,
                     client,
                     refresh_before.get(),
-                    Some(self.ctx.metrics.token(name)),
+                    Some((self.metrics.token)(name)),
                 );
                 Some(Auth {
                     tokens: Some(Arc::new(source)),
@@ -400,7 +434,7 @@ impl Compiler<'_> {
     }
 
     /// A tenant's own key for a key-based provider: the provider's scheme with that key.
-    pub(super) fn tenant_key_auth(
+    pub fn tenant_key_auth(
         &mut self,
         path: &str,
         p: &schema::Provider,
@@ -478,12 +512,12 @@ impl Compiler<'_> {
         missing: &mut Vec<String>,
     ) -> Option<AwsCredentials> {
         match c {
-            _ if self.ctx.mode == super::LoadMode::Structure => {
+            _ if self.mode == LoadMode::Structure => {
                 self.unresolved.push(base.to_string());
                 missing.push(format!("{base}: not resolved (--no-secrets)"));
                 None
             }
-            schema::AwsCredentials::Env => match sigv4::from_env(self.ctx.env) {
+            schema::AwsCredentials::Env => match sigv4::from_env(self.env) {
                 Ok(creds) => {
                     self.fingerprint_secret(creds.secret_access_key.expose());
                     Some(creds)
@@ -586,7 +620,7 @@ impl Compiler<'_> {
     ) -> Option<reqwest::Client> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
-        if let Some(ca) = ca_file.filter(|_| self.ctx.mode != super::LoadMode::Structure) {
+        if let Some(ca) = ca_file.filter(|_| self.mode != LoadMode::Structure) {
             match trust::load_ca_file(ca) {
                 Ok(certs) => {
                     self.files.push(ca.to_path_buf());

@@ -15,6 +15,8 @@
 //! attribute) expanded for every tenant at load time. Client-sent headers with those
 //! names, and the tenant header itself, are removed before forwarding.
 
+mod compile;
+
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};

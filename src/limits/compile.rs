@@ -1,39 +1,85 @@
 //! Compiling `limits.rules` into [`Limits`], with counters from the registry.
 
-use super::{Compiler, Target};
+use crate::config::build::Build;
 use crate::config::errors::did_you_mean;
 use crate::config::schema::{self, ConfigFile, LimitScope};
-use crate::limits::shared::BackendSpec;
+use crate::limits::shared::{BackendMetrics, BackendSpec};
 use crate::limits::{
-    parse_rate, ConcurrencySpec, Dims, Limits, RateSpec, Rule, Shared, Spec, TokenSpec,
+    parse_rate, ConcurrencySpec, Dims, LimitRegistry, Limits, RateSpec, Rule, Shared, Spec,
+    TokenSpec,
 };
 use crate::tenant::Tenants;
-use indexmap::IndexMap;
+use prometheus::IntCounter;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-impl Compiler<'_> {
-    pub(super) fn limits(
-        &mut self,
-        file: &ConfigFile,
-        routes: &super::RouteTable,
-        providers: &IndexMap<String, Target>,
-        tenants: &Tenants,
-    ) -> Limits {
+/// What the limits need from the parts compiled before them.
+pub struct Scopes<'s> {
+    pub tenants: &'s Tenants,
+    /// Route names, in table order.
+    pub routes: Vec<&'s str>,
+    /// Each route's provider, by index into `providers` (`usize::MAX`: none ready).
+    pub route_provider: Vec<usize>,
+    /// Providers in config order, with their keys when the provider is ready.
+    pub providers: Vec<(&'s str, Option<ProviderKeys>)>,
+}
+
+/// A ready provider's credentials as a `key`-scoped rule counts them.
+pub struct ProviderKeys {
+    /// Its pool's key names, or its one credential's name (`default`).
+    pub names: Vec<Arc<str>>,
+    /// By tenant index: whether the tenant brings its own key for this provider.
+    pub tenant_own: Vec<bool>,
+}
+
+/// The metric handles limits keep, made by the caller (metrics sit above this part).
+pub struct LimitMetrics<'m> {
+    /// `rule` → its admitted-requests counter.
+    pub admitted: &'m dyn Fn(&str) -> IntCounter,
+    /// The shared backend's counters.
+    pub backend: &'m dyn Fn() -> BackendMetrics,
+}
+
+/// Compiles `limits` over one load's [`Build`], with counters from `registry` (they
+/// survive reloads).
+pub struct LimitCompiler<'c, 'a> {
+    b: &'c mut Build<'a>,
+    registry: &'c LimitRegistry,
+    metrics: LimitMetrics<'c>,
+}
+
+impl<'a> std::ops::Deref for LimitCompiler<'_, 'a> {
+    type Target = Build<'a>;
+    fn deref(&self) -> &Build<'a> {
+        self.b
+    }
+}
+
+impl std::ops::DerefMut for LimitCompiler<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.b
+    }
+}
+
+impl<'c, 'a> LimitCompiler<'c, 'a> {
+    pub fn new(
+        b: &'c mut Build<'a>,
+        registry: &'c LimitRegistry,
+        metrics: LimitMetrics<'c>,
+    ) -> Self {
+        LimitCompiler {
+            b,
+            registry,
+            metrics,
+        }
+    }
+
+    pub fn limits(&mut self, file: &ConfigFile, scopes: &Scopes<'_>) -> Limits {
+        let tenants = scopes.tenants;
         let mut out = Limits::default();
         let mut names = BTreeSet::new();
         let shared = self.limits_backend(&file.limits);
-        // Each route's provider, by index into `providers`.
-        let route_provider: Vec<usize> = routes
-            .iter()
-            .map(|r| {
-                let name = match &r.action.target {
-                    Target::Ready(p) => p.name.to_string(),
-                    Target::Disabled { .. } => String::new(),
-                };
-                providers.get_index_of(&name).unwrap_or(usize::MAX)
-            })
-            .collect();
+        let route_provider = scopes.route_provider.clone();
         for (i, r) in file.limits.rules.iter().enumerate() {
             let base = format!("limits.rules[{i}]");
             if !names.insert(r.name.clone()) {
@@ -50,8 +96,8 @@ impl Compiler<'_> {
                 key: r.scope.contains(&LimitScope::Key),
             };
             let tenant_ids: Vec<&str> = tenants.list.iter().map(|t| &*t.id).collect();
-            let route_names: Vec<&str> = routes.iter().map(|r| &*r.name).collect();
-            let provider_names: Vec<&str> = providers.keys().map(String::as_str).collect();
+            let route_names: Vec<&str> = scopes.routes.clone();
+            let provider_names: Vec<&str> = scopes.providers.iter().map(|(n, _)| *n).collect();
             let tf = self.filter(
                 &format!("{base}.match.tenants"),
                 &r.matcher.tenants,
@@ -81,11 +127,11 @@ impl Compiler<'_> {
             // One counter per scope value, for every value the rule can see.
             let mut states = HashMap::new();
             let key_slots: Vec<(usize, usize, String)> = if dims.key {
-                key_slots(providers, &tenant_ids)
+                key_slots(&scopes.providers, &tenant_ids)
             } else {
                 vec![(usize::MAX, 0, String::new())]
             };
-            for (ri, _) in routes.iter().enumerate() {
+            for (ri, route_name) in route_names.iter().enumerate() {
                 for (ti, _) in tenants.list.iter().enumerate() {
                     for (kp, slot, key_name) in &key_slots {
                         let p = if dims.key {
@@ -107,7 +153,7 @@ impl Compiler<'_> {
                             label.push_str(&format!("|tenant={}", tenant_ids[ti]));
                         }
                         if dims.route {
-                            label.push_str(&format!("|route={}", route_names[ri]));
+                            label.push_str(&format!("|route={route_name}"));
                         }
                         if dims.provider || dims.key {
                             label.push_str(&format!(
@@ -118,7 +164,7 @@ impl Compiler<'_> {
                         if dims.key {
                             label.push_str(&format!("|key={key_name}"));
                         }
-                        states.insert(key, self.ctx.limits.state(&label, spec, shared.as_ref()));
+                        states.insert(key, self.registry.state(&label, spec, shared.as_ref()));
                     }
                 }
             }
@@ -130,7 +176,7 @@ impl Compiler<'_> {
                 providers: pf,
                 states,
                 spec,
-                admitted: Some(self.ctx.metrics.limit_admitted(&r.name)),
+                admitted: Some((self.metrics.admitted)(&r.name)),
             };
             if dims.key {
                 out.key_rules.push(rule);
@@ -144,17 +190,16 @@ impl Compiler<'_> {
             .chain(&out.key_rules)
             .any(|r| r.spec.tokens.is_some());
         out.route_provider = route_provider;
-        out.provider_index = providers
-            .keys()
+        out.provider_index = scopes
+            .providers
+            .iter()
             .enumerate()
-            .map(|(i, name)| (Arc::from(name.as_str()), i))
+            .map(|(i, (name, _))| (Arc::from(*name), i))
             .collect();
-        out.tenant_key_base = providers
-            .values()
-            .map(|t| match t {
-                Target::Ready(p) => provider_key_slots(p),
-                Target::Disabled { .. } => 1,
-            })
+        out.tenant_key_base = scopes
+            .providers
+            .iter()
+            .map(|(_, keys)| keys.as_ref().map_or(1, |k| k.names.len()))
             .collect();
         out
     }
@@ -196,8 +241,8 @@ impl Compiler<'_> {
             timeout: l.backend_timeout.get(),
             prefix: l.key_prefix.clone(),
         };
-        let metrics = self.ctx.metrics;
-        match self.ctx.limits.backend(&spec, || metrics.limits_backend()) {
+        let backend_metrics = self.metrics.backend;
+        match self.registry.backend(&spec, backend_metrics) {
             Ok(backend) => Some(Shared {
                 backend,
                 lease: l.lease,
@@ -293,32 +338,22 @@ impl Compiler<'_> {
     }
 }
 
-/// A provider's own key slots: its pool's keys, or its one credential.
-fn provider_key_slots(p: &crate::upstream::Provider) -> usize {
-    p.auth.keys.as_ref().map_or(1, |k| k.len())
-}
-
 /// Every provider key a `key`-scoped rule counts: (provider index, slot, name). A pool's
 /// keys by their names, a provider's one credential as `default`, and a tenant's own key
 /// as `tenant:ID` (slots from [`Limits::tenant_key_base`]).
 fn key_slots(
-    providers: &IndexMap<String, Target>,
+    providers: &[(&str, Option<ProviderKeys>)],
     tenant_ids: &[&str],
 ) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
-    for (pi, t) in providers.values().enumerate() {
-        let Target::Ready(p) = t else { continue };
-        let base = provider_key_slots(p);
-        for k in 0..base {
-            let name = p
-                .auth
-                .keys
-                .as_ref()
-                .map_or(Arc::from("default"), |pool| pool.name(k));
+    for (pi, (_, keys)) in providers.iter().enumerate() {
+        let Some(keys) = keys else { continue };
+        let base = keys.names.len();
+        for (k, name) in keys.names.iter().enumerate() {
             out.push((pi, k, name.to_string()));
         }
-        for (ti, own) in p.tenant_auth.iter().enumerate() {
-            if own.is_some() {
+        for (ti, own) in keys.tenant_own.iter().enumerate() {
+            if *own {
                 let id = tenant_ids.get(ti).copied().unwrap_or("-");
                 out.push((pi, base + ti, format!("tenant:{id}")));
             }
