@@ -14,7 +14,7 @@ use crate::forward::settings::ForwardSettings;
 use crate::limits::compile::{LimitCompiler, LimitMetrics, ProviderKeys, Scopes};
 use crate::observability::{self, metrics::Metrics};
 use crate::proxy::errors::ErrorStyle;
-use crate::routing::{self, HostPattern};
+use crate::routing;
 use crate::tenant::Tenants;
 use crate::upstream::dns::{DnsRegistry, DnsSettings, Overrides};
 use crate::upstream::{self, trust, PeerSettings, Provider, Timeouts};
@@ -848,40 +848,7 @@ impl<'a> Compiler<'a> {
                 };
                 self.errs.push(format!("{base}.name"), msg);
             }
-            let prefix = match &r.matcher.path_prefix {
-                Some(p) => match routing::normalize_prefix(p) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.errs.push(format!("{base}.match.path_prefix"), e);
-                        None
-                    }
-                },
-                None => None,
-            };
-            let host = match &r.matcher.host {
-                Some(h) => match HostPattern::parse(h) {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        self.errs.push(format!("{base}.match.host"), e);
-                        None
-                    }
-                },
-                None => None,
-            };
-            if r.matcher.path_prefix.is_none() && r.matcher.host.is_none() {
-                self.errs.push(
-                    format!("{base}.match"),
-                    "needs path_prefix and/or host (use path_prefix: / to match every request)",
-                );
-            }
-            if let Some(rw) = &r.rewrite_prefix {
-                if !rw.starts_with('/') || routing::has_dot_segment(rw) || rw.contains(['?', '#']) {
-                    self.errs.push(
-                        format!("{base}.rewrite_prefix"),
-                        format!("\"{rw}\" must be a path starting with /"),
-                    );
-                }
-            }
+            let (host, prefix) = routing::compile::matcher(&mut self.b, &base, r);
             let (provider_name, base_path, provider_host) = match target {
                 Target::Ready(p) => (
                     p.name.clone(),
@@ -918,15 +885,7 @@ impl<'a> Compiler<'a> {
                 action,
             )
             .keeping_path(keep_path);
-            if let Some(earlier) = routes.iter().find(|e| e.shadows(&route)) {
-                self.errs.push(
-                    base.clone(),
-                    format!(
-                        "can never match: route \"{}\" comes first and matches every request this one would; put the more specific route first",
-                        earlier.name
-                    ),
-                );
-            }
+            routing::compile::check_reachable(&mut self.b, &base, &routes, &route);
             routes.push(route);
         }
         RouteTable::new(routes)

@@ -13,6 +13,8 @@
 //!   POST /openai/v1/chat/completions?x=1  ->  POST /v1/chat/completions?x=1
 //! ```
 
+pub mod compile;
+
 use crate::observability::metrics::RouteMetrics;
 use std::sync::Arc;
 
