@@ -432,7 +432,9 @@ async fn keep_alive_connections_closed_at_random_lose_no_request() {
         "the server did close connections"
     );
     // Healthy idle connections may stay pooled; the pool is bounded. The dropped client
-    // leaves its pool's idle timer behind until its next tick (slack 2); a leak per
-    // request would show as hundreds.
-    assert_clean(&s, &f, 128, tasks, 2, "random keep-alive closes").await;
+    // leaves its pool's idle timer behind until its next tick, and under a loaded machine
+    // (the whole suite in parallel) a connection task or two of its 8 connections can
+    // outlive the 5 s wait (CI saw 2 over a slack of 2, once). A leak per request would
+    // show as hundreds: 260 requests went through, so a slack of 8 still catches it.
+    assert_clean(&s, &f, 128, tasks, 8, "random keep-alive closes").await;
 }
