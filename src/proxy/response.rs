@@ -50,8 +50,9 @@ pub async fn forward(
     let mut pending = Some(head);
     let mut upstream_done = call.response_done();
 
-    // The body: each piece to the client as it comes.
-    loop {
+    // The body: each piece to the client as it comes. The loop ends with the last
+    // piece still to write when the provider's answer has been read to its end.
+    let last = loop {
         let piece = if upstream_done {
             None
         } else if pending.is_some() && !small {
@@ -144,20 +145,32 @@ pub async fn forward(
             }
         }
         clock.activity(Instant::now());
+        if upstream_done {
+            break Some(tasks);
+        }
         match session.write_response_tasks(tasks).await {
-            Ok(done) if done || upstream_done => break,
-            Ok(_) => {}
+            Ok(true) => break None,
+            Ok(false) => {}
             Err(_) => {
                 charge_seen(&mut usage, plan);
                 call.abandon(up).await;
                 return Outcome::ClientGone { status };
             }
         }
-    }
+    };
 
+    // The provider's connection goes back to the pool before the client gets the last
+    // piece: a client that sends its next request the moment it has this answer finds
+    // the connection there, not a new one opening.
+    call.finish(up).await;
+    if let Some(tasks) = last {
+        if session.write_response_tasks(tasks).await.is_err() {
+            charge_seen(&mut usage, plan);
+            return Outcome::ClientGone { status };
+        }
+    }
     if let Some(p) = usage.as_mut() {
         plan.report.settle(p, true);
     }
-    call.finish(up).await;
     Outcome::Complete { status: code }
 }
