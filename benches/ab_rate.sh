@@ -18,19 +18,11 @@ M=$(pwd)/target/release
 work=$(mktemp -d)
 cd "$work"
 taskset -c 1 "$M/llm-sidecar-mock" --listen 127.0.0.1:19101 >/dev/null 2>&1 & MP=$!
-conf() { cat <<Y
-version: 1
-listeners: { reverse: "127.0.0.1:$1", admin: "127.0.0.1:$2" }
-server: { threads: 1, upstream_pool_size: 256 }
-log: { level: warn }
-tenant: { id: bench, headers: { x-llm-sidecar-tenant: "{tenant}" } }
-providers:
-  upstream:
-    kind: openai
-    base_url: http://127.0.0.1:19101/v1
-    auth: { type: bearer, token: sk-bench }
-routes:
+. "$OLDPWD/benches/sidecar_conf.sh"
+# load.sh's pass-through config, with the mock as both upstreams.
+conf() { sidecar_conf "$1" "$2" 19101 19101; cat <<Y
   - { match: { path_prefix: /openai/v1 }, provider: upstream }
+  - { match: { path_prefix: /sse/v1 }, provider: mock }
 Y
 }
 conf 19102 19103 > new.yaml; conf 19104 19105 > base.yaml

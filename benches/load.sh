@@ -119,37 +119,18 @@ http {
   }
 }
 EOF
-sidecar_conf() { # $1 listen $2 admin
-  cat <<EOF
-version: 1
-listeners: { reverse: "127.0.0.1:$1", admin: "127.0.0.1:$2" }
-server: { threads: 1, upstream_pool_size: 256 }
-log: { level: warn }
-tenant: { id: bench, headers: { x-llm-sidecar-tenant: "{tenant}" } }
-providers:
-  upstream:
-    kind: openai
-    base_url: http://127.0.0.1:$UP/v1
-    auth: { type: bearer, token: sk-bench }
-  mock:
-    kind: openai
-    base_url: http://127.0.0.1:$MOCK/v1
-    auth: { type: bearer, token: sk-bench }
-    timeouts: { total: 10m }
-routes:
-EOF
-}
-{ sidecar_conf "$SC" "$SC_ADMIN"; cat <<EOF
+. benches/sidecar_conf.sh
+{ sidecar_conf "$SC" "$SC_ADMIN" "$UP" "$MOCK"; cat <<EOF
   - { match: { path_prefix: /openai/v1 }, provider: upstream }
   - { match: { path_prefix: /sse/v1 }, provider: mock }
 EOF
 } > "$work/sidecar.yaml"
-{ sidecar_conf "$BASE" "$BASE_ADMIN"; cat <<EOF
+{ sidecar_conf "$BASE" "$BASE_ADMIN" "$UP" "$MOCK"; cat <<EOF
   - { match: { path_prefix: /openai/v1 }, provider: upstream }
   - { match: { path_prefix: /sse/v1 }, provider: mock }
 EOF
 } > "$work/baseline.yaml"
-{ sidecar_conf "$FULL" "$FULL_ADMIN"; cat <<EOF
+{ sidecar_conf "$FULL" "$FULL_ADMIN" "$UP" "$MOCK"; cat <<EOF
   - { match: { path_prefix: /openai/v1 }, provider: upstream, audit_bodies: { max_bytes: 16KiB } }
   - { match: { path_prefix: /sse/v1 }, provider: mock, audit_bodies: { max_bytes: 16KiB } }
 limits:

@@ -134,7 +134,7 @@ def expand_use(tree):
         yield p.removesuffix("::self").removesuffix("::*")
 
 
-def resolve(path, here, mods, is_dir):
+def resolve(path, here, mods):
     """A path as written in module `here` -> the module it names, or None."""
     segs = [s for s in path.split("::") if s]
     if not segs:
@@ -143,8 +143,7 @@ def resolve(path, here, mods, is_dir):
     if segs[0] == "crate":
         cur, segs = [], segs[1:]
     elif segs[0] in ("super", "self"):
-        cur = base if is_dir else base[:-1]  # the module's own path, as a directory
-        cur = base[:]
+        cur = base[:]  # `super` is relative to the module, whatever file holds it
         while segs and segs[0] in ("super", "self"):
             if segs[0] == "super":
                 cur = cur[:-1]
@@ -184,7 +183,7 @@ def edges(mods):
                 child = f"{name}::{first}" if name else first
                 if not is_dir or child not in mods:
                     continue
-            r = resolve(p, name, mods, is_dir)
+            r = resolve(p, name, mods)
             if r and r != name and r not in skip:
                 deps.add(r)
         out[name] = deps
@@ -225,24 +224,17 @@ def cycles(graph):
     return sccs
 
 
-def layer_of(name):
-    best, depth = None, -1
-    for i, layer in enumerate(LAYERS):
-        for prefix in layer:
-            if (name == prefix or name.startswith(prefix + "::")) and prefix.count("::") > depth:
-                best, depth = i, prefix.count("::")
-    return best
+# The layer of each part, by the part's name.
+LAYER_OF = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 
 
 def part_of(name):
-    """The part a module belongs to: the longest prefix that LAYERS names."""
-    best = None
-    for layer in LAYERS:
-        for prefix in layer:
-            if name == prefix or name.startswith(prefix + "::"):
-                if best is None or prefix.count("::") > best.count("::"):
-                    best = prefix
-    return best or name
+    """The part a module belongs to: the longest prefix that LAYERS names, else itself."""
+    segs = name.split("::")
+    for k in range(len(segs), 0, -1):
+        if "::".join(segs[:k]) in LAYER_OF:
+            return "::".join(segs[:k])
+    return name
 
 
 def main():
@@ -275,13 +267,13 @@ def main():
         print(f"import cycle between {len(comp)} parts: {', '.join(comp)}")
         print("\n".join(inside))
     for a in sorted(graph):
-        la = layer_of(a)
+        la = LAYER_OF.get(a)
         if la is None:
             bad += 1
             print(f"{a}: in no layer; add it to LAYERS in scripts/layers.py and docs/architecture.md")
             continue
         for b in sorted(graph[a]):
-            lb = layer_of(b)
+            lb = LAYER_OF.get(b)
             if lb is not None and lb > la:
                 bad += 1
                 print(f"upward import: {a} (layer {la + 1}) uses {b} (layer {lb + 1}): {'; '.join(why[(a, b)][:3])}")

@@ -79,7 +79,6 @@ impl<'c, 'a> LimitCompiler<'c, 'a> {
         let mut out = Limits::default();
         let mut names = BTreeSet::new();
         let shared = self.limits_backend(&file.limits);
-        let route_provider = scopes.route_provider.clone();
         for (i, r) in file.limits.rules.iter().enumerate() {
             let base = format!("limits.rules[{i}]");
             if !names.insert(r.name.clone()) {
@@ -96,7 +95,6 @@ impl<'c, 'a> LimitCompiler<'c, 'a> {
                 key: r.scope.contains(&LimitScope::Key),
             };
             let tenant_ids: Vec<&str> = tenants.list.iter().map(|t| &*t.id).collect();
-            let route_names: Vec<&str> = scopes.routes.clone();
             let provider_names: Vec<&str> = scopes.providers.iter().map(|(n, _)| *n).collect();
             let tf = self.filter(
                 &format!("{base}.match.tenants"),
@@ -106,7 +104,7 @@ impl<'c, 'a> LimitCompiler<'c, 'a> {
             let rf = self.filter(
                 &format!("{base}.match.routes"),
                 &r.matcher.routes,
-                &route_names,
+                &scopes.routes,
             );
             let pf = self.filter(
                 &format!("{base}.match.providers"),
@@ -131,13 +129,13 @@ impl<'c, 'a> LimitCompiler<'c, 'a> {
             } else {
                 vec![(usize::MAX, 0, String::new())]
             };
-            for (ri, route_name) in route_names.iter().enumerate() {
+            for (ri, route_name) in scopes.routes.iter().enumerate() {
                 for (ti, _) in tenants.list.iter().enumerate() {
                     for (kp, slot, key_name) in &key_slots {
                         let p = if dims.key {
                             *kp
                         } else {
-                            route_provider.get(ri).copied().unwrap_or(usize::MAX)
+                            scopes.route_provider.get(ri).copied().unwrap_or(usize::MAX)
                         };
                         let key = (
                             if dims.tenant { ti } else { 0 },
@@ -189,7 +187,7 @@ impl<'c, 'a> LimitCompiler<'c, 'a> {
             .iter()
             .chain(&out.key_rules)
             .any(|r| r.spec.tokens.is_some());
-        out.route_provider = route_provider;
+        out.route_provider = scopes.route_provider.clone();
         out.provider_index = scopes
             .providers
             .iter()
