@@ -28,7 +28,7 @@ LAYERS = [
     # 1. leaves: the schema, units and their primitives, and each runtime part.
     [
         "config::schema", "config::units", "config::secret", "config::kept", "config::build",
-        "config::errors", "usage", "auth", "tenant", "limits", "resilience", "routing",
+        "config::errors", "usage", "translate", "auth", "tenant", "limits", "resilience", "routing",
         "upstream", "upstream::trust", "observability", "observability::redact", "forward::ca",
         "forward::guard", "forward::settings",
         "proxy::errors", "mock",

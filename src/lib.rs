@@ -20,6 +20,7 @@ pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod tenant;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
 

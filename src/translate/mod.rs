@@ -1,0 +1,356 @@
+//! Translation between LLM API shapes: a route whose clients speak one API (its *front*)
+//! can send each attempt to a provider that speaks another (its *target*), and the
+//! answer comes back in the front's shape, JSON and streams alike.
+//!
+//! ```text
+//!  front (client)           target (provider)          files
+//!  OpenAI Chat  ──request──► Anthropic Messages        anthropic.rs  (chat → messages,
+//!               ◄─response──                                          messages → chat,
+//!               ◄─SSE───────                                          SSE state machine)
+//!  Anthropic    ──request──► OpenAI Chat (and every    openai.rs     (messages → chat,
+//!  Messages     ◄─response──  OpenAI-compatible kind)                 chat → messages,
+//!               ◄─SSE───────                                          SSE state machine)
+//! ```
+//!
+//! A request is translated once per target, from memory (the exchange holds the whole
+//! body); a response is translated as it passes: a JSON body is read whole (bounded by
+//! [`JSON_LIMIT`]) and rewritten, a stream event by event with its state (tool-call
+//! indexes, open content blocks, usage) kept between network chunks. Nothing is
+//! invented: an upstream answer that cannot be translated is an [`Error`], which the
+//! proxy turns into a 502 in the front's error shape (`x-llm-sidecar-error:
+//! translation`), or, once a stream has started, into the front's error event.
+//!
+//! This part is a leaf: it knows JSON and SSE, not the proxy.
+
+mod anthropic;
+mod openai;
+pub mod sse;
+#[cfg(test)]
+mod tests;
+
+use serde_json::Value;
+
+/// The most of a JSON body (request or response) translated in memory.
+pub const JSON_LIMIT: usize = 16 << 20;
+
+/// An API shape: what a route's clients speak, or what a provider speaks natively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// OpenAI Chat Completions (`/chat/completions`), also spoken by Azure OpenAI,
+    /// DeepSeek, DashScope, Ark, Ollama and any OpenAI-compatible server.
+    OpenAiChat,
+    /// Anthropic Messages (`/v1/messages`).
+    AnthropicMessages,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "openai_chat",
+            Api::AnthropicMessages => "anthropic_messages",
+        }
+    }
+}
+
+/// Why a body could not be translated. The message is client-safe: it names the field
+/// and the problem, never a secret (bodies carry none; credentials are in headers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(message: impl Into<String>) -> Error {
+        Error {
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Settings of one front → target translation, fixed at config load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Anthropic requires `max_tokens`; a request without one gets this.
+    pub default_max_tokens: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+/// A translated request, and what its response's translation needs to know.
+#[derive(Debug)]
+pub struct Request {
+    pub body: Vec<u8>,
+    pub stream: bool,
+    pub reply: ReplySpec,
+}
+
+/// What the response translator needs from the request.
+#[derive(Clone, Debug, Default)]
+pub struct ReplySpec {
+    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// The model the client asked for: a response that names none gets this.
+    pub model: String,
+}
+
+/// Translates a request body from `front` to `target`, with `model` (the target's model,
+/// after the route's model map) written in.
+pub fn request(
+    front: Api,
+    target: Api,
+    body: &[u8],
+    model: Option<&str>,
+    opts: &Options,
+) -> Result<Request> {
+    if body.len() > JSON_LIMIT {
+        return Err(Error::new(format!(
+            "the request body is larger than the {} MiB the sidecar translates",
+            JSON_LIMIT >> 20
+        )));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::new(format!("the request body is not valid JSON: {e}")))?;
+    let Value::Object(req) = v else {
+        return Err(Error::new("the request body must be a JSON object"));
+    };
+    let out = match (front, target) {
+        (Api::OpenAiChat, Api::AnthropicMessages) => anthropic::request(req, model, opts)?,
+        (Api::AnthropicMessages, Api::OpenAiChat) => openai::request(req, model)?,
+        (a, b) if a == b => {
+            return Err(Error::new(
+                "no translation is needed between one API and itself",
+            ))
+        }
+        (a, b) => {
+            return Err(Error::new(format!(
+                "no translation from {} to {}",
+                a.as_str(),
+                b.as_str()
+            )))
+        }
+    };
+    Ok(out)
+}
+
+/// Translates one response body as it passes, piece by piece.
+pub struct Reply {
+    kind: ReplyKind,
+    /// The client's content type for this answer.
+    content_type: &'static str,
+}
+
+enum ReplyKind {
+    /// A whole JSON document (an answer or an error), rewritten at its end.
+    Json {
+        buf: Vec<u8>,
+        front: Api,
+        target: Api,
+        status: u16,
+        spec: ReplySpec,
+    },
+    /// An Anthropic stream told as OpenAI chunks.
+    AnthropicToChat(Box<anthropic::ChatStream>),
+    /// An OpenAI stream told as Anthropic events.
+    ChatToAnthropic(Box<openai::MessagesStream>),
+}
+
+impl Reply {
+    /// The translator for a response with this status and `content-type`.
+    pub fn new(front: Api, target: Api, status: u16, content_type: &str, spec: ReplySpec) -> Reply {
+        let sse = status < 300 && is_content_type(content_type, "text/event-stream");
+        let kind = match (sse, front, target) {
+            (true, Api::OpenAiChat, Api::AnthropicMessages) => {
+                ReplyKind::AnthropicToChat(Box::new(anthropic::ChatStream::new(spec)))
+            }
+            (true, Api::AnthropicMessages, Api::OpenAiChat) => {
+                ReplyKind::ChatToAnthropic(Box::new(openai::MessagesStream::new(spec)))
+            }
+            _ => ReplyKind::Json {
+                buf: Vec::new(),
+                front,
+                target,
+                status,
+                spec,
+            },
+        };
+        Reply {
+            content_type: if sse {
+                "text/event-stream; charset=utf-8"
+            } else {
+                "application/json"
+            },
+            kind,
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        self.content_type
+    }
+
+    /// The answer is a stream: its pieces go to the client as they are translated.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self.kind, ReplyKind::Json { .. })
+    }
+
+    /// Takes the next piece of the provider's body; appends what the client gets now.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        match &mut self.kind {
+            ReplyKind::Json { buf, .. } => {
+                if buf.len() + chunk.len() > JSON_LIMIT {
+                    return Err(Error::new(format!(
+                        "the provider's answer is larger than the {} MiB the sidecar translates",
+                        JSON_LIMIT >> 20
+                    )));
+                }
+                buf.extend_from_slice(chunk);
+                Ok(())
+            }
+            ReplyKind::AnthropicToChat(s) => s.feed(chunk, out),
+            ReplyKind::ChatToAnthropic(s) => s.feed(chunk, out),
+        }
+    }
+
+    /// The provider's body ended: appends the rest of the client's answer. A stream that
+    /// ended before its last event is an error here, never a made-up ending.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        match &mut self.kind {
+            ReplyKind::Json {
+                buf,
+                front,
+                target,
+                status,
+                spec,
+            } => {
+                let v = if *status >= 300 {
+                    error_body(*front, *target, *status, buf)
+                } else {
+                    let doc: Value = serde_json::from_slice(buf).map_err(|e| {
+                        Error::new(format!("the provider's answer is not valid JSON: {e}"))
+                    })?;
+                    match (*front, *target) {
+                        (Api::OpenAiChat, Api::AnthropicMessages) => {
+                            anthropic::response(doc, spec)?
+                        }
+                        (Api::AnthropicMessages, Api::OpenAiChat) => openai::response(doc, spec)?,
+                        _ => doc,
+                    }
+                };
+                serde_json::to_writer(&mut *out, &v)
+                    .map_err(|e| Error::new(format!("writing the answer: {e}")))
+            }
+            ReplyKind::AnthropicToChat(s) => s.finish(out),
+            ReplyKind::ChatToAnthropic(s) => s.finish(out),
+        }
+    }
+
+    /// The client's stream is cut by `err` after it started: the front's error event.
+    pub fn error_event(&self, err: &Error, out: &mut Vec<u8>) {
+        match &self.kind {
+            ReplyKind::AnthropicToChat(_) => sse::openai_error_event(&err.message, out),
+            ReplyKind::ChatToAnthropic(_) => sse::anthropic_error_event(&err.message, out),
+            ReplyKind::Json { .. } => {}
+        }
+    }
+}
+
+/// `content_type` is `prefix` (ASCII case-insensitive), parameters allowed.
+pub fn is_content_type(content_type: &str, prefix: &str) -> bool {
+    content_type
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// A provider's error body in the front's error shape; the status stays.
+fn error_body(front: Api, target: Api, status: u16, body: &[u8]) -> Value {
+    let doc: Option<Value> = serde_json::from_slice(body).ok();
+    let message = doc
+        .as_ref()
+        .and_then(|d| {
+            d.pointer("/error/message")
+                .or_else(|| d.get("message"))
+                .or_else(|| d.get("Message"))
+                .and_then(Value::as_str)
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("the provider answered {status}")
+            } else {
+                text.to_string()
+            }
+        });
+    let message = format!("{} (from {})", message, target.as_str());
+    match front {
+        Api::OpenAiChat => serde_json::json!({
+            "error": {
+                "message": message,
+                "type": openai_error_type(status),
+                "param": null,
+                "code": doc.as_ref().and_then(|d| d.pointer("/error/type")).cloned().unwrap_or(Value::Null),
+            }
+        }),
+        Api::AnthropicMessages => serde_json::json!({
+            "type": "error",
+            "error": {"type": anthropic_error_type(status), "message": message}
+        }),
+    }
+}
+
+pub(crate) fn openai_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+pub(crate) fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// A token count, tolerant of providers that send numbers as strings or floats.
+pub(crate) fn count(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Seconds since the epoch, for OpenAI's `created`.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
