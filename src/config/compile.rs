@@ -89,6 +89,44 @@ pub struct FallbackPlan {
     pub mount: String,
     /// Replaces `model` in the JSON body.
     pub model: Option<Arc<str>>,
+    /// How this target's requests and answers are translated (None: passed through).
+    pub translation: Option<Arc<Translation>>,
+}
+
+/// A target of a route that declares its clients' API: what its attempts translate
+/// (nothing when `front == target`), and where the request goes.
+#[derive(Debug)]
+pub struct Translation {
+    pub front: crate::translate::Api,
+    pub target: crate::translate::Api,
+    /// The target's own endpoint: its base path and the native API's path.
+    pub path: String,
+    pub options: crate::translate::Options,
+}
+
+/// The API a provider kind speaks natively, and the path of its chat endpoint under the
+/// base URL (None: the sidecar cannot translate to it yet).
+fn native_api(kind: ProviderKind, base_path: &str) -> Option<(crate::translate::Api, String)> {
+    use crate::translate::Api;
+    let v1 = |rest: &str| {
+        if base_path.ends_with("/v1") {
+            format!("{base_path}{rest}")
+        } else {
+            format!("{base_path}/v1{rest}")
+        }
+    };
+    match kind {
+        ProviderKind::Anthropic => Some((Api::AnthropicMessages, v1("/messages"))),
+        ProviderKind::Ollama => Some((Api::OpenAiChat, v1("/chat/completions"))),
+        ProviderKind::Openai
+        | ProviderKind::Deepseek
+        | ProviderKind::Dashscope
+        | ProviderKind::Ark
+        | ProviderKind::OpenaiCompatible => {
+            Some((Api::OpenAiChat, format!("{base_path}/chat/completions")))
+        }
+        ProviderKind::AzureOpenai | ProviderKind::Bedrock | ProviderKind::VertexAi => None,
+    }
 }
 
 /// What a matched request is sent to, and what happens when that fails.
@@ -96,6 +134,12 @@ pub struct FallbackPlan {
 pub struct RouteAction {
     pub target: Target,
     pub plan: RoutePlan,
+    /// The API the route's clients speak (`api:`), when it translates.
+    pub front: Option<crate::translate::Api>,
+    /// Replaces `model` for the route's provider.
+    pub model: Option<Arc<str>>,
+    /// How the route's provider is reached when it speaks another API.
+    pub translation: Option<Arc<Translation>>,
 }
 
 /// A compiled route: its matcher and path mapping, its target and its plan.
@@ -871,9 +915,26 @@ impl<'a> Compiler<'a> {
             }
             let mount = routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or(""));
             let metrics = self.ctx.metrics.route(&name, &provider_name);
+            let front = r.api.map(|a| match a {
+                schema::FrontApi::Openai => crate::translate::Api::OpenAiChat,
+                schema::FrontApi::Anthropic => crate::translate::Api::AnthropicMessages,
+            });
+            if front.is_some() && keep_path {
+                self.errs.push(
+                    format!("{base}.api"),
+                    "a translating route cannot keep the client's path (keep_path, or a match on the provider's own host): each target gets its own API's path",
+                );
+            }
+            if r.model.as_deref() == Some("") {
+                self.errs.push(format!("{base}.model"), "must not be empty");
+            }
+            let translation = self.translation(&format!("{base}.provider"), r, front, target);
             let action = RouteAction {
                 target: target.clone(),
-                plan: self.route_plan(&base, r, providers),
+                plan: self.route_plan(&base, r, providers, front),
+                front,
+                model: r.model.as_deref().map(Arc::from),
+                translation,
             };
             let route = Route::new(
                 Arc::from(name.as_str()),
@@ -891,11 +952,56 @@ impl<'a> Compiler<'a> {
         RouteTable::new(routes)
     }
 
+    /// The translation a target of a route needs, or None (pass-through); an error when
+    /// the target's API cannot be reached from the route's.
+    fn translation(
+        &mut self,
+        path: &str,
+        r: &schema::Route,
+        front: Option<crate::translate::Api>,
+        target: &Target,
+    ) -> Option<Arc<Translation>> {
+        let front = front?;
+        let Target::Ready(p) = target else {
+            return None;
+        };
+        if r.default_max_tokens == 0 {
+            self.errs.push(
+                path.replace(".provider", ".default_max_tokens"),
+                "must be at least 1",
+            );
+        }
+        let Some((api, endpoint)) = native_api(p.kind, &p.base_path) else {
+            self.errs.push(
+                path.to_string(),
+                format!(
+                    "provider \"{}\" is of a kind ({}) that the sidecar does not translate to yet; docs/unified-api.md lists the kinds it does",
+                    p.name,
+                    crate::observability::genai::provider_name(p.kind)
+                ),
+            );
+            return None;
+        };
+        // A target of the route's own API still gets its own endpoint's path, so that
+        // one client base URL reaches every target; its body passes through.
+        Some({
+            Arc::new(Translation {
+                front,
+                target: api,
+                path: endpoint,
+                options: crate::translate::Options {
+                    default_max_tokens: r.default_max_tokens.max(1),
+                },
+            })
+        })
+    }
+
     fn route_plan(
         &mut self,
         base: &str,
         r: &schema::Route,
         providers: &IndexMap<String, Target>,
+        front: Option<crate::translate::Api>,
     ) -> RoutePlan {
         let c = &r.retry;
         if c.max_attempts == 0 || c.max_attempts > 10 {
@@ -954,11 +1060,13 @@ impl<'a> Compiler<'a> {
                 Target::Ready(p) => p.base_path.as_str(),
                 Target::Disabled { .. } => "",
             };
+            let translation = self.translation(&format!("{path}.provider"), r, front, target);
             fallbacks.push(FallbackPlan {
                 provider: Arc::from(f.provider.as_str()),
                 target: target.clone(),
                 mount: routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or("")),
                 model: f.model.as_deref().map(Arc::from),
+                translation,
             });
         }
         let mut ready_after = vec![false; fallbacks.len() + 1];

@@ -808,6 +808,20 @@ fn default_budget_floor() -> u32 {
     5
 }
 
+/// The API shape a route's clients speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontApi {
+    /// OpenAI Chat Completions: `POST …/chat/completions`.
+    Openai,
+    /// Anthropic Messages: `POST …/v1/messages`.
+    Anthropic,
+}
+
+fn default_translated_max_tokens() -> u64 {
+    4096
+}
+
 /// A target to use when the route's provider fails or its breaker is open.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1142,6 +1156,21 @@ pub struct Route {
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
     pub provider: String,
+    /// The API shape this route's clients speak. When set, each target (the provider and
+    /// every fallback) that speaks another shape natively gets the request translated
+    /// to its own API and the answer translated back, JSON and SSE
+    /// (docs/unified-api.md). A target of the same shape is passed through untouched.
+    /// Absent: every request is forwarded as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<FrontApi>,
+    /// Replaces `model` in the request for the route's provider (a fallback has its
+    /// own `model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Output cap sent to a provider that requires one (Anthropic) when the client set
+    /// none, on translated requests.
+    #[serde(default = "default_translated_max_tokens")]
+    pub default_max_tokens: u64,
     /// Replaces the matched `path_prefix` (default: removes it). The provider's base path
     /// is always put in front.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -448,13 +448,27 @@ async fn handle(
                     "We could not parse the JSON body of your request.",
                 ));
             };
+            if let Err(msg) = check_chat(&req) {
+                return Ok(error(api, 400, &msg));
+            }
             let echo = echo.then(|| last_user_text(&req));
+            let calls = tool_calls_wanted(h, &req);
+            if calls > 0 {
+                return Ok(chat_tools(&req, n, calls, interval));
+            }
             chat(&req, n, chunks, interval, stall_after, echo, ascii)
         }
         (&Method::POST, r) if r.ends_with("/messages") => {
             let Ok(req) = serde_json::from_slice::<Value>(&body) else {
                 return Ok(error(api, 400, "messages: invalid JSON body"));
             };
+            if let Err(msg) = check_messages(&req) {
+                return Ok(error(api, 400, &msg));
+            }
+            let calls = tool_calls_wanted(h, &req);
+            if calls > 0 {
+                return Ok(messages_tools(&req, n, calls, interval));
+            }
             messages(&req, n, chunks, interval, stall_after)
         }
         (&Method::POST, r) if r.ends_with("/embeddings") => {
@@ -814,6 +828,461 @@ fn messages(
         &json!({"type": "message_stop"}),
     ));
     sse_response(events, interval, stall_after)
+}
+
+/// Tool calls to answer with: `x-mock-tool-calls: N` when the request offers tools (and
+/// does not forbid them), 1 when its tool choice forces one; parallel use off caps it
+/// at 1.
+fn tool_calls_wanted(h: &HeaderMap, req: &Value) -> usize {
+    let tools = req["tools"].as_array().map_or(0, Vec::len);
+    if tools == 0 {
+        return 0;
+    }
+    let choice = &req["tool_choice"];
+    let none = choice == "none" || choice["type"] == "none";
+    if none {
+        return 0;
+    }
+    let forced = choice == "required"
+        || choice["type"] == "any"
+        || choice["type"] == "tool"
+        || choice["type"] == "function";
+    let n = header_num(h, "x-mock-tool-calls").map_or(usize::from(forced), |n| n as usize);
+    let serial = req["parallel_tool_calls"] == false || choice["disable_parallel_tool_use"] == true;
+    if serial {
+        n.min(1)
+    } else {
+        n
+    }
+}
+
+/// The `i`th call: the tools in turn (a forced one always), arguments made from the
+/// schema's properties (`{}` for a tool that takes none).
+fn mock_call(req: &Value, i: usize) -> (String, Value) {
+    let tools = req["tools"].as_array().cloned().unwrap_or_default();
+    let forced = req["tool_choice"]["name"]
+        .as_str()
+        .or_else(|| req["tool_choice"]["function"]["name"].as_str());
+    let tool = forced
+        .and_then(|f| {
+            tools
+                .iter()
+                .find(|t| t["name"] == f || t["function"]["name"] == f)
+        })
+        .unwrap_or(&tools[i % tools.len()]);
+    let (name, schema) = if tool["function"].is_object() {
+        (
+            tool["function"]["name"].as_str().unwrap_or("tool"),
+            &tool["function"]["parameters"],
+        )
+    } else {
+        (
+            tool["name"].as_str().unwrap_or("tool"),
+            &tool["input_schema"],
+        )
+    };
+    let mut args = serde_json::Map::new();
+    if let Some(props) = schema["properties"].as_object() {
+        for k in props.keys() {
+            args.insert(k.clone(), format!("mock-{k}-{i}").into());
+        }
+    }
+    (name.to_string(), Value::Object(args))
+}
+
+fn messages_tools(req: &Value, n: u64, calls: usize, interval: Duration) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("claude-mock").to_string();
+    let input = estimate_tokens(&req["messages"]);
+    let id = format!("msg_mock{n}");
+    let list: Vec<(String, Value)> = (0..calls).map(|i| mock_call(req, i)).collect();
+    if req["stream"].as_bool() != Some(true) {
+        let mut content = vec![json!({"type": "text", "text": "Let me check."})];
+        for (i, (name, args)) in list.iter().enumerate() {
+            content.push(json!({"type": "tool_use", "id": format!("toolu_mock{n}_{i}"), "name": name, "input": args}));
+        }
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id, "type": "message", "role": "assistant", "model": model, "content": content,
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": 10 + calls, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+            }),
+        );
+    }
+    let mut events = vec![
+        named_event(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+        ),
+        named_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        named_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+        ),
+        named_event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ),
+    ];
+    for (i, (name, args)) in list.iter().enumerate() {
+        let b = i + 1;
+        events.push(named_event("content_block_start", &json!({"type": "content_block_start", "index": b, "content_block": {"type": "tool_use", "id": format!("toolu_mock{n}_{i}"), "name": name, "input": {}}})));
+        let text = args.to_string();
+        if args.as_object().is_some_and(|a| !a.is_empty()) {
+            // Arguments arrive in pieces, split inside a string, as Anthropic sends them.
+            let cut = text.len() / 2;
+            let cut = (0..=cut)
+                .rev()
+                .find(|c| text.is_char_boundary(*c))
+                .unwrap_or(0);
+            for part in [&text[..cut], &text[cut..]] {
+                events.push(named_event("content_block_delta", &json!({"type": "content_block_delta", "index": b, "delta": {"type": "input_json_delta", "partial_json": part}})));
+            }
+        }
+        events.push(named_event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": b}),
+        ));
+    }
+    events.push(named_event("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 10 + calls}})));
+    events.push(named_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
+    sse_response(events, interval, None)
+}
+
+fn chat_tools(req: &Value, n: u64, calls: usize, interval: Duration) -> Response<Body> {
+    let model = req["model"].as_str().unwrap_or("mock-model").to_string();
+    let prompt = estimate_tokens(&req["messages"]);
+    let id = format!("chatcmpl-mock{n}");
+    let list: Vec<(String, Value)> = (0..calls).map(|i| mock_call(req, i)).collect();
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": 10 + calls, "total_tokens": prompt + 10 + calls as u64});
+    if req["stream"].as_bool() != Some(true) {
+        let tc: Vec<Value> = list.iter().enumerate().map(|(i, (name, args))| json!({"id": format!("call_mock{n}_{i}"), "type": "function", "function": {"name": name, "arguments": args.to_string()}})).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": id, "object": "chat.completion", "created": now_secs(), "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": tc, "refusal": null}, "logprobs": null, "finish_reason": "tool_calls"}],
+                "usage": usage
+            }),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        data_event(
+            &json!({"id": id, "object": "chat.completion.chunk", "created": now_secs(), "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}),
+        )
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": null}),
+        Value::Null,
+    )];
+    for (i, (name, args)) in list.iter().enumerate() {
+        events.push(chunk(json!({"tool_calls": [{"index": i, "id": format!("call_mock{n}_{i}"), "type": "function", "function": {"name": name, "arguments": ""}}]}), Value::Null));
+        let text = args.to_string();
+        let cut = text.len() / 2;
+        let cut = (0..=cut)
+            .rev()
+            .find(|c| text.is_char_boundary(*c))
+            .unwrap_or(0);
+        for part in [&text[..cut], &text[cut..]] {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    events.push(chunk(json!({}), json!("tool_calls")));
+    if req["stream_options"]["include_usage"] == true {
+        events.push(data_event(&json!({"id": id, "object": "chat.completion.chunk", "created": now_secs(), "model": model, "choices": [], "usage": usage})));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(events, interval, None)
+}
+
+/// Checks an Anthropic Messages request against the documented schema, as the API does:
+/// the error names the first field that is wrong.
+pub fn check_messages(req: &Value) -> Result<(), String> {
+    const TOP: &[&str] = &[
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+    ];
+    let Some(o) = req.as_object() else {
+        return Err("body: Input should be an object".into());
+    };
+    if let Some(k) = o.keys().find(|k| !TOP.contains(&k.as_str())) {
+        return Err(format!("{k}: Extra inputs are not permitted"));
+    }
+    if !req["model"].is_string() {
+        return Err("model: Field required".into());
+    }
+    if req["max_tokens"].as_u64().is_none_or(|m| m < 1) {
+        return Err("max_tokens: Field required (an integer of at least 1)".into());
+    }
+    if let Some(t) = req.get("temperature") {
+        if !t.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)) {
+            return Err("temperature: Input should be less than or equal to 1".into());
+        }
+    }
+    if let Some(s) = req.get("stop_sequences") {
+        if !s.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+            return Err("stop_sequences: Input should be a list of strings".into());
+        }
+    }
+    match req.get("system") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(b))
+            if b.iter()
+                .all(|b| b["type"] == "text" && b["text"].is_string()) => {}
+        _ => return Err("system: Input should be a string or text blocks".into()),
+    }
+    let mut tool_names = Vec::new();
+    if let Some(tools) = req.get("tools") {
+        let Some(tools) = tools.as_array() else {
+            return Err("tools: Input should be a list".into());
+        };
+        for (i, t) in tools.iter().enumerate() {
+            if !t["name"].is_string() {
+                return Err(format!("tools.{i}.name: Field required"));
+            }
+            if !t["input_schema"].is_object() || t["input_schema"]["type"] != "object" {
+                return Err(format!(
+                    "tools.{i}.input_schema: Field required (a JSON schema of type object)"
+                ));
+            }
+            if let Some(k) = t.as_object().and_then(|t| {
+                t.keys().find(|k| {
+                    ![
+                        "name",
+                        "description",
+                        "input_schema",
+                        "cache_control",
+                        "type",
+                    ]
+                    .contains(&k.as_str())
+                })
+            }) {
+                return Err(format!("tools.{i}.{k}: Extra inputs are not permitted"));
+            }
+            tool_names.push(t["name"].as_str().unwrap_or_default());
+        }
+    }
+    if let Some(c) = req.get("tool_choice") {
+        match c["type"].as_str() {
+            Some("auto" | "any" | "none") => {}
+            Some("tool") if c["name"].as_str().is_some_and(|n| tool_names.contains(&n)) => {}
+            _ => return Err("tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none' (or names no declared tool)".into()),
+        }
+    }
+    let Some(msgs) = req["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return Err("messages: Field required (a non-empty list)".into());
+    };
+    let mut last_role = "";
+    let mut pending_tools: Vec<String> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let role = m["role"].as_str().unwrap_or("");
+        if role != "user" && role != "assistant" {
+            return Err(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant'"
+            ));
+        }
+        if i == 0 && role != "user" {
+            return Err("messages: the first message must use the \"user\" role".into());
+        }
+        if role == last_role {
+            return Err(format!("messages: roles must alternate between \"user\" and \"assistant\", but found multiple \"{role}\" roles in a row"));
+        }
+        last_role = role;
+        let blocks: Vec<Value> = match &m["content"] {
+            Value::String(_) => {
+                pending_tools.clear();
+                continue;
+            }
+            Value::Array(b) if !b.is_empty() => b.clone(),
+            _ => {
+                return Err(format!(
+                    "messages.{i}.content: Input should be a string or a non-empty list of blocks"
+                ))
+            }
+        };
+        let mut seen_other = false;
+        let mut answered = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let at = format!("messages.{i}.content.{j}");
+            match (role, b["type"].as_str()) {
+                (_, Some("text")) => {
+                    if !b["text"].is_string() {
+                        return Err(format!("{at}.text: Field required"));
+                    }
+                    seen_other = true;
+                }
+                ("user", Some("image")) => {
+                    let src = &b["source"];
+                    match src["type"].as_str() {
+                        Some("base64") => {
+                            if !["image/jpeg", "image/png", "image/gif", "image/webp"]
+                                .contains(&src["media_type"].as_str().unwrap_or(""))
+                            {
+                                return Err(format!("{at}.source.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"));
+                            }
+                            use base64::Engine;
+                            if base64::engine::general_purpose::STANDARD
+                                .decode(src["data"].as_str().unwrap_or("!"))
+                                .is_err()
+                            {
+                                return Err(format!("{at}.source.data: invalid base64 data"));
+                            }
+                        }
+                        Some("url")
+                            if src["url"].as_str().is_some_and(|u| u.starts_with("http")) => {}
+                        _ => {
+                            return Err(format!(
+                                "{at}.source: Input tag does not match 'base64' or 'url'"
+                            ))
+                        }
+                    }
+                    seen_other = true;
+                }
+                ("user", Some("tool_result")) => {
+                    if seen_other {
+                        return Err(format!("{at}: tool_result blocks must come before any other content in a user message"));
+                    }
+                    let id = b["tool_use_id"].as_str().unwrap_or("");
+                    if !pending_tools.iter().any(|p| p == id) {
+                        return Err(format!("{at}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."));
+                    }
+                    answered.push(id.to_string());
+                }
+                ("assistant", Some("tool_use")) => {
+                    if !b["id"].is_string() || !b["name"].is_string() || !b["input"].is_object() {
+                        return Err(format!(
+                            "{at}: a tool_use block needs id, name and an input object"
+                        ));
+                    }
+                }
+                ("assistant", Some("thinking")) => {
+                    if !b["signature"].is_string() {
+                        return Err(format!("{at}.signature: Field required"));
+                    }
+                }
+                ("assistant", Some("redacted_thinking")) => {}
+                (_, t) => {
+                    return Err(format!(
+                        "{at}.type: \"{}\" is not allowed in a {role} message",
+                        t.unwrap_or("?")
+                    ))
+                }
+            }
+        }
+        if role == "user" {
+            if let Some(missing) = pending_tools.iter().find(|p| !answered.contains(p)) {
+                return Err(format!("messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {missing}"));
+            }
+            pending_tools.clear();
+        } else {
+            pending_tools = blocks
+                .iter()
+                .filter(|b| b["type"] == "tool_use")
+                .filter_map(|b| b["id"].as_str().map(str::to_string))
+                .collect();
+        }
+    }
+    if !pending_tools.is_empty() && last_role == "assistant" {
+        // a prefill ending in tool use has no answer yet: the API refuses it
+        return Err(
+            "messages: the last assistant message has tool_use blocks without results".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks an OpenAI Chat Completions request: roles, content parts, and that every tool
+/// message answers a call of the assistant message before it.
+pub fn check_chat(req: &Value) -> Result<(), String> {
+    let Some(msgs) = req["messages"].as_array() else {
+        return Err("Missing required parameter: 'messages'.".into());
+    };
+    if !req["model"].is_string() {
+        return Err("Missing required parameter: 'model'.".into());
+    }
+    let mut calls: Vec<String> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match m["role"].as_str() {
+            Some("system" | "developer" | "user") => {
+                calls.clear();
+                if let Some(parts) = m["content"].as_array() {
+                    for (j, p) in parts.iter().enumerate() {
+                        match p["type"].as_str() {
+                            Some("text") if p["text"].is_string() => {}
+                            Some("image_url")
+                                if p["image_url"]["url"].as_str().is_some_and(|u| {
+                                    u.starts_with("data:image/") || u.starts_with("http")
+                                }) => {}
+                            _ => {
+                                return Err(format!(
+                                    "Invalid value for 'messages[{i}].content[{j}]'."
+                                ))
+                            }
+                        }
+                    }
+                } else if !m["content"].is_string() {
+                    return Err(format!("Invalid type for 'messages[{i}].content'."));
+                }
+            }
+            Some("assistant") => {
+                calls = m["tool_calls"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(|c| c["id"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(c) = m["tool_calls"].as_array() {
+                    if c.iter().any(|c| !c["function"]["arguments"].is_string()) {
+                        return Err(format!("Invalid type for 'messages[{i}].tool_calls[].function.arguments': expected a string."));
+                    }
+                }
+            }
+            Some("tool") => {
+                let id = m["tool_call_id"].as_str().unwrap_or("");
+                if !calls.iter().any(|c| c == id) {
+                    return Err(format!("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls' (messages[{i}])."));
+                }
+            }
+            _ => return Err(format!("Invalid value for 'messages[{i}].role'.")),
+        }
+    }
+    if let Some(t) = req.get("tools") {
+        if !t.as_array().is_some_and(|t| {
+            t.iter()
+                .all(|t| t["type"] == "function" && t["function"]["name"].is_string())
+        }) {
+            return Err("Invalid 'tools': each needs type function and function.name.".into());
+        }
+    }
+    Ok(())
 }
 
 /// Amazon Bedrock: `/model/{id}/converse`, `/converse-stream`, `/invoke` and

@@ -72,7 +72,8 @@ impl SidecarProxy {
                 return Err(SidecarError::new(Cause::ProviderDisabled, reason.to_string()).into());
             }
         };
-        x.style = Some(provider.style);
+        let style = route.action.front.map_or(provider.style, ErrorStyle::of);
+        x.style = Some(style);
         super::guards::check_declared_length(session.req_header(), &snap.guards)?;
 
         let tenant = resolve_tenant(session, snap, fwd).map_err(tenant_error)?;
@@ -131,7 +132,7 @@ impl SidecarProxy {
                 Err(denied) => {
                     self.metrics.limited(&denied.rule, denied.kind);
                     x.note(|| format!("limit {}: refused", denied.rule).into());
-                    return Err(limit_error(&denied, provider.style).into());
+                    return Err(limit_error(&denied, style).into());
                 }
             }
         }

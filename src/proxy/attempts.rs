@@ -8,7 +8,7 @@ use super::body;
 use super::errors::{Cause, SidecarError};
 use super::{attempt, ExchangeState, Served, SidecarProxy};
 use crate::auth::{AcquireError, Auth, Credential, Verdict};
-use crate::config::compile::{Route, Target};
+use crate::config::compile::{Route, Target, Translation};
 use crate::config::Snapshot;
 use crate::observability::metrics::STATUS_CLIENT_CLOSED;
 use crate::observability::trace::{self, TraceContext};
@@ -46,6 +46,64 @@ pub struct AttemptPlan {
     pub span: [u8; 8],
     /// Keep this many bytes of the response body for the audit log (0: none).
     pub capture: usize,
+    /// The target speaks another API than the client: how its answer is translated.
+    pub reply: Option<Arc<ReplyPlan>>,
+}
+
+/// How an attempt's answer is translated back to the client's API.
+#[derive(Debug)]
+pub struct ReplyPlan {
+    pub front: crate::translate::Api,
+    pub target: crate::translate::Api,
+    pub spec: crate::translate::ReplySpec,
+}
+
+/// The path each front API translates: the front's endpoint, by method and path end.
+fn is_front_endpoint(front: crate::translate::Api, req: &pingora::http::RequestHeader) -> bool {
+    let path = req.uri.path().trim_end_matches('/');
+    req.method == http::Method::POST
+        && match front {
+            crate::translate::Api::OpenAiChat => path.ends_with("/chat/completions"),
+            crate::translate::Api::AnthropicMessages => path.ends_with("/messages"),
+        }
+}
+
+/// The request as the target's API: its path, its body, and how its answer comes back.
+fn translate_request(
+    req: &pingora::http::RequestHeader,
+    t: &Translation,
+    body: &Bytes,
+    model: Option<&str>,
+) -> std::result::Result<(http::Uri, Bytes, Option<Arc<ReplyPlan>>), SidecarError> {
+    if !is_front_endpoint(t.front, req) {
+        let what = match t.front {
+            crate::translate::Api::OpenAiChat => "POST …/chat/completions",
+            crate::translate::Api::AnthropicMessages => "POST …/v1/messages",
+        };
+        return Err(SidecarError::new(
+            Cause::NoRoute,
+            format!(
+                "this route translates {what} (and lists its models at GET …/models); {} {} has no translation",
+                req.method,
+                req.uri.path()
+            ),
+        ));
+    }
+    let r = crate::translate::request(t.front, t.target, body, model, &t.options)
+        .map_err(|e| SidecarError::new(Cause::Untranslatable, e.message))?;
+    let uri = t
+        .path
+        .parse::<http::Uri>()
+        .map_err(|_| SidecarError::new(Cause::Internal, "the target's path is not a URI"))?;
+    Ok((
+        uri,
+        Bytes::from(r.body),
+        Some(Arc::new(ReplyPlan {
+            front: t.front,
+            target: t.target,
+            spec: r.reply,
+        })),
+    ))
 }
 
 impl AttemptPlan {
@@ -133,6 +191,13 @@ impl AttemptReport {
         }
     }
 
+    /// [`Self::settle`] for a parser that may not be there.
+    pub fn settle_opt(&self, p: &mut Option<crate::usage::UsageParser>, complete: bool) {
+        if let Some(p) = p.as_mut() {
+            self.settle(p, complete);
+        }
+    }
+
     pub fn model(&self) -> Option<&str> {
         self.model.get().map(String::as_str)
     }
@@ -212,7 +277,12 @@ impl SidecarProxy {
         for ti in 0..=plan.fallbacks.len() {
             let fallback_left = plan.ready_after(ti);
             let target = if ti == 0 {
-                Some((provider.clone(), uri.clone(), body.clone()))
+                Some((
+                    provider.clone(),
+                    uri.clone(),
+                    route.action.model.clone(),
+                    route.action.translation.clone(),
+                ))
             } else {
                 let fb = &plan.fallbacks[ti - 1];
                 match &fb.target {
@@ -221,17 +291,48 @@ impl SidecarProxy {
                         x.note(|| format!("fallback to {}", fb.provider).into());
                         let req = session.req_header();
                         let up = route.fallback_path(&fb.mount, req.uri.path(), req.uri.query());
-                        let body = match &fb.model {
-                            Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
-                            None => body.clone(),
-                        };
-                        up.parse::<http::Uri>().ok().map(|u| (p.clone(), u, body))
+                        up.parse::<http::Uri>()
+                            .ok()
+                            .map(|u| (p.clone(), u, fb.model.clone(), fb.translation.clone()))
                     }
                     Target::Disabled { .. } => None,
                 }
             };
-            let Some((target, uri, target_body)) = target else {
+            let Some((target, uri, model, translation)) = target else {
                 continue;
+            };
+            let passes = translation.as_ref().is_none_or(|t| {
+                t.front == t.target && !is_front_endpoint(t.front, session.req_header())
+            });
+            let (uri, target_body, reply) = match &translation {
+                _ if passes => {
+                    let b = match &model {
+                        Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
+                        None => body.clone(),
+                    };
+                    (uri, b, None)
+                }
+                Some(t) if t.front == t.target => {
+                    let b = match &model {
+                        Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
+                        None => body.clone(),
+                    };
+                    match t.path.parse::<http::Uri>() {
+                        Ok(u) => (u, b, None),
+                        Err(_) => (uri, b, None),
+                    }
+                }
+                None => (uri, body.clone(), None),
+                Some(t) => {
+                    match translate_request(session.req_header(), t, &body, model.as_deref()) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            x.note(|| format!("{}: {}", target.name, e.message).into());
+                            last_error = Some(e);
+                            continue;
+                        }
+                    }
+                }
             };
             tracing::debug!(provider = %target.name, target = ti, "trying target");
             let end = self
@@ -244,6 +345,7 @@ impl SidecarProxy {
                     &tenant,
                     uri,
                     target_body,
+                    reply,
                     deadline,
                     fallback_left,
                 )
@@ -270,6 +372,7 @@ impl SidecarProxy {
         tenant: &Tenant,
         uri: http::Uri,
         body: Bytes,
+        reply: Option<Arc<ReplyPlan>>,
         deadline: tokio::time::Instant,
         fallback_left: bool,
     ) -> TargetEnd {
@@ -405,6 +508,7 @@ impl SidecarProxy {
                 body: body.clone(),
                 body_sha256: body_sha256.clone(),
                 report: AttemptReport::default(),
+                reply: reply.clone(),
                 trace: x.trace.clone().unwrap_or_else(TraceContext::root),
                 span: trace::new_span_id(),
                 capture,

@@ -122,6 +122,15 @@ pub fn request_for(client: &RequestHeader, plan: &AttemptPlan) -> Result<Box<Req
     }
     req.remove_header(&EXPECT);
     req.remove_header(&TRANSFER_ENCODING);
+    if let Some(r) = &plan.reply {
+        // A translated answer is rewritten: it must come uncompressed, as JSON.
+        req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        req.insert_header(header::CONTENT_TYPE, "application/json")?;
+        if r.target != crate::translate::Api::AnthropicMessages {
+            req.remove_header("anthropic-version");
+            req.remove_header("anthropic-beta");
+        }
+    }
     let method_has_body = !matches!(
         req.method,
         http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS

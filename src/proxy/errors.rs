@@ -19,6 +19,14 @@ pub enum ErrorStyle {
 }
 
 impl ErrorStyle {
+    /// The error shape of an API's clients.
+    pub fn of(api: crate::translate::Api) -> ErrorStyle {
+        match api {
+            crate::translate::Api::OpenAiChat => ErrorStyle::OpenAi,
+            crate::translate::Api::AnthropicMessages => ErrorStyle::Anthropic,
+        }
+    }
+
     /// For requests that matched no route: guess from what the client sent.
     pub fn guess(req: &pingora::http::RequestHeader) -> ErrorStyle {
         if req.headers.contains_key("anthropic-version") || req.uri.path().ends_with("/messages") {
@@ -74,6 +82,10 @@ pub enum Cause {
     KeyMissing,
     KeyUnknown,
     SigningFailed,
+    /// The request cannot be put in the target's API (docs/unified-api.md).
+    Untranslatable,
+    /// The provider's answer cannot be put in the client's API.
+    Translation,
     Internal,
 }
 
@@ -113,6 +125,8 @@ impl Cause {
             Cause::KeyMissing => "key_missing",
             Cause::KeyUnknown => "key_unknown",
             Cause::SigningFailed => "signing_failed",
+            Cause::Untranslatable => "untranslatable_request",
+            Cause::Translation => "translation",
             Cause::Internal => "internal",
         }
     }
@@ -150,13 +164,14 @@ impl Cause {
             Cause::SigningFailed => 500,
             Cause::HeadersTooLarge => 431,
             Cause::BodyTooLarge => 413,
-            Cause::BadFraming | Cause::BadPath | Cause::BadRequest => 400,
+            Cause::BadFraming | Cause::BadPath | Cause::BadRequest | Cause::Untranslatable => 400,
             Cause::ClientTimeout => 408,
             Cause::UpstreamDns
             | Cause::UpstreamConnect
             | Cause::UpstreamTls
             | Cause::UpstreamProtocol
-            | Cause::UpstreamReset => 502,
+            | Cause::UpstreamReset
+            | Cause::Translation => 502,
             Cause::ConnectTimeout
             | Cause::FirstByteTimeout
             | Cause::IdleTimeout

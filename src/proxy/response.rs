@@ -4,9 +4,11 @@
 
 use super::attempt::{charge_seen, classify, not_started, timed_out, Limits, Outcome, Wake};
 use super::call::{Call, Upstream};
-use super::errors::SidecarError;
+use super::errors::{Cause, SidecarError};
 use super::AttemptPlan;
+use crate::translate::Reply;
 use crate::upstream::Timeouts;
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
@@ -41,11 +43,32 @@ pub async fn forward(
         plan.report
             .set_streaming(usage.as_ref().is_some_and(|p| p.is_stream()));
     }
-    let small = head
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n <= JOIN_HEAD_AND_BODY);
+    let mut head = head;
+    // A target of another API: its answer is rewritten as it passes. A JSON answer is
+    // read whole and sent with its new length; a stream goes out event by event.
+    let mut tr = plan.reply.as_ref().map(|r| {
+        let ct = head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let t = Reply::new(r.front, r.target, code, ct, r.spec.clone());
+        head.remove_header(&http::header::CONTENT_LENGTH);
+        head.remove_header(&http::header::CONTENT_ENCODING);
+        head.remove_header(&http::header::TRANSFER_ENCODING);
+        let _ = head.insert_header(http::header::CONTENT_TYPE, t.content_type());
+        if t.is_stream() {
+            let _ = head.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+        t
+    });
+    let hold = tr.as_ref().is_some_and(|t| !t.is_stream());
+    let small = hold
+        || head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n <= JOIN_HEAD_AND_BODY);
     let status = Some(code);
     let mut pending = Some(head);
     let mut upstream_done = call.response_done();
@@ -118,35 +141,80 @@ pub async fn forward(
                 }
             }
         };
-        let mut tasks = Vec::with_capacity(2);
-        if let Some(h) = pending.take() {
-            tasks.push(HttpTask::Header(h, upstream_done && piece.is_none()));
+        if let Some(Some(b)) = &piece {
+            if !b.is_empty() {
+                plan.report.body_seen();
+            }
+            // Read after the bytes are handed on, never holding them.
+            if let Some(p) = usage.as_mut() {
+                p.feed(b);
+            }
         }
-        match piece {
-            Some(Some(b)) => {
-                if !b.is_empty() {
-                    plan.report.body_seen();
+        // What the client gets of this piece.
+        let body_out = match tr.as_mut() {
+            None => piece.flatten(),
+            Some(t) => {
+                let mut out = Vec::new();
+                let r = match &piece {
+                    Some(Some(b)) => t.feed(b, &mut out),
+                    _ => Ok(()),
+                };
+                let r = r.and_then(|()| {
+                    if upstream_done {
+                        t.finish(&mut out)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = r {
+                    return untranslatable(
+                        session,
+                        up,
+                        call,
+                        plan,
+                        &mut usage,
+                        t,
+                        &e,
+                        pending.is_none(),
+                        upstream_done,
+                        code,
+                    )
+                    .await;
                 }
-                // Read after the bytes are handed on, never holding them.
-                if let Some(p) = usage.as_mut() {
-                    p.feed(&b);
+                if hold && !upstream_done {
+                    continue;
                 }
-                if plan.capture > 0 {
-                    plan.report.capture(&b, plan.capture);
+                if hold {
+                    if let Some(h) = pending.as_mut() {
+                        let _ =
+                            h.insert_header(http::header::CONTENT_LENGTH, out.len().to_string());
+                    }
                 }
-                tasks.push(HttpTask::Body(Some(b), upstream_done));
+                (!out.is_empty()).then(|| Bytes::from(out))
             }
-            Some(None) if upstream_done => tasks.push(HttpTask::Body(None, true)),
-            Some(None) => {}
-            None => {
-                if tasks.is_empty() {
-                    tasks.push(HttpTask::Body(None, true));
-                }
+        };
+        if plan.capture > 0 {
+            if let Some(b) = &body_out {
+                plan.report.capture(b, plan.capture);
             }
+        }
+        let mut tasks = Vec::with_capacity(2);
+        let mut ended = false;
+        if let Some(h) = pending.take() {
+            ended = upstream_done && body_out.is_none();
+            tasks.push(HttpTask::Header(h, ended));
+        }
+        match body_out {
+            Some(b) => tasks.push(HttpTask::Body(Some(b), upstream_done)),
+            None if upstream_done && !ended => tasks.push(HttpTask::Body(None, true)),
+            None => {}
         }
         clock.activity(Instant::now());
         if upstream_done {
             break Some(tasks);
+        }
+        if tasks.is_empty() {
+            continue;
         }
         match session.write_response_tasks(tasks).await {
             Ok(true) => break None,
@@ -173,4 +241,50 @@ pub async fn forward(
         plan.report.settle(p, true);
     }
     Outcome::Complete { status: code }
+}
+
+/// The provider's answer could not be put in the client's API. Before anything reached
+/// the client it gets a 502 (`x-llm-sidecar-error: translation`), and the attempt loop
+/// may try the next target; once a stream has started, it ends with the front's error
+/// event and the exchange counts as cut.
+#[allow(clippy::too_many_arguments)]
+async fn untranslatable(
+    session: &mut Session,
+    up: &Upstream,
+    call: Call,
+    plan: &AttemptPlan,
+    usage: &mut Option<crate::usage::UsageParser>,
+    t: &Reply,
+    e: &crate::translate::Error,
+    started: bool,
+    upstream_done: bool,
+    code: u16,
+) -> Outcome {
+    tracing::warn!(provider = %plan.provider.name, error = %e, "the provider's answer could not be translated");
+    if upstream_done {
+        plan.report.settle_opt(usage, true);
+        call.finish(up).await;
+    } else {
+        charge_seen(usage, plan);
+        call.abandon(up).await;
+    }
+    let msg = format!(
+        "the answer of provider \"{}\" could not be translated: {}",
+        plan.provider.name, e.message
+    );
+    if !started {
+        return Outcome::NotStarted {
+            error: SidecarError::new(Cause::Translation, msg),
+            stale_connection: false,
+        };
+    }
+    let mut out = Vec::new();
+    t.error_event(&crate::translate::Error::new(msg), &mut out);
+    let _ = session
+        .write_response_tasks(vec![HttpTask::Body(Some(Bytes::from(out)), true)])
+        .await;
+    Outcome::Broken {
+        status: code,
+        cause: Cause::Translation,
+    }
 }

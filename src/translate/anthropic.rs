@@ -715,15 +715,11 @@ impl ChatStream {
                 let d = ev.get("delta").unwrap_or(&Value::Null);
                 let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("");
                 match d.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        if !s("text").is_empty() {
-                            self.emit(json!({"content": s("text")}), out);
-                        }
+                    Some("text_delta") if !s("text").is_empty() => {
+                        self.emit(json!({"content": s("text")}), out);
                     }
-                    Some("thinking_delta") => {
-                        if !s("thinking").is_empty() {
-                            self.emit(json!({"reasoning_content": s("thinking")}), out);
-                        }
+                    Some("thinking_delta") if !s("thinking").is_empty() => {
+                        self.emit(json!({"reasoning_content": s("thinking")}), out);
                     }
                     Some("signature_delta") => {
                         self.emit(json!({"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": s("signature")}]}), out);
