@@ -100,7 +100,7 @@ pub struct Translation {
     pub front: crate::translate::Api,
     pub target: crate::translate::Api,
     /// The target's own endpoint: its base path and the native API's path.
-    pub path: String,
+    pub path: http::Uri,
     pub options: crate::translate::Options,
 }
 
@@ -978,6 +978,16 @@ impl<'a> Compiler<'a> {
                     "provider \"{}\" is of a kind ({}) that the sidecar does not translate to yet; docs/unified-api.md lists the kinds it does",
                     p.name,
                     crate::observability::genai::provider_name(p.kind)
+                ),
+            );
+            return None;
+        };
+        let Ok(endpoint) = endpoint.parse::<http::Uri>() else {
+            self.errs.push(
+                path.to_string(),
+                format!(
+                    "provider \"{}\": its base path does not make a valid endpoint path",
+                    p.name
                 ),
             );
             return None;

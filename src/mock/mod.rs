@@ -890,6 +890,16 @@ fn mock_call(req: &Value, i: usize) -> (String, Value) {
     (name.to_string(), Value::Object(args))
 }
 
+/// `text` cut in two near its middle (on a character boundary): streamed tool arguments
+/// arrive split inside a string, as providers send them.
+fn halves(text: &str) -> [&str; 2] {
+    let cut = (0..=text.len() / 2)
+        .rev()
+        .find(|c| text.is_char_boundary(*c))
+        .unwrap_or(0);
+    [&text[..cut], &text[cut..]]
+}
+
 fn messages_tools(req: &Value, n: u64, calls: usize, interval: Duration) -> Response<Body> {
     let model = req["model"].as_str().unwrap_or("claude-mock").to_string();
     let input = estimate_tokens(&req["messages"]);
@@ -936,12 +946,7 @@ fn messages_tools(req: &Value, n: u64, calls: usize, interval: Duration) -> Resp
         let text = args.to_string();
         if args.as_object().is_some_and(|a| !a.is_empty()) {
             // Arguments arrive in pieces, split inside a string, as Anthropic sends them.
-            let cut = text.len() / 2;
-            let cut = (0..=cut)
-                .rev()
-                .find(|c| text.is_char_boundary(*c))
-                .unwrap_or(0);
-            for part in [&text[..cut], &text[cut..]] {
+            for part in halves(&text) {
                 events.push(named_event("content_block_delta", &json!({"type": "content_block_delta", "index": b, "delta": {"type": "input_json_delta", "partial_json": part}})));
             }
         }
@@ -987,12 +992,7 @@ fn chat_tools(req: &Value, n: u64, calls: usize, interval: Duration) -> Response
     for (i, (name, args)) in list.iter().enumerate() {
         events.push(chunk(json!({"tool_calls": [{"index": i, "id": format!("call_mock{n}_{i}"), "type": "function", "function": {"name": name, "arguments": ""}}]}), Value::Null));
         let text = args.to_string();
-        let cut = text.len() / 2;
-        let cut = (0..=cut)
-            .rev()
-            .find(|c| text.is_char_boundary(*c))
-            .unwrap_or(0);
-        for part in [&text[..cut], &text[cut..]] {
+        for part in halves(&text) {
             events.push(chunk(
                 json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
                 Value::Null,

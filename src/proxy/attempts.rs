@@ -91,12 +91,8 @@ fn translate_request(
     }
     let r = crate::translate::request(t.front, t.target, body, model, &t.options)
         .map_err(|e| SidecarError::new(Cause::Untranslatable, e.message))?;
-    let uri = t
-        .path
-        .parse::<http::Uri>()
-        .map_err(|_| SidecarError::new(Cause::Internal, "the target's path is not a URI"))?;
     Ok((
-        uri,
+        t.path.clone(),
         Bytes::from(r.body),
         Some(Arc::new(ReplyPlan {
             front: t.front,
@@ -317,10 +313,7 @@ impl SidecarProxy {
                         Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
                         None => body.clone(),
                     };
-                    match t.path.parse::<http::Uri>() {
-                        Ok(u) => (u, b, None),
-                        Err(_) => (uri, b, None),
-                    }
+                    (t.path.clone(), b, None)
                 }
                 None => (uri, body.clone(), None),
                 Some(t) => {

@@ -431,15 +431,7 @@ fn assistant_blocks(m: &mut Map<String, Value>, content: Value) -> Result<Vec<Va
                 .and_then(Value::as_str)
                 .ok_or_else(|| Error::new("a tool call has no `function.name`"))?;
             let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(args).map_err(|e| {
-                    Error::new(format!(
-                        "the arguments of tool call \"{id}\" are not JSON: {e}"
-                    ))
-                })?
-            };
+            let input = super::tool_arguments(args, &format!("tool call \"{id}\""))?;
             out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
         }
     }

@@ -312,7 +312,8 @@ fn error_body(front: Api, target: Api, status: u16, body: &[u8]) -> Value {
     }
 }
 
-pub(crate) fn openai_error_type(status: u16) -> &'static str {
+/// OpenAI's error `type` for a status.
+pub fn openai_error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         403 => "permission_error",
@@ -323,7 +324,8 @@ pub(crate) fn openai_error_type(status: u16) -> &'static str {
     }
 }
 
-pub(crate) fn anthropic_error_type(status: u16) -> &'static str {
+/// Anthropic's error `type` for a status.
+pub fn anthropic_error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         403 => "permission_error",
@@ -346,6 +348,15 @@ pub(crate) fn count(v: Option<&Value>) -> Option<u64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// A tool call's `arguments` string as a JSON value: empty means no arguments (`{}`).
+pub(crate) fn tool_arguments(args: &str, whose: &str) -> Result<Value> {
+    if args.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_str(args)
+        .map_err(|e| Error::new(format!("the arguments of {whose} are not JSON: {e}")))
 }
 
 /// Seconds since the epoch, for OpenAI's `created`.

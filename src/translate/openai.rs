@@ -287,15 +287,7 @@ pub fn response(doc: Value, spec: &ReplySpec) -> Result<Value> {
                 .pointer("/function/arguments")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(args).map_err(|e| {
-                    Error::new(format!(
-                        "the provider's tool call arguments are not JSON: {e}"
-                    ))
-                })?
-            };
+            let input = super::tool_arguments(args, "the provider's tool call")?;
             content.push(json!({
                 "type": "tool_use",
                 "id": c.get("id").cloned().unwrap_or(Value::Null),

@@ -4,39 +4,29 @@
 use super::*;
 use serde_json::json;
 
-fn to_anthropic(req: Value) -> Value {
-    let r = request(
-        Api::OpenAiChat,
-        Api::AnthropicMessages,
+fn translated(front: Api, target: Api, req: &Value) -> Result<Request> {
+    request(
+        front,
+        target,
         req.to_string().as_bytes(),
         None,
         &Options::default(),
     )
-    .unwrap();
+}
+
+fn to_anthropic(req: Value) -> Value {
+    let r = translated(Api::OpenAiChat, Api::AnthropicMessages, &req).unwrap();
     serde_json::from_slice(&r.body).unwrap()
 }
 
 fn to_anthropic_err(req: Value) -> String {
-    request(
-        Api::OpenAiChat,
-        Api::AnthropicMessages,
-        req.to_string().as_bytes(),
-        None,
-        &Options::default(),
-    )
-    .unwrap_err()
-    .message
+    translated(Api::OpenAiChat, Api::AnthropicMessages, &req)
+        .unwrap_err()
+        .message
 }
 
 fn to_openai(req: Value) -> Value {
-    let r = request(
-        Api::AnthropicMessages,
-        Api::OpenAiChat,
-        req.to_string().as_bytes(),
-        None,
-        &Options::default(),
-    )
-    .unwrap();
+    let r = translated(Api::AnthropicMessages, Api::OpenAiChat, &req).unwrap();
     serde_json::from_slice(&r.body).unwrap()
 }
 

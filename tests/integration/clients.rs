@@ -26,6 +26,22 @@ routes:
     )
 }
 
+/// Runs a client script with the sidecar's base URL, outside any proxy.
+async fn python(script: &'static str, base: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(base)
+            .env("NO_PROXY", "*")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 is needed (scripts/setup.sh --test installs it)")
+}
+
 async fn start() -> (llm_sidecar::mock::MockServer, TestSidecar) {
     // The mock only accepts the provider key: every success proves injection.
     let m = mock(MockOptions {
@@ -45,19 +61,7 @@ async fn official_python_sdks_work_through_base_url() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/integration/clients/sdk_check.py"
     );
-    let base = format!("http://{}", s.sidecar().reverse_addr());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(base)
-            .env("NO_PROXY", "*")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("HTTP_PROXY")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 is needed (scripts/setup.sh --test installs it)");
+    let out = python(script, format!("http://{}", s.sidecar().reverse_addr())).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("ModuleNotFoundError"),
@@ -160,19 +164,7 @@ routes:
         env!("CARGO_MANIFEST_DIR"),
         "/tests/integration/clients/translate_check.py"
     );
-    let base = format!("http://{}", s.sidecar().reverse_addr());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(base)
-            .env("NO_PROXY", "*")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("HTTP_PROXY")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 is needed (scripts/setup.sh --test installs it)");
+    let out = python(script, format!("http://{}", s.sidecar().reverse_addr())).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
