@@ -100,12 +100,35 @@ pub struct Translation {
     pub front: crate::translate::Api,
     pub target: crate::translate::Api,
     /// The target's own endpoint: its base path and the native API's path.
-    pub path: http::Uri,
+    pub endpoint: Endpoint,
     pub options: crate::translate::Options,
 }
 
+/// Where a translated request goes on its target.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// One path for every request (Anthropic, OpenAI-shaped kinds).
+    Fixed(http::Uri),
+    /// The path names the model and says whether the answer streams (Bedrock Converse,
+    /// Gemini): [`crate::translate::Api::model_path`] under this base path.
+    PerModel { base: String },
+}
+
+impl Endpoint {
+    /// The path of a fixed endpoint. Targets of a client-facing API (the only ones an
+    /// untranslated request goes to) have one.
+    pub fn fixed(&self) -> &http::Uri {
+        static ROOT: std::sync::OnceLock<http::Uri> = std::sync::OnceLock::new();
+        match self {
+            Endpoint::Fixed(u) => u,
+            Endpoint::PerModel { .. } => ROOT.get_or_init(|| http::Uri::from_static("/")),
+        }
+    }
+}
+
 /// The API a provider kind speaks natively, and the path of its chat endpoint under the
-/// base URL (None: the sidecar cannot translate to it yet).
+/// base URL (for Bedrock and Vertex AI the base path under which the model's path goes);
+/// None: the sidecar cannot translate to it.
 fn native_api(kind: ProviderKind, base_path: &str) -> Option<(crate::translate::Api, String)> {
     use crate::translate::Api;
     let v1 = |rest: &str| {
@@ -125,7 +148,12 @@ fn native_api(kind: ProviderKind, base_path: &str) -> Option<(crate::translate::
         | ProviderKind::OpenaiCompatible => {
             Some((Api::OpenAiChat, format!("{base_path}/chat/completions")))
         }
-        ProviderKind::AzureOpenai | ProviderKind::Bedrock | ProviderKind::VertexAi => None,
+        ProviderKind::Bedrock => Some((
+            Api::BedrockConverse,
+            base_path.trim_end_matches('/').to_string(),
+        )),
+        ProviderKind::VertexAi => Some((Api::Gemini, base_path.trim_end_matches('/').to_string())),
+        ProviderKind::AzureOpenai => None,
     }
 }
 
@@ -982,7 +1010,28 @@ impl<'a> Compiler<'a> {
             );
             return None;
         };
-        let Ok(endpoint) = endpoint.parse::<http::Uri>() else {
+        if api == crate::translate::Api::Gemini
+            && !(endpoint.contains("/projects/") && endpoint.contains("/locations/"))
+        {
+            self.errs.push(
+                path.to_string(),
+                format!(
+                    "provider \"{}\" (vertex_ai) must have a base_url that names the project and location, e.g. https://us-central1-aiplatform.googleapis.com/v1/projects/my-project/locations/us-central1, for the sidecar to send Gemini requests to it",
+                    p.name
+                ),
+            );
+            return None;
+        }
+        let endpoint = if !api.path_has_model() {
+            endpoint.parse::<http::Uri>().ok().map(Endpoint::Fixed)
+        } else {
+            let probe = api.model_path(&endpoint, "m", true);
+            probe
+                .parse::<http::Uri>()
+                .ok()
+                .map(|_| Endpoint::PerModel { base: endpoint })
+        };
+        let Some(endpoint) = endpoint else {
             self.errs.push(
                 path.to_string(),
                 format!(
@@ -998,7 +1047,7 @@ impl<'a> Compiler<'a> {
             Arc::new(Translation {
                 front,
                 target: api,
-                path: endpoint,
+                endpoint,
                 options: crate::translate::Options {
                     default_max_tokens: r.default_max_tokens.max(1),
                 },

@@ -8,7 +8,7 @@ use super::body;
 use super::errors::{Cause, SidecarError};
 use super::{attempt, ExchangeState, Served, SidecarProxy};
 use crate::auth::{AcquireError, Auth, Credential, Verdict};
-use crate::config::compile::{Route, Target, Translation};
+use crate::config::compile::{Endpoint, Route, Target, Translation};
 use crate::config::Snapshot;
 use crate::observability::metrics::STATUS_CLIENT_CLOSED;
 use crate::observability::trace::{self, TraceContext};
@@ -63,8 +63,8 @@ fn is_front_endpoint(front: crate::translate::Api, req: &pingora::http::RequestH
     let path = req.uri.path().trim_end_matches('/');
     req.method == http::Method::POST
         && match front {
-            crate::translate::Api::OpenAiChat => path.ends_with("/chat/completions"),
             crate::translate::Api::AnthropicMessages => path.ends_with("/messages"),
+            _ => path.ends_with("/chat/completions"),
         }
 }
 
@@ -77,8 +77,8 @@ fn translate_request(
 ) -> std::result::Result<(http::Uri, Bytes, Option<Arc<ReplyPlan>>), SidecarError> {
     if !is_front_endpoint(t.front, req) {
         let what = match t.front {
-            crate::translate::Api::OpenAiChat => "POST …/chat/completions",
             crate::translate::Api::AnthropicMessages => "POST …/v1/messages",
+            _ => "POST …/chat/completions",
         };
         return Err(SidecarError::new(
             Cause::NoRoute,
@@ -91,8 +91,24 @@ fn translate_request(
     }
     let r = crate::translate::request(t.front, t.target, body, model, &t.options)
         .map_err(|e| SidecarError::new(Cause::Untranslatable, e.message))?;
+    let uri = match &t.endpoint {
+        Endpoint::Fixed(u) => u.clone(),
+        Endpoint::PerModel { base } => t
+            .target
+            .model_path(base, &r.model, r.stream)
+            .parse::<http::Uri>()
+            .map_err(|_| {
+                SidecarError::new(
+                    Cause::Untranslatable,
+                    format!(
+                        "the model \"{}\" does not make a valid endpoint path",
+                        r.model
+                    ),
+                )
+            })?,
+    };
     Ok((
-        t.path.clone(),
+        uri,
         Bytes::from(r.body),
         Some(Arc::new(ReplyPlan {
             front: t.front,
@@ -313,7 +329,7 @@ impl SidecarProxy {
                         Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
                         None => body.clone(),
                     };
-                    (t.path.clone(), b, None)
+                    (t.endpoint.fixed().clone(), b, None)
                 }
                 None => (uri, body.clone(), None),
                 Some(t) => {

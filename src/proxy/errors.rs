@@ -22,8 +22,8 @@ impl ErrorStyle {
     /// The error shape of an API's clients.
     pub fn of(api: crate::translate::Api) -> ErrorStyle {
         match api {
-            crate::translate::Api::OpenAiChat => ErrorStyle::OpenAi,
             crate::translate::Api::AnthropicMessages => ErrorStyle::Anthropic,
+            _ => ErrorStyle::OpenAi,
         }
     }
 

@@ -17,11 +17,45 @@ fn thinking_budget(effort: &str) -> Option<u64> {
     }
 }
 
-pub fn request(
+pub fn request(req: Map<String, Value>, model: Option<&str>, opts: &Options) -> Result<Request> {
+    let (out, stream, reply) = build(req, model, opts, &ANTHROPIC)?;
+    let model = out
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let body = serde_json::to_vec(&Value::Object(out))
+        .map_err(|e| Error::new(format!("writing the request: {e}")))?;
+    Ok(Request {
+        body,
+        stream,
+        reply,
+        model,
+    })
+}
+
+/// What a provider that takes a Messages-shaped request (Anthropic, and, through
+/// `bedrock.rs` and `gemini.rs`, Bedrock Converse and Gemini) accepts.
+pub struct Dialect {
+    /// Named in errors: "cannot be translated to {name}".
+    pub name: &'static str,
+    pub max_temperature: f64,
+}
+
+pub const ANTHROPIC: Dialect = Dialect {
+    name: "Anthropic",
+    max_temperature: MAX_TEMPERATURE,
+};
+
+/// An OpenAI Chat request as an Anthropic Messages request (a JSON object), whether it
+/// streams, and what its answer's translation needs.
+pub fn build(
     mut req: Map<String, Value>,
     model: Option<&str>,
     opts: &Options,
-) -> Result<Request> {
+    to: &Dialect,
+) -> Result<(Map<String, Value>, bool, ReplySpec)> {
+    let name = to.name;
     let mut out = Map::new();
     let model = match model {
         Some(m) => m.to_string(),
@@ -39,13 +73,15 @@ pub fn request(
 
     if let Some(n) = count(req.get("n")) {
         if n != 1 {
-            return Err(Error::new(
-                "`n` other than 1 cannot be translated to Anthropic (one answer per request)",
-            ));
+            return Err(Error::new(format!(
+                "`n` other than 1 cannot be translated to {name} (one answer per request)"
+            )));
         }
     }
     if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err(Error::new("`logprobs` cannot be translated to Anthropic"));
+        return Err(Error::new(format!(
+            "`logprobs` cannot be translated to {name}"
+        )));
     }
     match req
         .get("response_format")
@@ -55,7 +91,7 @@ pub fn request(
         None | Some("text") => {}
         Some(other) => {
             return Err(Error::new(format!(
-                "`response_format` \"{other}\" cannot be translated to Anthropic"
+                "`response_format` \"{other}\" cannot be translated to {name}"
             )))
         }
     }
@@ -65,14 +101,16 @@ pub fn request(
             .and_then(Value::as_array)
             .is_some_and(|m| m.iter().any(|x| x != "text"))
     {
-        return Err(Error::new("audio output cannot be translated to Anthropic"));
+        return Err(Error::new(format!(
+            "audio output cannot be translated to {name}"
+        )));
     }
 
     let messages = match req.remove("messages") {
         Some(Value::Array(m)) => m,
         _ => return Err(Error::new("`messages` must be an array")),
     };
-    let (system, turns) = messages_to_anthropic(messages)?;
+    let (system, turns) = messages_to_anthropic(messages, name)?;
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -87,9 +125,10 @@ pub fn request(
         let Some(f) = t.as_f64() else {
             return Err(Error::new("`temperature` must be a number"));
         };
-        if !(0.0..=MAX_TEMPERATURE).contains(&f) {
+        if !(0.0..=to.max_temperature).contains(&f) {
             return Err(Error::new(format!(
-                "`temperature` {f} is outside the range Anthropic accepts (0 to 1)"
+                "`temperature` {f} is outside the range {name} accepts (0 to {})",
+                to.max_temperature
             )));
         }
         out.insert("temperature".into(), t.clone());
@@ -186,16 +225,14 @@ pub fn request(
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
-    let body = serde_json::to_vec(&Value::Object(out))
-        .map_err(|e| Error::new(format!("writing the request: {e}")))?;
-    Ok(Request {
-        body,
+    Ok((
+        out,
         stream,
-        reply: ReplySpec {
+        ReplySpec {
             include_usage,
             model: requested,
         },
-    })
+    ))
 }
 
 fn tool(t: &Value) -> Result<Value> {
@@ -226,7 +263,7 @@ fn tool(t: &Value) -> Result<Value> {
 }
 
 /// The chat messages as Anthropic's `system` blocks and alternating turns.
-fn messages_to_anthropic(messages: Vec<Value>) -> Result<(Vec<Value>, Vec<Value>)> {
+fn messages_to_anthropic(messages: Vec<Value>, name: &str) -> Result<(Vec<Value>, Vec<Value>)> {
     let mut system = Vec::new();
     let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
     for (i, m) in messages.into_iter().enumerate() {
@@ -245,7 +282,7 @@ fn messages_to_anthropic(messages: Vec<Value>) -> Result<(Vec<Value>, Vec<Value>
                 system.extend(text_blocks(content).map_err(at)?);
                 continue;
             }
-            "user" => ("user", user_blocks(content).map_err(at)?),
+            "user" => ("user", user_blocks(content, name).map_err(at)?),
             "assistant" => ("assistant", assistant_blocks(&mut m, content).map_err(at)?),
             "tool" => {
                 let id = m
@@ -331,7 +368,7 @@ fn text_part(p: &Value) -> Result<Value> {
     Ok(b)
 }
 
-fn user_blocks(content: Value) -> Result<Vec<Value>> {
+fn user_blocks(content: Value, name: &str) -> Result<Vec<Value>> {
     let Value::Array(parts) = content else {
         return text_blocks(content);
     };
@@ -353,7 +390,7 @@ fn user_blocks(content: Value) -> Result<Vec<Value>> {
             }
             Some(other) => {
                 return Err(Error::new(format!(
-                    "a `{other}` content part cannot be translated to Anthropic"
+                    "a `{other}` content part cannot be translated to {name}"
                 )))
             }
             None => return Err(Error::new("a content part has no `type`")),
@@ -617,6 +654,16 @@ impl ChatStream {
         Ok(())
     }
 
+    /// The message ended (`message_stop` was read).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The provider's stream failed with an error event, passed on.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
         let mut c = json!({
             "id": self.id,
@@ -644,6 +691,15 @@ impl ChatStream {
                 "the provider sent a stream event that is not JSON: {e}"
             ))
         })?;
+        self.apply(name, &ev, out)
+    }
+
+    /// Takes one Messages stream event (its SSE name, and its data): the events of
+    /// Anthropic itself, or those that `bedrock.rs` and `gemini.rs` make from theirs.
+    pub fn apply(&mut self, name: &str, ev: &Value, out: &mut Vec<u8>) -> Result<()> {
+        if self.stopped || self.failed {
+            return Ok(());
+        }
         let ty = ev.get("type").and_then(Value::as_str).unwrap_or(name);
         match ty {
             "message_start" => {
@@ -662,7 +718,7 @@ impl ChatStream {
             }
             "content_block_start" => {
                 self.require_start()?;
-                let i = block_index(&ev)?;
+                let i = block_index(ev)?;
                 let b = ev.get("content_block").unwrap_or(&Value::Null);
                 let kind = match b.get("type").and_then(Value::as_str) {
                     Some("text") => {
@@ -703,7 +759,7 @@ impl ChatStream {
             }
             "content_block_delta" => {
                 self.require_start()?;
-                let i = block_index(&ev)?;
+                let i = block_index(ev)?;
                 let d = ev.get("delta").unwrap_or(&Value::Null);
                 let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("");
                 match d.get("type").and_then(Value::as_str) {
@@ -733,7 +789,7 @@ impl ChatStream {
                 }
             }
             "content_block_stop" => {
-                let i = block_index(&ev)?;
+                let i = block_index(ev)?;
                 if let Some(Block::Tool { index, args: false }) = self.blocks.get(i).copied() {
                     // A tool called with no arguments still gets a JSON object.
                     self.emit(

@@ -23,6 +23,10 @@
 //! This part is a leaf: it knows JSON and SSE, not the proxy.
 
 mod anthropic;
+mod bedrock;
+mod eventstream;
+mod gemini;
+mod hub;
 mod openai;
 pub mod sse;
 #[cfg(test)]
@@ -41,6 +45,12 @@ pub enum Api {
     OpenAiChat,
     /// Anthropic Messages (`/v1/messages`).
     AnthropicMessages,
+    /// Amazon Bedrock Converse (`/model/{id}/converse`, `/converse-stream`); a target
+    /// only.
+    BedrockConverse,
+    /// Gemini on Vertex AI (`…/models/{id}:generateContent`, `:streamGenerateContent`);
+    /// a target only.
+    Gemini,
 }
 
 impl Api {
@@ -48,8 +58,49 @@ impl Api {
         match self {
             Api::OpenAiChat => "openai_chat",
             Api::AnthropicMessages => "anthropic_messages",
+            Api::BedrockConverse => "bedrock_converse",
+            Api::Gemini => "gemini",
         }
     }
+
+    /// Clients may speak it (a route's `api`).
+    pub fn is_front(self) -> bool {
+        matches!(self, Api::OpenAiChat | Api::AnthropicMessages)
+    }
+
+    /// The endpoint's path depends on the model and on streaming (Bedrock, Gemini).
+    pub fn path_has_model(self) -> bool {
+        matches!(self, Api::BedrockConverse | Api::Gemini)
+    }
+
+    /// The path and query of a model's endpoint under `base` (a base path without a
+    /// trailing slash), for the APIs whose path names the model.
+    pub fn model_path(self, base: &str, model: &str, stream: bool) -> String {
+        let m = path_segment(model);
+        match (self, stream) {
+            (Api::BedrockConverse, false) => format!("{base}/model/{m}/converse"),
+            (Api::BedrockConverse, true) => format!("{base}/model/{m}/converse-stream"),
+            (Api::Gemini, false) => format!("{base}/publishers/google/models/{m}:generateContent"),
+            (Api::Gemini, true) => {
+                format!("{base}/publishers/google/models/{m}:streamGenerateContent?alt=sse")
+            }
+            _ => base.to_string(),
+        }
+    }
+}
+
+/// `s` as one path segment: every byte but unreserved ones percent-encoded (a Bedrock
+/// model id or ARN holds `:` and `/`).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Why a body could not be translated. The message is client-safe: it names the field
@@ -96,6 +147,8 @@ pub struct Request {
     pub body: Vec<u8>,
     pub stream: bool,
     pub reply: ReplySpec,
+    /// The target's model (for the APIs whose path names it).
+    pub model: String,
 }
 
 /// What the response translator needs from the request.
@@ -130,6 +183,8 @@ pub fn request(
     let out = match (front, target) {
         (Api::OpenAiChat, Api::AnthropicMessages) => anthropic::request(req, model, opts)?,
         (Api::AnthropicMessages, Api::OpenAiChat) => openai::request(req, model)?,
+        (f, Api::BedrockConverse) if f.is_front() => bedrock::request(f, req, model, opts)?,
+        (f, Api::Gemini) if f.is_front() => gemini::request(f, req, model, opts)?,
         (a, b) if a == b => {
             return Err(Error::new(
                 "no translation is needed between one API and itself",
@@ -149,6 +204,7 @@ pub fn request(
 /// Translates one response body as it passes, piece by piece.
 pub struct Reply {
     kind: ReplyKind,
+    front: Api,
     /// The client's content type for this answer.
     content_type: &'static str,
 }
@@ -166,13 +222,29 @@ enum ReplyKind {
     AnthropicToChat(Box<anthropic::ChatStream>),
     /// An OpenAI stream told as Anthropic events.
     ChatToAnthropic(Box<openai::MessagesStream>),
+    /// A ConverseStream told as the front's stream.
+    Bedrock(Box<bedrock::Stream>),
+    /// A Gemini stream told as the front's stream.
+    Gemini(Box<gemini::Stream>),
 }
 
 impl Reply {
     /// The translator for a response with this status and `content-type`.
     pub fn new(front: Api, target: Api, status: u16, content_type: &str, spec: ReplySpec) -> Reply {
-        let sse = status < 300 && is_content_type(content_type, "text/event-stream");
+        let ok = status < 300;
+        if ok
+            && target == Api::BedrockConverse
+            && is_content_type(content_type, "application/vnd.amazon.eventstream")
+        {
+            return Reply {
+                front,
+                content_type: "text/event-stream; charset=utf-8",
+                kind: ReplyKind::Bedrock(Box::new(bedrock::Stream::new(front, spec))),
+            };
+        }
+        let sse = ok && is_content_type(content_type, "text/event-stream");
         let kind = match (sse, front, target) {
+            (true, _, Api::Gemini) => ReplyKind::Gemini(Box::new(gemini::Stream::new(front, spec))),
             (true, Api::OpenAiChat, Api::AnthropicMessages) => {
                 ReplyKind::AnthropicToChat(Box::new(anthropic::ChatStream::new(spec)))
             }
@@ -188,6 +260,7 @@ impl Reply {
             },
         };
         Reply {
+            front,
             content_type: if sse {
                 "text/event-stream; charset=utf-8"
             } else {
@@ -221,6 +294,8 @@ impl Reply {
             }
             ReplyKind::AnthropicToChat(s) => s.feed(chunk, out),
             ReplyKind::ChatToAnthropic(s) => s.feed(chunk, out),
+            ReplyKind::Bedrock(s) => s.feed(chunk, out),
+            ReplyKind::Gemini(s) => s.feed(chunk, out),
         }
     }
 
@@ -246,6 +321,8 @@ impl Reply {
                             anthropic::response(doc, spec)?
                         }
                         (Api::AnthropicMessages, Api::OpenAiChat) => openai::response(doc, spec)?,
+                        (f, Api::BedrockConverse) => bedrock::response(f, doc, spec)?,
+                        (f, Api::Gemini) => gemini::response(f, doc, spec)?,
                         _ => doc,
                     }
                 };
@@ -254,15 +331,17 @@ impl Reply {
             }
             ReplyKind::AnthropicToChat(s) => s.finish(out),
             ReplyKind::ChatToAnthropic(s) => s.finish(out),
+            ReplyKind::Bedrock(s) => s.finish(out),
+            ReplyKind::Gemini(s) => s.finish(out),
         }
     }
 
     /// The client's stream is cut by `err` after it started: the front's error event.
     pub fn error_event(&self, err: &Error, out: &mut Vec<u8>) {
-        match &self.kind {
-            ReplyKind::AnthropicToChat(_) => sse::openai_error_event(&err.message, out),
-            ReplyKind::ChatToAnthropic(_) => sse::anthropic_error_event(&err.message, out),
-            ReplyKind::Json { .. } => {}
+        match (&self.kind, self.front) {
+            (ReplyKind::Json { .. }, _) => {}
+            (_, Api::OpenAiChat) => sse::openai_error_event(&err.message, out),
+            (_, _) => sse::anthropic_error_event(&err.message, out),
         }
     }
 }
@@ -305,7 +384,7 @@ fn error_body(front: Api, target: Api, status: u16, body: &[u8]) -> Value {
                 "code": doc.as_ref().and_then(|d| d.pointer("/error/type")).cloned().unwrap_or(Value::Null),
             }
         }),
-        Api::AnthropicMessages => serde_json::json!({
+        _ => serde_json::json!({
             "type": "error",
             "error": {"type": anthropic_error_type(status), "message": message}
         }),

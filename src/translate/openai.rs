@@ -14,6 +14,7 @@ pub fn request(req: Map<String, Value>, model: Option<&str>) -> Result<Request> 
         (None, None) => return Err(Error::new("`model` is required")),
     };
     out.insert("model".into(), model.clone().into());
+    let target_model = model.clone();
 
     let mut messages = Vec::new();
     match req.get("system") {
@@ -120,6 +121,7 @@ pub fn request(req: Map<String, Value>, model: Option<&str>) -> Result<Request> 
             include_usage: stream,
             model: requested.unwrap_or(model),
         },
+        model: target_model,
     })
 }
 

@@ -493,7 +493,12 @@ fn run_stream(
         include_usage,
         model: "asked".into(),
     };
-    let mut r = Reply::new(front, target, 200, "text/event-stream", spec);
+    let ct = if target == Api::BedrockConverse {
+        "application/vnd.amazon.eventstream"
+    } else {
+        "text/event-stream"
+    };
+    let mut r = Reply::new(front, target, 200, ct, spec);
     assert!(r.is_stream());
     let mut out = Vec::new();
     for p in pieces {
@@ -502,7 +507,9 @@ fn run_stream(
         }
     }
     match r.finish(&mut out) {
-        Ok(()) => Ok(without_created(String::from_utf8(out).unwrap())),
+        Ok(()) => Ok(without_ids(without_created(
+            String::from_utf8(out).unwrap(),
+        ))),
         Err(e) => Err((String::from_utf8(out).unwrap(), e)),
     }
 }
@@ -516,6 +523,20 @@ fn without_created(s: String) -> String {
         rest = &rest[i + 10..];
         rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
         rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Ids the sidecar makes up (`msg_bdrk_…`, `msg_gem_…`) are unique per answer.
+fn without_ids(s: String) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s.as_str();
+    while let Some(i) = rest.find("msg_bdrk_").or_else(|| rest.find("msg_gem_")) {
+        let end = i + rest[i..].find('_').unwrap() + 1;
+        let end = end + rest[end..].find('_').unwrap() + 1;
+        out.push_str(&rest[..end]);
+        rest = rest[end..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
     }
     out.push_str(rest);
     out
@@ -917,4 +938,564 @@ fn reverse_json_response() {
     );
     assert_eq!(v["stop_reason"], "tool_use");
     assert_eq!(v["usage"]["input_tokens"], 9);
+}
+
+// ---- Bedrock Converse ----
+
+fn to_bedrock(req: Value) -> (Value, Request) {
+    let r = translated(Api::OpenAiChat, Api::BedrockConverse, &req).unwrap();
+    (serde_json::from_slice(&r.body).unwrap(), r)
+}
+
+fn tool_def(name: &str) -> Value {
+    json!({"type": "function", "function": {"name": name, "description": "d",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "additionalProperties": false}}})
+}
+
+fn with_tool_history() -> Vec<Value> {
+    vec![
+        json!({"role": "system", "content": "be brief"}),
+        user("weather in Paris and Rome?"),
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"q\":\"Paris\"}"}},
+            {"id": "c2", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+        json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"}),
+        json!({"role": "tool", "tool_call_id": "c2", "content": "rain"}),
+        user("thanks"),
+    ]
+}
+
+#[test]
+fn bedrock_request_alternates_roles_and_maps_tool_use_and_results() {
+    let (b, r) = to_bedrock(json!({"model": "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "messages": with_tool_history(), "max_tokens": 100, "temperature": 0.5, "top_p": 0.9,
+        "stop": ["END"], "tools": [tool_def("weather")], "tool_choice": "required"}));
+    assert_eq!(r.model, "anthropic.claude-3-5-sonnet-20240620-v1:0");
+    assert!(b.get("model").is_none() && b.get("stream").is_none());
+    assert_eq!(b["system"], json!([{"text": "be brief"}]));
+    assert_eq!(
+        b["inferenceConfig"],
+        json!({"maxTokens": 100, "temperature": 0.5, "topP": 0.9, "stopSequences": ["END"]})
+    );
+    let m = b["messages"].as_array().unwrap();
+    let roles: Vec<&str> = m.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user"]);
+    assert_eq!(
+        m[1]["content"],
+        json!([{"toolUse": {"toolUseId": "c1", "name": "weather", "input": {"q": "Paris"}}},
+               {"toolUse": {"toolUseId": "c2", "name": "weather", "input": {}}}])
+    );
+    // both results, then the user's text, in one turn
+    assert_eq!(
+        m[2]["content"],
+        json!([{"toolResult": {"toolUseId": "c1", "content": [{"text": "sunny"}]}},
+               {"toolResult": {"toolUseId": "c2", "content": [{"text": "rain"}]}},
+               {"text": "thanks"}])
+    );
+    assert_eq!(b["toolConfig"]["toolChoice"], json!({"any": {}}));
+    assert_eq!(
+        b["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"],
+        json!({"q": {"type": "string"}})
+    );
+}
+
+#[test]
+fn bedrock_tool_config_is_sent_whenever_the_history_holds_tool_use() {
+    // no tools offered, but the history has calls: they are declared
+    let (b, _) = to_bedrock(json!({"model": "m", "messages": with_tool_history()}));
+    assert_eq!(
+        b["toolConfig"],
+        json!({"tools": [{"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}]})
+    );
+    // "none" with a history: the tools are sent (Converse needs them), no choice
+    let (b, _) = to_bedrock(json!({"model": "m", "messages": with_tool_history(),
+        "tools": [tool_def("weather")], "tool_choice": "none"}));
+    assert!(b["toolConfig"]["tools"].is_array());
+    assert!(b["toolConfig"].get("toolChoice").is_none());
+    // "none" without a history: no tools at all
+    let (b, _) = to_bedrock(json!({"model": "m", "messages": [user("x")],
+        "tools": [tool_def("weather")], "tool_choice": "none"}));
+    assert!(b.get("toolConfig").is_none());
+    // a named tool
+    let (b, _) = to_bedrock(json!({"model": "m", "messages": [user("x")],
+        "tools": [tool_def("weather")], "tool_choice": {"type": "function", "function": {"name": "weather"}}}));
+    assert_eq!(
+        b["toolConfig"]["toolChoice"],
+        json!({"tool": {"name": "weather"}})
+    );
+}
+
+#[test]
+fn bedrock_images_are_bytes_and_a_url_image_is_refused() {
+    let (b, _) = to_bedrock(
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this", "cache_control": {"type": "ephemeral"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]}),
+    );
+    assert_eq!(
+        b["messages"][0]["content"],
+        json!([{"text": "what is this"}, {"cachePoint": {"type": "default"}},
+               {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}])
+    );
+    let e = translated(
+        Api::OpenAiChat,
+        Api::BedrockConverse,
+        &json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("data URI"), "{}", e.message);
+    let e = translated(
+        Api::OpenAiChat,
+        Api::BedrockConverse,
+        &json!({"model": "m", "messages": [user("x")], "n": 2}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("to Bedrock"), "{}", e.message);
+}
+
+#[test]
+fn bedrock_paths_name_the_model_encoded() {
+    assert_eq!(
+        Api::BedrockConverse.model_path("", "anthropic.claude-3-haiku-20240307-v1:0", false),
+        "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+    );
+    assert_eq!(
+        Api::BedrockConverse.model_path(
+            "/x",
+            "arn:aws:bedrock:us-east-1:1:inference-profile/p",
+            true
+        ),
+        "/x/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fp/converse-stream"
+    );
+    assert_eq!(
+        Api::Gemini.model_path("/v1/projects/p/locations/l", "gemini-2.5-flash", true),
+        "/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+}
+
+fn json_reply(front: Api, target: Api, doc: Value) -> std::result::Result<Value, Error> {
+    let spec = ReplySpec {
+        include_usage: false,
+        model: "asked".into(),
+    };
+    let mut r = Reply::new(front, target, 200, "application/json", spec);
+    let mut out = Vec::new();
+    r.feed(doc.to_string().as_bytes(), &mut out)?;
+    r.finish(&mut out)?;
+    Ok(serde_json::from_slice(&out).unwrap())
+}
+
+#[test]
+fn bedrock_answer_becomes_a_chat_completion() {
+    let c = json_reply(Api::OpenAiChat, Api::BedrockConverse, json!({
+        "output": {"message": {"role": "assistant", "content": [
+            {"reasoningContent": {"reasoningText": {"text": "hmm", "signature": "sig"}}},
+            {"text": "Let me check. "},
+            {"toolUse": {"toolUseId": "tooluse_1", "name": "weather", "input": {"q": "Paris"}}}]}},
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 27, "cacheReadInputTokens": 8, "cacheWriteInputTokens": 4},
+        "metrics": {"latencyMs": 1}
+    })).unwrap();
+    let m = &c["choices"][0]["message"];
+    assert_eq!(m["content"], "Let me check. ");
+    assert_eq!(m["reasoning_content"], "hmm");
+    assert_eq!(m["tool_calls"][0]["id"], "tooluse_1");
+    assert_eq!(
+        m["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":\"Paris\"}"
+    );
+    assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(c["model"], "asked");
+    assert_eq!(c["usage"]["prompt_tokens"], 22);
+    assert_eq!(c["usage"]["completion_tokens"], 5);
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 8);
+    for (stop, finish) in [
+        ("end_turn", "stop"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+    ] {
+        let c = json_reply(Api::OpenAiChat, Api::BedrockConverse, json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "x"}]}}, "stopReason": stop})).unwrap();
+        assert_eq!(c["choices"][0]["finish_reason"], finish, "{stop}");
+    }
+    let e = json_reply(Api::OpenAiChat, Api::BedrockConverse, json!({
+        "output": {"message": {"role": "assistant", "content": [{"text": "x"}]}}, "stopReason": "mystery"})).unwrap_err();
+    assert!(e.message.contains("mystery"));
+    let e = json_reply(
+        Api::OpenAiChat,
+        Api::BedrockConverse,
+        json!({"unexpected": true}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("output.message.content"));
+}
+
+fn bedrock_stream(exception: bool) -> Vec<u8> {
+    let e = |t: &str, v: Value| crate::mock::event_stream_message(t, &v).to_vec();
+    let mut s = Vec::new();
+    s.extend(e("messageStart", json!({"role": "assistant"})));
+    s.extend(e(
+        "contentBlockDelta",
+        json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}}),
+    ));
+    s.extend(e(
+        "contentBlockDelta",
+        json!({"contentBlockIndex": 0, "delta": {"text": "lo"}}),
+    ));
+    s.extend(e("contentBlockStop", json!({"contentBlockIndex": 0})));
+    if exception {
+        s.extend(exception_frame(
+            "throttlingException",
+            b"{\"message\":\"slow down\"}",
+        ));
+        return s;
+    }
+    for (i, id) in [(1, "tu_a"), (2, "tu_b")] {
+        s.extend(e("contentBlockStart", json!({"contentBlockIndex": i, "start": {"toolUse": {"toolUseId": id, "name": "weather"}}})));
+        if i == 1 {
+            s.extend(e(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": i, "delta": {"toolUse": {"input": "{\"q\":"}}}),
+            ));
+            s.extend(e(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": i, "delta": {"toolUse": {"input": "\"Paris\"}"}}}),
+            ));
+        }
+        s.extend(e("contentBlockStop", json!({"contentBlockIndex": i})));
+    }
+    s.extend(e("messageStop", json!({"stopReason": "tool_use"})));
+    s.extend(e("metadata", json!({"usage": {"inputTokens": 12, "outputTokens": 7, "totalTokens": 19, "cacheReadInputTokens": 3}, "metrics": {"latencyMs": 5}})));
+    s
+}
+
+fn exception_frame(kind: &str, payload: &[u8]) -> Vec<u8> {
+    let mut headers = Vec::new();
+    for (n, v) in [
+        (":message-type", "exception"),
+        (":exception-type", kind),
+        (":content-type", "application/json"),
+    ] {
+        headers.push(n.len() as u8);
+        headers.extend_from_slice(n.as_bytes());
+        headers.push(7);
+        headers.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        headers.extend_from_slice(v.as_bytes());
+    }
+    let total = 12 + headers.len() + payload.len() + 4;
+    let mut m = Vec::new();
+    m.extend_from_slice(&(total as u32).to_be_bytes());
+    m.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    let c = crc32fast::hash(&m);
+    m.extend_from_slice(&c.to_be_bytes());
+    m.extend_from_slice(&headers);
+    m.extend_from_slice(payload);
+    let c = crc32fast::hash(&m);
+    m.extend_from_slice(&c.to_be_bytes());
+    m
+}
+
+#[test]
+fn bedrock_stream_becomes_chat_chunks_with_usage_from_metadata_after_message_stop() {
+    let s = bedrock_stream(false);
+    let out = run_stream(Api::OpenAiChat, Api::BedrockConverse, true, &[&s]).unwrap();
+    let cs = chunks(&out);
+    let d = deltas(&cs);
+    assert_eq!(d[0]["role"], "assistant");
+    assert_eq!(d[1]["content"], "Hel", "the first text delta is kept");
+    assert_eq!(d[2]["content"], "lo");
+    assert_eq!(d[3]["tool_calls"][0]["index"], 0, "dense tool indexes");
+    assert_eq!(d[3]["tool_calls"][0]["id"], "tu_a");
+    assert_eq!(d[4]["tool_calls"][0]["function"]["arguments"], "{\"q\":");
+    assert_eq!(d[6]["tool_calls"][0]["index"], 1);
+    assert_eq!(
+        d[7]["tool_calls"][0]["function"]["arguments"], "{}",
+        "a call with no input"
+    );
+    assert_eq!(
+        cs[cs.len() - 3]["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    let u = &cs[cs.len() - 2]["usage"];
+    assert_eq!(u["prompt_tokens"], 15);
+    assert_eq!(u["completion_tokens"], 7);
+    assert_eq!(cs[cs.len() - 1], "[DONE]");
+    // any split of the bytes gives the same stream
+    for at in 0..s.len() {
+        let split = run_stream(
+            Api::OpenAiChat,
+            Api::BedrockConverse,
+            true,
+            &[&s[..at], &s[at..]],
+        )
+        .unwrap();
+        assert_eq!(out, split, "split at {at}");
+    }
+}
+
+#[test]
+fn bedrock_stream_exceptions_and_corruption_end_the_stream_visibly() {
+    let s = bedrock_stream(true);
+    let out = run_stream(Api::OpenAiChat, Api::BedrockConverse, true, &[&s]).unwrap();
+    let last = chunks(&out).pop().unwrap();
+    assert_eq!(last["error"]["type"], "rate_limit_error");
+    assert!(last["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("slow down"));
+    // a flipped byte breaks the checksum
+    let mut bad = bedrock_stream(false);
+    let n = bad.len() / 2;
+    bad[n] ^= 0x20;
+    let (_, e) = run_stream(Api::OpenAiChat, Api::BedrockConverse, true, &[&bad]).unwrap_err();
+    assert!(e.message.contains("checksum"), "{}", e.message);
+    // cut before messageStop
+    let s = bedrock_stream(false);
+    let (_, e) = run_stream(
+        Api::OpenAiChat,
+        Api::BedrockConverse,
+        true,
+        &[&s[..s.len() / 2]],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("ended"), "{}", e.message);
+}
+
+#[test]
+fn bedrock_stream_to_a_messages_client_has_one_start_and_ordered_blocks() {
+    let s = bedrock_stream(false);
+    let out = run_stream(Api::AnthropicMessages, Api::BedrockConverse, true, &[&s]).unwrap();
+    let ev = named_events(&out);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "message_start").count(), 1);
+    assert_eq!(names[0], "message_start");
+    assert_eq!(*names.last().unwrap(), "message_stop");
+    let starts: Vec<u64> = ev
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, v)| v["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts, [0, 1, 2]);
+    let md = ev.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(md.1["delta"]["stop_reason"], "tool_use");
+    assert_eq!(md.1["usage"]["output_tokens"], 7);
+}
+
+#[test]
+fn a_messages_request_goes_to_bedrock_too() {
+    let r = translated(
+        Api::AnthropicMessages,
+        Api::BedrockConverse,
+        &json!({
+        "model": "m", "max_tokens": 10, "system": [{"type": "text", "text": "s"}],
+        "messages": [user("hi"), {"role": "assistant", "content": "yo"}, user("more")],
+        "thinking": {"type": "enabled", "budget_tokens": 1024}, "stream": true}),
+    )
+    .unwrap();
+    assert!(r.stream);
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(b["messages"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        b["additionalModelRequestFields"]["thinking"]["budget_tokens"],
+        1024
+    );
+    let e = translated(
+        Api::AnthropicMessages,
+        Api::BedrockConverse,
+        &json!({
+        "model": "m", "max_tokens": 10, "messages": [user("hi")], "container": "c"}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("`container`"), "{}", e.message);
+}
+
+// ---- Gemini ----
+
+fn to_gemini(req: Value) -> Value {
+    let r = translated(Api::OpenAiChat, Api::Gemini, &req).unwrap();
+    assert_eq!(r.model, req["model"].as_str().unwrap());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[test]
+fn gemini_request_has_contents_system_config_tools_and_named_function_responses() {
+    let g = to_gemini(
+        json!({"model": "gemini-2.5-flash", "messages": with_tool_history(),
+        "max_tokens": 50, "temperature": 1.5, "tools": [tool_def("weather")], "tool_choice": "auto"}),
+    );
+    assert_eq!(
+        g["systemInstruction"],
+        json!({"parts": [{"text": "be brief"}]})
+    );
+    assert_eq!(
+        g["generationConfig"],
+        json!({"maxOutputTokens": 50, "temperature": 1.5})
+    );
+    let c = g["contents"].as_array().unwrap();
+    let roles: Vec<&str> = c.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "model", "user"]);
+    assert_eq!(
+        c[1]["parts"][0],
+        json!({"functionCall": {"name": "weather", "args": {"q": "Paris"}}})
+    );
+    assert_eq!(
+        c[2]["parts"][0],
+        json!({"functionResponse": {"name": "weather", "response": {"content": "sunny"}}})
+    );
+    assert_eq!(c[2]["parts"][2], json!({"text": "thanks"}));
+    let decl = &g["tools"][0]["functionDeclarations"][0];
+    assert_eq!(decl["name"], "weather");
+    assert!(
+        decl["parameters"].get("additionalProperties").is_none(),
+        "a keyword Gemini refuses is dropped"
+    );
+    assert_eq!(
+        g["toolConfig"],
+        json!({"functionCallingConfig": {"mode": "AUTO"}})
+    );
+    // Gemini's temperature goes to 2; above is refused
+    let e = translated(
+        Api::OpenAiChat,
+        Api::Gemini,
+        &json!({"model": "g", "messages": [user("x")], "temperature": 2.5}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("Gemini"), "{}", e.message);
+    // a tool result that answers no call
+    let e = translated(
+        Api::OpenAiChat,
+        Api::Gemini,
+        &json!({"model": "g", "messages": [
+        user("x"), {"role": "tool", "tool_call_id": "nope", "content": "r"}]}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("nope"), "{}", e.message);
+}
+
+#[test]
+fn gemini_tool_calls_get_synthetic_ids_that_carry_the_thought_signature_back() {
+    let c = json_reply(Api::OpenAiChat, Api::Gemini, json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "weather", "args": {"q": "Paris"}}, "thoughtSignature": "SIG/A+="},
+            {"functionCall": {"name": "weather", "args": {"q": "Rome"}}}]},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 6, "thoughtsTokenCount": 4, "cachedContentTokenCount": 5, "totalTokenCount": 30},
+        "modelVersion": "gemini-2.5-flash", "responseId": "r1"
+    })).unwrap();
+    let calls = c["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    let id0 = calls[0]["id"].as_str().unwrap();
+    let id1 = calls[1]["id"].as_str().unwrap();
+    assert_ne!(id0, id1);
+    assert!(id0.ends_with("__thought__SIG/A+="), "{id0}");
+    assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
+    assert!(c["choices"][0]["message"]["content"].is_null());
+    assert_eq!(
+        c["usage"]["prompt_tokens"], 20,
+        "Gemini's prompt count already includes the cache"
+    );
+    assert_eq!(c["usage"]["completion_tokens"], 10, "thoughts are output");
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+    // the client replays the calls: the signature goes back on its part
+    let g = to_gemini(json!({"model": "g", "messages": [user("w?"),
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": id0, "content": "sunny"},
+        {"role": "tool", "tool_call_id": id1, "content": "rain"}]}));
+    assert_eq!(g["contents"][1]["parts"][0]["thoughtSignature"], "SIG/A+=");
+    assert!(g["contents"][1]["parts"][1]
+        .get("thoughtSignature")
+        .is_none());
+    assert_eq!(
+        g["contents"][2]["parts"][1]["functionResponse"]["name"],
+        "weather"
+    );
+    for (f, finish) in [
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("STOP", "stop"),
+    ] {
+        let c = json_reply(
+            Api::OpenAiChat,
+            Api::Gemini,
+            json!({"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": f}]}),
+        )
+        .unwrap();
+        assert_eq!(c["choices"][0]["finish_reason"], finish, "{f}");
+    }
+    assert!(json_reply(
+        Api::OpenAiChat,
+        Api::Gemini,
+        json!({"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": "OTHER"}]})
+    )
+    .is_err());
+    assert!(json_reply(Api::OpenAiChat, Api::Gemini, json!({"candidates": [{"content": {"parts": []}, "finishReason": "MALFORMED_FUNCTION_CALL"}]})).is_err());
+}
+
+fn gemini_stream() -> String {
+    let d = |v: Value| format!("data: {v}\r\n\r\n");
+    [
+        d(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "thinking...", "thought": true}]}}], "responseId": "r9"})),
+        d(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "It is"}]}}]})),
+        d(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": " sunny."}]}}], "usageMetadata": {"promptTokenCount": "9"}})),
+        d(json!({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "weather", "args": {}}, "thoughtSignature": "S1"}]}, "finishReason": "STOP"}],
+                 "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4, "totalTokenCount": 13}})),
+    ]
+    .concat()
+}
+
+#[test]
+fn gemini_stream_becomes_chat_chunks_ending_with_usage() {
+    let s = gemini_stream();
+    let out = run_stream(Api::OpenAiChat, Api::Gemini, true, &[s.as_bytes()]).unwrap();
+    let cs = chunks(&out);
+    let d = deltas(&cs);
+    assert_eq!(d[0]["role"], "assistant");
+    assert_eq!(d[1]["reasoning_content"], "thinking...");
+    assert_eq!(d[2]["content"], "It is");
+    assert_eq!(d[3]["content"], " sunny.");
+    assert_eq!(d[4]["tool_calls"][0]["index"], 0);
+    assert!(d[4]["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("__thought__S1"));
+    assert_eq!(d[5]["tool_calls"][0]["function"]["arguments"], "{}");
+    assert_eq!(
+        cs[cs.len() - 3]["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(cs[cs.len() - 2]["usage"]["total_tokens"], 13);
+    assert_eq!(cs[cs.len() - 1], "[DONE]");
+    let b = s.as_bytes();
+    for at in 0..b.len() {
+        let split = run_stream(Api::OpenAiChat, Api::Gemini, true, &[&b[..at], &b[at..]]).unwrap();
+        assert_eq!(out, split, "split at {at}");
+    }
+    // a stream that ends before a finish reason was cut
+    let cut = &b[..b.len() / 2];
+    assert!(run_stream(Api::OpenAiChat, Api::Gemini, true, &[cut]).is_err());
+    // to a Messages client: blocks in order, never overlapping
+    let out = run_stream(Api::AnthropicMessages, Api::Gemini, true, &[b]).unwrap();
+    let ev = named_events(&out);
+    let mut open: Option<u64> = None;
+    for (n, v) in &ev {
+        match n.as_str() {
+            "content_block_start" => {
+                assert!(open.is_none(), "overlapping blocks");
+                open = v["index"].as_u64();
+            }
+            "content_block_stop" => {
+                assert_eq!(open, v["index"].as_u64());
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        ev.iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .count(),
+        3
+    );
 }
