@@ -127,9 +127,8 @@ impl Endpoint {
 }
 
 /// The API a provider kind speaks natively, and the path of its chat endpoint under the
-/// base URL (for Bedrock and Vertex AI the base path under which the model's path goes);
-/// None: the sidecar cannot translate to it.
-fn native_api(kind: ProviderKind, base_path: &str) -> Option<(crate::translate::Api, String)> {
+/// base URL (for Bedrock and Vertex AI the base path under which the model's path goes).
+fn native_api(kind: ProviderKind, base_path: &str) -> (crate::translate::Api, String) {
     use crate::translate::Api;
     let v1 = |rest: &str| {
         if base_path.ends_with("/v1") {
@@ -139,21 +138,21 @@ fn native_api(kind: ProviderKind, base_path: &str) -> Option<(crate::translate::
         }
     };
     match kind {
-        ProviderKind::Anthropic => Some((Api::AnthropicMessages, v1("/messages"))),
-        ProviderKind::Ollama => Some((Api::OpenAiChat, v1("/chat/completions"))),
+        ProviderKind::Anthropic => (Api::AnthropicMessages, v1("/messages")),
+        ProviderKind::Ollama => (Api::OpenAiChat, v1("/chat/completions")),
         ProviderKind::Openai
         | ProviderKind::Deepseek
         | ProviderKind::Dashscope
         | ProviderKind::Ark
+        | ProviderKind::AzureOpenai
         | ProviderKind::OpenaiCompatible => {
-            Some((Api::OpenAiChat, format!("{base_path}/chat/completions")))
+            (Api::OpenAiChat, format!("{base_path}/chat/completions"))
         }
-        ProviderKind::Bedrock => Some((
+        ProviderKind::Bedrock => (
             Api::BedrockConverse,
             base_path.trim_end_matches('/').to_string(),
-        )),
-        ProviderKind::VertexAi => Some((Api::Gemini, base_path.trim_end_matches('/').to_string())),
-        ProviderKind::AzureOpenai => None,
+        ),
+        ProviderKind::VertexAi => (Api::Gemini, base_path.trim_end_matches('/').to_string()),
     }
 }
 
@@ -999,17 +998,7 @@ impl<'a> Compiler<'a> {
                 "must be at least 1",
             );
         }
-        let Some((api, endpoint)) = native_api(p.kind, &p.base_path) else {
-            self.errs.push(
-                path.to_string(),
-                format!(
-                    "provider \"{}\" is of a kind ({}) that the sidecar does not translate to yet; docs/unified-api.md lists the kinds it does",
-                    p.name,
-                    crate::observability::genai::provider_name(p.kind)
-                ),
-            );
-            return None;
-        };
+        let (api, endpoint) = native_api(p.kind, &p.base_path);
         if api == crate::translate::Api::Gemini
             && !(endpoint.contains("/projects/") && endpoint.contains("/locations/"))
         {

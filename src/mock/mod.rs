@@ -21,6 +21,15 @@
 //! | `x-mock-retry-after` | an injected error (`x-mock-status`, `fail_every`) carries this `Retry-After` |
 //! | `x-mock-stall-after` | stop sending (but keep the connection open) after N events |
 //!
+//! | `x-mock-tool-calls` | answer with N tool calls (Chat, Messages, Bedrock Converse, Gemini) |
+//!
+//! Amazon Bedrock (`/model/{id}/converse`, `/converse-stream`, `/invoke`,
+//! `/invoke-with-response-stream`, in AWS event-stream framing) and Gemini on Vertex AI
+//! (`…/publishers/google/models/{id}:generateContent`, `:streamGenerateContent`) are in
+//! `bedrock.rs` and `gemini.rs`. Chat, Messages, Converse and Gemini requests are checked
+//! against their API's documented rules and refused (400, in the API's error shape) when
+//! they break one.
+//!
 //! With recording on, every request (headers, body, connection id, HTTP version) is kept
 //! and served at `GET /_mock/requests`.
 
@@ -39,6 +48,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+mod bedrock;
+mod gemini;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -485,8 +497,24 @@ async fn handle(
             )
         }
         (&Method::POST, r) if r.starts_with("/model/") => {
-            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            bedrock(r, &req, n, chunks, interval, stall_after)
+            let t = bedrock::Turn {
+                n,
+                chunks,
+                interval,
+                stall_after,
+                calls: header_num(h, "x-mock-tool-calls"),
+            };
+            bedrock::answer(r, &body, &t)
+        }
+        (&Method::POST, r) if r.contains("/publishers/google/models/") => {
+            let t = bedrock::Turn {
+                n,
+                chunks,
+                interval,
+                stall_after,
+                calls: header_num(h, "x-mock-tool-calls"),
+            };
+            gemini::answer(r, &body, &t)
         }
         (&Method::GET, r) if r.ends_with("/models") => json_response(
             StatusCode::OK,
@@ -1283,97 +1311,6 @@ pub fn check_chat(req: &Value) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Amazon Bedrock: `/model/{id}/converse`, `/converse-stream`, `/invoke` and
-/// `/invoke-with-response-stream` (the streaming ones in AWS event-stream framing).
-fn bedrock(
-    route: &str,
-    req: &Value,
-    n: u64,
-    chunks: usize,
-    interval: Duration,
-    stall_after: Option<usize>,
-) -> Response<Body> {
-    let rest = &route["/model/".len()..];
-    let Some((model, op)) = rest.rsplit_once('/') else {
-        return error(Api::OpenAi, 404, "Unknown Bedrock operation.");
-    };
-    let model = percent_decode(model);
-    let input = estimate_tokens(&req["messages"]) + req.get("system").map_or(0, estimate_tokens);
-    let cap = req["inferenceConfig"]["maxTokens"]
-        .as_u64()
-        .or_else(|| req["max_tokens"].as_u64());
-    let tokens = cap.map_or(chunks, |c| (c as usize).min(chunks));
-    let stop = if cap.is_some_and(|c| (c as usize) < chunks) {
-        "max_tokens"
-    } else {
-        "end_turn"
-    };
-    let text: String = (0..tokens).map(word).collect();
-    match op {
-        "converse" => json_response(
-            StatusCode::OK,
-            &json!({
-                "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
-                "stopReason": stop,
-                "usage": {"inputTokens": input, "outputTokens": tokens, "totalTokens": input + tokens as u64},
-                "metrics": {"latencyMs": 42}
-            }),
-        ),
-        "converse-stream" => {
-            let mut events = vec![event_stream_message(
-                "messageStart",
-                &json!({"role": "assistant"}),
-            )];
-            for i in 0..tokens {
-                events.push(event_stream_message(
-                    "contentBlockDelta",
-                    &json!({"contentBlockIndex": 0, "delta": {"text": word(i)}}),
-                ));
-            }
-            events.push(event_stream_message(
-                "contentBlockStop",
-                &json!({"contentBlockIndex": 0}),
-            ));
-            events.push(event_stream_message(
-                "messageStop",
-                &json!({"stopReason": stop}),
-            ));
-            events.push(event_stream_message(
-                "metadata",
-                &json!({"usage": {"inputTokens": input, "outputTokens": tokens, "totalTokens": input + tokens as u64}, "metrics": {"latencyMs": 42}}),
-            ));
-            event_stream_response(events, interval, stall_after)
-        }
-        // Anthropic models on Bedrock take and return the Messages API shape.
-        "invoke" => json_response(
-            StatusCode::OK,
-            &json!({
-                "id": format!("msg_bdrk_mock{n}"), "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": stop, "stop_sequence": null,
-                "usage": {"input_tokens": input, "output_tokens": tokens}
-            }),
-        ),
-        "invoke-with-response-stream" => {
-            use base64::Engine;
-            let chunk = |v: Value| {
-                let b = base64::engine::general_purpose::STANDARD.encode(v.to_string());
-                event_stream_message("chunk", &json!({"bytes": b}))
-            };
-            let mut events = vec![chunk(json!({"type": "message_start", "message": {
-                "id": format!("msg_bdrk_mock{n}"), "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1}}}))];
-            for i in 0..tokens {
-                events.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word(i)}})));
-            }
-            events.push(chunk(json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": tokens}})));
-            events.push(chunk(json!({"type": "message_stop",
-                "amazon-bedrock-invocationMetrics": {"inputTokenCount": input, "outputTokenCount": tokens}})));
-            event_stream_response(events, interval, stall_after)
-        }
-        _ => error(Api::OpenAi, 404, "Unknown Bedrock operation."),
-    }
 }
 
 fn percent_decode(s: &str) -> String {

@@ -126,9 +126,16 @@ pub fn request_for(client: &RequestHeader, plan: &AttemptPlan) -> Result<Box<Req
         // A translated answer is rewritten: it must come uncompressed, as JSON.
         req.insert_header(header::ACCEPT_ENCODING, "identity")?;
         req.insert_header(header::CONTENT_TYPE, "application/json")?;
-        if r.target != crate::translate::Api::AnthropicMessages {
-            req.remove_header("anthropic-version");
-            req.remove_header("anthropic-beta");
+        // The client SDK's own headers (its API's options, its telemetry) mean nothing
+        // to a provider of another API, and could be read as options there.
+        let foreign: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| sdk_header_foreign_to(n.as_str(), r.front, r.target))
+            .cloned()
+            .collect();
+        for n in foreign {
+            req.remove_header(&n);
         }
     }
     let method_has_body = !matches!(
@@ -381,4 +388,21 @@ impl Call {
             _ => self.session.shutdown().await,
         }
     }
+}
+
+/// A header that the client's SDK for `front` sends, which a `target` of another API
+/// does not take: `anthropic-*` (but to Anthropic), `openai-*` (but to OpenAI-shaped
+/// providers), and the SDKs' `x-stainless-*` telemetry.
+fn sdk_header_foreign_to(
+    name: &str,
+    front: crate::translate::Api,
+    target: crate::translate::Api,
+) -> bool {
+    use crate::translate::Api;
+    if front == target {
+        return false;
+    }
+    (name.starts_with("anthropic-") && target != Api::AnthropicMessages)
+        || (name.starts_with("openai-") && target != Api::OpenAiChat)
+        || name.starts_with("x-stainless-")
 }

@@ -27,6 +27,11 @@ pub fn request(
         Some(Value::String(s)) => s,
         _ => return Err(Error::new("`model` is required")),
     };
+    // The answer names no model: it is the one the request went to.
+    let reply = ReplySpec {
+        model: model.clone(),
+        ..reply
+    };
     m.remove("stream");
     let out = converse(m)?;
     Ok(Request {
@@ -307,9 +312,11 @@ fn image(source: Option<&Value>) -> Result<Value> {
                 "image/jpeg" | "image/jpg" => "jpeg",
                 "image/gif" => "gif",
                 "image/webp" => "webp",
-                other => return Err(Error::new(format!(
+                other => {
+                    return Err(Error::new(format!(
                     "an image of type \"{other}\" cannot be sent to Bedrock (png, jpeg, gif, webp)"
-                ))),
+                )))
+                }
             };
             Ok(
                 json!({"format": format, "source": {"bytes": src.get("data").cloned().unwrap_or(Value::Null)}}),

@@ -33,6 +33,11 @@ pub fn request(
         Some(Value::String(s)) => s,
         _ => return Err(Error::new("`model` is required")),
     };
+    // The answer names no model: it is the one the request went to.
+    let reply = ReplySpec {
+        model: model.clone(),
+        ..reply
+    };
     m.remove("stream");
     let out = generate(m)?;
     Ok(Request {

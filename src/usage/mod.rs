@@ -137,6 +137,11 @@ struct Doc {
     model: Option<String>,
     prompt_eval_count: Option<u64>,
     eval_count: Option<u64>,
+    /// Gemini's usage and model.
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Option<Value>,
+    #[serde(rename = "modelVersion")]
+    model_version: Option<String>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -163,7 +168,8 @@ pub fn extract_with_model(b: &[u8]) -> (Option<Usage>, Option<String>) {
         .model
         .take()
         .or_else(|| d.message.as_mut().and_then(|m| m.model.take()))
-        .or_else(|| d.response.as_mut().and_then(|m| m.model.take()));
+        .or_else(|| d.response.as_mut().and_then(|m| m.model.take()))
+        .or_else(|| d.model_version.take());
     (usage_of(&d), model)
 }
 
@@ -179,6 +185,17 @@ fn usage_of(d: &Doc) -> Option<Usage> {
         if let Some(u) = from_usage(u) {
             return Some(u);
         }
+    }
+    if let Some(u) = d.usage_metadata.as_ref().filter(|u| u.is_object()) {
+        // Gemini: the prompt count includes cached tokens; thoughts are output too.
+        let thoughts = first(u, &[&["thoughtsTokenCount"]]);
+        return Some(Usage {
+            input: first(u, &[&["promptTokenCount"]]),
+            output: first(u, &[&["candidatesTokenCount"]]) + thoughts,
+            cache_read: first(u, &[&["cachedContentTokenCount"]]),
+            cache_write: 0,
+            reasoning: thoughts,
+        });
     }
     if d.eval_count.is_some() || d.prompt_eval_count.is_some() {
         return Some(Usage {
@@ -279,7 +296,8 @@ pub struct UsageParser {
 pub const MAX_FINISH_REASONS: usize = 4;
 
 /// Adds the finish reasons named in `doc` to `out`: the string values of
-/// `finish_reason`, `stop_reason` and `stopReason` (null and other types are skipped).
+/// `finish_reason`, `stop_reason`, `stopReason` and `finishReason` (null and other types
+/// are skipped).
 /// A byte scan, not a parse: it runs on every event of a stream.
 pub fn finish_reasons(doc: &[u8], out: &mut Vec<Box<str>>) {
     const TAIL: &[u8] = b"eason\":";
@@ -287,7 +305,7 @@ pub fn finish_reasons(doc: &[u8], out: &mut Vec<Box<str>>) {
     while let Some(i) = memchr::memmem::find(&doc[from..], TAIL) {
         let at = from + i;
         from = at + TAIL.len();
-        let key_ok = [&b"\"finish_r"[..], b"\"stop_r", b"\"stopR"]
+        let key_ok = [&b"\"finish_r"[..], b"\"stop_r", b"\"stopR", b"\"finishR"]
             .iter()
             .any(|k| doc[..at].ends_with(k));
         if !key_ok {

@@ -121,6 +121,21 @@ fn bedrock_converse_and_converse_stream() {
 }
 
 #[test]
+fn gemini_generate_content_and_stream() {
+    // promptTokenCount already includes the cached tokens; thoughts are output.
+    check(
+        JSON,
+        fixture!("gemini_generate.json"),
+        u(1031, 7 + 24, 1024, 0, 24),
+    );
+    check(SSE, fixture!("gemini_stream.sse"), u(9, 8 + 24, 0, 0, 24));
+    let mut p = UsageParser::for_content_type(JSON).unwrap();
+    p.feed(fixture!("gemini_generate.json"));
+    p.finish(true);
+    assert_eq!(p.model(), Some("gemini-2.5-flash"));
+}
+
+#[test]
 fn openai_compatible_providers() {
     // DeepSeek reports its cache as prompt_cache_hit_tokens too
     check(JSON, fixture!("deepseek_chat.json"), u(16, 110, 0, 0, 98));
@@ -186,6 +201,12 @@ fn finish_reasons_from_documents_and_streams() {
     );
     assert_eq!(out.len(), 3);
     assert_eq!(&*out[2], "end_turn");
+    // Gemini's
+    finish_reasons(
+        br#"{"candidates":[{"finishReason":"MAX_TOKENS"}]}"#,
+        &mut out,
+    );
+    assert_eq!(&*out[3], "MAX_TOKENS");
 
     // through the parser, over a stream cut at every byte
     let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n";

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Runs a checker script with JSON on stdin and parses its JSON answer.
-fn python(script: &str, input: &Value) -> Value {
+pub(crate) fn python(script: &str, input: &Value) -> Value {
     use std::io::Write;
     let path = format!(
         "{}/tests/integration/clients/{script}",
@@ -40,7 +40,7 @@ fn python(script: &str, input: &Value) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn body_file(dir: &std::path::Path, i: usize, body: &[u8]) -> String {
+pub(crate) fn body_file(dir: &std::path::Path, i: usize, body: &[u8]) -> String {
     let p = dir.join(format!("body-{i}"));
     std::fs::write(&p, body).unwrap();
     p.display().to_string()
@@ -169,7 +169,7 @@ routes:
 /// signature says it signed. botocore gets every header the provider received, not the
 /// sidecar's own list: it signs all of them, so a header the sidecar sent but left out of
 /// its signature fails the comparison.
-fn botocore_case(
+pub(crate) fn botocore_case(
     r: &llm_sidecar::mock::Recorded,
     (ak, sk, token): (&str, &str, &str),
     dir: &std::path::Path,

@@ -649,3 +649,64 @@ telemetry: {{ otlp_endpoint: "http://127.0.0.1:4318/v1/traces" }}
     );
     assert!(snap.startup.telemetry.is_some());
 }
+
+#[test]
+fn translating_routes_reach_every_provider_kind_at_its_own_endpoint() {
+    use crate::config::compile::Endpoint;
+    use crate::translate::Api;
+    let s = load(
+        r#"version: 1
+providers:
+  a: { kind: anthropic, base_url: https://api.anthropic.com }
+  b: { kind: bedrock, base_url: https://bedrock-runtime.us-east-1.amazonaws.com/ }
+  g: { kind: vertex_ai, base_url: https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1 }
+  z: { kind: azure_openai, base_url: https://r.openai.azure.com/openai/v1 }
+  o: { kind: ollama, base_url: http://127.0.0.1:11434 }
+routes:
+  - match: { path_prefix: /x }
+    api: openai
+    provider: a
+    fallback: [{ provider: b }, { provider: g }, { provider: z }, { provider: o }]
+"#,
+    )
+    .unwrap();
+    let r = &s.routes.get(0).unwrap().action;
+    let mut got = vec![r.translation.as_ref().unwrap()];
+    got.extend(
+        r.plan
+            .fallbacks
+            .iter()
+            .map(|f| f.translation.as_ref().unwrap()),
+    );
+    let shown: Vec<(Api, String)> = got
+        .iter()
+        .map(|t| {
+            let e = match &t.endpoint {
+                Endpoint::Fixed(u) => u.to_string(),
+                Endpoint::PerModel { base } => format!("{base} + model"),
+            };
+            (t.target, e)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (Api::AnthropicMessages, "/v1/messages".to_string()),
+            (Api::BedrockConverse, " + model".to_string()),
+            (
+                Api::Gemini,
+                "/v1/projects/p/locations/us-central1 + model".to_string()
+            ),
+            (Api::OpenAiChat, "/openai/v1/chat/completions".to_string()),
+            (Api::OpenAiChat, "/v1/chat/completions".to_string()),
+        ]
+    );
+    // Vertex AI without a project and location cannot take Gemini requests
+    let e = errors(
+        "version: 1\nproviders: { g: { kind: vertex_ai, base_url: https://us-central1-aiplatform.googleapis.com/v1 } }\nroutes:\n  - { match: { path_prefix: /x }, api: openai, provider: g }\n",
+    );
+    assert!(
+        e.contains("routes[0].provider") && e.contains("names the project and location"),
+        "{e}"
+    );
+}
