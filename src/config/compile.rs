@@ -87,10 +87,63 @@ pub struct FallbackPlan {
     pub target: Target,
     /// The provider's base path + the route's rewrite prefix.
     pub mount: String,
-    /// Replaces `model` in the JSON body.
-    pub model: Option<Arc<str>>,
+    /// The model this target gets.
+    pub models: Models,
+    /// This target's own time limits, over its provider's.
+    pub timeouts: TargetTimeouts,
     /// How this target's requests and answers are translated (None: passed through).
     pub translation: Option<Arc<Translation>>,
+}
+
+/// The model a route target gets: a fixed one, else the client's mapped, else the
+/// client's own.
+#[derive(Debug, Default)]
+pub struct Models {
+    pub fixed: Option<Arc<str>>,
+    /// Client name → target name, in config order (a handful: a scan beats hashing).
+    pub map: Vec<(Box<str>, Arc<str>)>,
+}
+
+impl Models {
+    /// The model to write into the request, given the client's; None: leave it.
+    pub fn pick(&self, requested: Option<&str>) -> Option<Arc<str>> {
+        if let Some(f) = &self.fixed {
+            return Some(f.clone());
+        }
+        let r = requested?;
+        self.map
+            .iter()
+            .find(|(from, _)| &**from == r)
+            .map(|(_, to)| to.clone())
+    }
+
+    /// The client-facing names this target serves: the map's names, or its fixed model.
+    pub fn listed(&self) -> impl Iterator<Item = &str> {
+        self.map
+            .iter()
+            .map(|(from, _)| &**from)
+            .chain(self.fixed.as_deref().filter(|_| self.map.is_empty()))
+    }
+}
+
+/// A route target's time limits; None: its provider's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetTimeouts {
+    pub first_byte: Option<std::time::Duration>,
+    pub idle: Option<std::time::Duration>,
+    pub total: Option<std::time::Duration>,
+}
+
+impl TargetTimeouts {
+    /// The provider's timeouts with this target's in place.
+    pub fn over(&self, t: &Timeouts) -> Timeouts {
+        Timeouts {
+            first_byte: self.first_byte.unwrap_or(t.first_byte),
+            idle: self.idle.unwrap_or(t.idle),
+            total: self.total.unwrap_or(t.total),
+            ..*t
+        }
+    }
 }
 
 /// A target of a route that declares its clients' API: what its attempts translate
@@ -124,6 +177,28 @@ impl Endpoint {
             Endpoint::PerModel { .. } => ROOT.get_or_init(|| http::Uri::from_static("/")),
         }
     }
+}
+
+/// `GET …/models` in the front's API: each `(model, provider)` once, in order.
+fn models_list(front: crate::translate::Api, names: &[(&str, &str)]) -> bytes::Bytes {
+    use serde_json::json;
+    let v = match front {
+        crate::translate::Api::AnthropicMessages => json!({
+            "data": names.iter().map(|(id, _)| json!({
+                "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z",
+            })).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": names.first().map(|n| n.0),
+            "last_id": names.last().map(|n| n.0),
+        }),
+        _ => json!({
+            "object": "list",
+            "data": names.iter().map(|(id, provider)| json!({
+                "id": id, "object": "model", "created": 0, "owned_by": provider,
+            })).collect::<Vec<_>>(),
+        }),
+    };
+    bytes::Bytes::from(v.to_string())
 }
 
 /// The API a provider kind speaks natively, and the path of its chat endpoint under the
@@ -163,8 +238,13 @@ pub struct RouteAction {
     pub plan: RoutePlan,
     /// The API the route's clients speak (`api:`), when it translates.
     pub front: Option<crate::translate::Api>,
-    /// Replaces `model` for the route's provider.
-    pub model: Option<Arc<str>>,
+    /// The model the route's provider gets.
+    pub models: Models,
+    /// The route's provider's time limits on this route, over its own.
+    pub timeouts: TargetTimeouts,
+    /// A translating route's answer to `GET …/models`, in its clients' API: the models
+    /// its targets name (None: they name none, and the request goes on as any other).
+    pub models_list: Option<bytes::Bytes>,
     /// How the route's provider is reached when it speaks another API.
     pub translation: Option<Arc<Translation>>,
 }
@@ -855,6 +935,70 @@ impl<'a> Compiler<'a> {
         )
     }
 
+    /// A target's `model` and `models`.
+    fn models(
+        &mut self,
+        base: &str,
+        fixed: Option<&str>,
+        map: &IndexMap<String, String>,
+    ) -> Models {
+        if fixed == Some("") {
+            self.errs.push(format!("{base}.model"), "must not be empty");
+        }
+        if fixed.is_some() && !map.is_empty() {
+            self.errs.push(
+                format!("{base}.models"),
+                "cannot be combined with `model` (which would win for every request)",
+            );
+        }
+        for (from, to) in map {
+            if from.is_empty() || to.is_empty() {
+                self.errs
+                    .push(format!("{base}.models"), "model names must not be empty");
+            }
+        }
+        Models {
+            fixed: fixed.filter(|m| !m.is_empty()).map(Arc::from),
+            map: map
+                .iter()
+                .map(|(f, t)| (Box::from(f.as_str()), Arc::from(t.as_str())))
+                .collect(),
+        }
+    }
+
+    fn target_timeouts(
+        &mut self,
+        base: &str,
+        t: Option<&schema::TargetTimeouts>,
+    ) -> TargetTimeouts {
+        let Some(t) = t else {
+            return TargetTimeouts::default();
+        };
+        for (k, v) in [
+            ("first_byte", t.first_byte),
+            ("idle", t.idle),
+            ("total", t.total),
+        ] {
+            if v.is_some_and(|v| v.get().is_zero()) {
+                self.errs
+                    .push(format!("{base}.timeouts.{k}"), "must be greater than 0");
+            }
+        }
+        if let (Some(f), Some(total)) = (t.first_byte, t.total) {
+            if f > total {
+                self.errs.push(
+                    format!("{base}.timeouts.first_byte"),
+                    format!("{f} is longer than timeouts.total ({total})"),
+                );
+            }
+        }
+        TargetTimeouts {
+            first_byte: t.first_byte.map(|d| d.get()),
+            idle: t.idle.map(|d| d.get()),
+            total: t.total.map(|d| d.get()),
+        }
+    }
+
     fn timeouts(&mut self, base: &str, t: &schema::Timeouts) -> Timeouts {
         for (k, v) in [
             ("connect", t.connect),
@@ -952,15 +1096,30 @@ impl<'a> Compiler<'a> {
                     "a translating route cannot keep the client's path (keep_path, or a match on the provider's own host): each target gets its own API's path",
                 );
             }
-            if r.model.as_deref() == Some("") {
-                self.errs.push(format!("{base}.model"), "must not be empty");
-            }
+            let models = self.models(&base, r.model.as_deref(), &r.models);
+            let timeouts = self.target_timeouts(&base, r.timeouts.as_ref());
             let translation = self.translation(&format!("{base}.provider"), r, front, target);
+            let plan = self.route_plan(&base, r, providers, front);
+            let models_list = front.and_then(|f| {
+                let mut names: Vec<(&str, &str)> = Vec::new();
+                let targets = std::iter::once((r.provider.as_str(), &models))
+                    .chain(plan.fallbacks.iter().map(|fb| (&*fb.provider, &fb.models)));
+                for (provider, m) in targets {
+                    for n in m.listed() {
+                        if !names.iter().any(|(x, _)| *x == n) {
+                            names.push((n, provider));
+                        }
+                    }
+                }
+                (!names.is_empty()).then(|| models_list(f, &names))
+            });
             let action = RouteAction {
                 target: target.clone(),
-                plan: self.route_plan(&base, r, providers, front),
+                plan,
                 front,
-                model: r.model.as_deref().map(Arc::from),
+                models,
+                timeouts,
+                models_list,
                 translation,
             };
             let route = Route::new(
@@ -1093,17 +1252,14 @@ impl<'a> Compiler<'a> {
                 );
                 continue;
             };
-            if f.provider == r.provider && f.model.is_none() {
+            if f.provider == r.provider && f.model.is_none() && f.models.is_empty() {
                 self.errs.push(
                     path.clone(),
                     "the route's own provider again without another `model` would repeat the same request",
                 );
             }
-            if let Some(m) = &f.model {
-                if m.is_empty() {
-                    self.errs.push(format!("{path}.model"), "must not be empty");
-                }
-            }
+            let models = self.models(&path, f.model.as_deref(), &f.models);
+            let timeouts = self.target_timeouts(&path, f.timeouts.as_ref());
             let base_path = match target {
                 Target::Ready(p) => p.base_path.as_str(),
                 Target::Disabled { .. } => "",
@@ -1113,7 +1269,8 @@ impl<'a> Compiler<'a> {
                 provider: Arc::from(f.provider.as_str()),
                 target: target.clone(),
                 mount: routing::join_mount(base_path, r.rewrite_prefix.as_deref().unwrap_or("")),
-                model: f.model.as_deref().map(Arc::from),
+                models,
+                timeouts,
                 translation,
             });
         }

@@ -199,6 +199,8 @@ fn placeholder_route() -> schema::Route {
         provider: String::new(),
         api: None,
         model: None,
+        models: Default::default(),
+        timeouts: None,
         default_max_tokens: 4096,
         rewrite_prefix: None,
         keep_path: None,

@@ -830,6 +830,30 @@ pub struct FallbackTarget {
     /// Replaces `model` in the JSON request body for this target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The client's model names and this target's name for each (`gpt-4o:
+    /// claude-sonnet-4-5`); a name not in the map is sent as the client wrote it.
+    /// `model`, when set, wins.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub models: IndexMap<String, String>,
+    /// This target's own time limits, in place of its provider's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TargetTimeouts>,
+}
+
+/// A route target's time limits; each one left out is its provider's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTimeouts {
+    /// From the request being sent to the response headers arriving, per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte: Option<HumanDuration>,
+    /// Longest silence between two pieces of the response body, per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<HumanDuration>,
+    /// All of this target's attempts, from its first request to the last byte of its
+    /// answer (for the route's provider: the whole exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<HumanDuration>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -1167,6 +1191,13 @@ pub struct Route {
     /// own `model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The client's model names and the route's provider's name for each; a name not
+    /// in the map is sent as the client wrote it. `model`, when set, wins.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub models: IndexMap<String, String>,
+    /// Time limits for the route's provider on this route, in place of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TargetTimeouts>,
     /// Output cap sent to a provider that requires one (Anthropic) when the client set
     /// none, on translated requests.
     #[serde(default = "default_translated_max_tokens")]

@@ -105,6 +105,10 @@ pub struct Record {
     pub key: Option<Arc<str>>,
     pub model: Option<Arc<str>>,
     pub response_model: Option<Arc<str>>,
+    /// The model sent to the provider (after the route's `model` / `models`).
+    pub upstream_model: Option<Arc<str>>,
+    /// A translated request: the client's API and the provider's.
+    pub apis: Option<(&'static str, &'static str)>,
     pub method: http::Method,
     /// Path and query, as the client sent them (redacted when written).
     pub target: String,
@@ -151,6 +155,12 @@ struct Line<'a> {
     model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_api: Option<&'static str>,
     method: &'a str,
     path: Cow<'a, str>,
     status: u16,
@@ -212,6 +222,9 @@ impl Record {
             key: self.key.as_deref(),
             model: self.model.as_deref(),
             response_model: self.response_model.as_deref(),
+            upstream_model: self.upstream_model.as_deref(),
+            api: self.apis.map(|a| a.0),
+            upstream_api: self.apis.map(|a| a.1),
             method: self.method.as_str(),
             path: red.text_escaped(&self.target, crate::observability::redact::Escapes::Percent),
             status: self.status,

@@ -51,6 +51,7 @@ pub struct Metrics {
     forward: ForwardMetrics,
     retries: IntCounterVec,
     fallbacks: IntCounterVec,
+    translations: IntCounterVec,
     tokens: IntCounterVec,
     limited: IntCounterVec,
     limit_admitted: IntCounterVec,
@@ -250,6 +251,13 @@ impl Metrics {
             ),
             &["route", "provider"],
         ));
+        let translations = must(IntCounterVec::new(
+            Opts::new(
+                "llm_sidecar_translations_total",
+                "Requests translated between APIs, by route, the client's API, the provider's, and result: translated, untranslatable_request (400, the next target tried), untranslatable_answer (502 or a cut stream).",
+            ),
+            &["route", "api", "upstream_api", "result"],
+        ));
         let breaker_state = must(IntGaugeVec::new(
             Opts::new(
                 "llm_sidecar_breaker_state",
@@ -389,6 +397,7 @@ impl Metrics {
             Box::new(tokens.clone()),
             Box::new(retries.clone()),
             Box::new(fallbacks.clone()),
+            Box::new(translations.clone()),
             Box::new(breaker_state.clone()),
             Box::new(breaker_opened.clone()),
             Box::new(breaker_rejected.clone()),
@@ -449,6 +458,7 @@ impl Metrics {
             forward,
             retries,
             fallbacks,
+            translations,
             tokens,
             limited,
             limit_admitted,
@@ -486,6 +496,18 @@ impl Metrics {
     /// The admitted-requests counter of one limits rule.
     pub fn limit_admitted(&self, rule: &str) -> IntCounter {
         self.limit_admitted.with_label_values(&[rule])
+    }
+
+    /// The counter of one translation result.
+    pub fn translation(
+        &self,
+        route: &str,
+        api: crate::translate::Api,
+        upstream: crate::translate::Api,
+        result: &str,
+    ) -> IntCounter {
+        self.translations
+            .with_label_values(&[route, api.as_str(), upstream.as_str(), result])
     }
 
     pub fn fallback(&self, route: &str, provider: &str) {

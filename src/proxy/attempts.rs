@@ -56,6 +56,8 @@ pub struct ReplyPlan {
     pub front: crate::translate::Api,
     pub target: crate::translate::Api,
     pub spec: crate::translate::ReplySpec,
+    /// Counts an answer that could not be translated.
+    pub failed: prometheus::IntCounter,
 }
 
 /// The path each front API translates: the front's endpoint, by method and path end.
@@ -74,6 +76,7 @@ fn translate_request(
     t: &Translation,
     body: &Bytes,
     model: Option<&str>,
+    counter: impl Fn(&str) -> prometheus::IntCounter,
 ) -> std::result::Result<(http::Uri, Bytes, Option<Arc<ReplyPlan>>), SidecarError> {
     if !is_front_endpoint(t.front, req) {
         let what = match t.front {
@@ -89,8 +92,11 @@ fn translate_request(
             ),
         ));
     }
-    let r = crate::translate::request(t.front, t.target, body, model, &t.options)
-        .map_err(|e| SidecarError::new(Cause::Untranslatable, e.message))?;
+    let r = crate::translate::request(t.front, t.target, body, model, &t.options).map_err(|e| {
+        counter("untranslatable_request").inc();
+        SidecarError::new(Cause::Untranslatable, e.message)
+    })?;
+    counter("translated").inc();
     let uri = match &t.endpoint {
         Endpoint::Fixed(u) => u.clone(),
         Endpoint::PerModel { base } => t
@@ -114,6 +120,7 @@ fn translate_request(
             front: t.front,
             target: t.target,
             spec: r.reply,
+            failed: counter("untranslatable_answer"),
         })),
     ))
 }
@@ -282,7 +289,8 @@ impl SidecarProxy {
             uri,
             body,
         } = admitted;
-        let deadline = tokio::time::Instant::from_std(started) + provider.timeouts.total;
+        let deadline = tokio::time::Instant::from_std(started)
+            + route.action.timeouts.over(&provider.timeouts).total;
         let plan = &route.action.plan;
         plan.retry.budget.deposit();
         let mut last_error = None;
@@ -292,7 +300,8 @@ impl SidecarProxy {
                 Some((
                     provider.clone(),
                     uri.clone(),
-                    route.action.model.clone(),
+                    &route.action.models,
+                    route.action.timeouts,
                     route.action.translation.clone(),
                 ))
             } else {
@@ -303,15 +312,34 @@ impl SidecarProxy {
                         x.note(|| format!("fallback to {}", fb.provider).into());
                         let req = session.req_header();
                         let up = route.fallback_path(&fb.mount, req.uri.path(), req.uri.query());
-                        up.parse::<http::Uri>()
-                            .ok()
-                            .map(|u| (p.clone(), u, fb.model.clone(), fb.translation.clone()))
+                        up.parse::<http::Uri>().ok().map(|u| {
+                            (
+                                p.clone(),
+                                u,
+                                &fb.models,
+                                fb.timeouts,
+                                fb.translation.clone(),
+                            )
+                        })
                     }
                     Target::Disabled { .. } => None,
                 }
             };
-            let Some((target, uri, model, translation)) = target else {
+            let Some((target, uri, models, target_timeouts, translation)) = target else {
                 continue;
+            };
+            let model = models.pick(x.model.as_deref());
+            x.sent_model = model.clone().or_else(|| x.model.clone());
+            x.apis = translation
+                .as_ref()
+                .filter(|t| t.front != t.target)
+                .map(|t| (t.front, t.target));
+            let timeouts = target_timeouts.over(&target.timeouts);
+            // The route's provider has the exchange's deadline; a fallback with its own
+            // `total` gets that long from now.
+            let deadline = match target_timeouts.total {
+                Some(t) if ti > 0 => tokio::time::Instant::now() + t,
+                _ => deadline,
             };
             let passes = translation.as_ref().is_none_or(|t| {
                 t.front == t.target && !is_front_endpoint(t.front, session.req_header())
@@ -333,7 +361,17 @@ impl SidecarProxy {
                 }
                 None => (uri, body.clone(), None),
                 Some(t) => {
-                    match translate_request(session.req_header(), t, &body, model.as_deref()) {
+                    let counter = |result: &str| {
+                        self.metrics
+                            .translation(&route.name, t.front, t.target, result)
+                    };
+                    match translate_request(
+                        session.req_header(),
+                        t,
+                        &body,
+                        model.as_deref(),
+                        counter,
+                    ) {
                         Ok(r) => r,
                         Err(e) => {
                             x.note(|| format!("{}: {}", target.name, e.message).into());
@@ -355,6 +393,7 @@ impl SidecarProxy {
                     uri,
                     target_body,
                     reply,
+                    &timeouts,
                     deadline,
                     fallback_left,
                 )
@@ -382,6 +421,7 @@ impl SidecarProxy {
         uri: http::Uri,
         body: Bytes,
         reply: Option<Arc<ReplyPlan>>,
+        timeouts: &crate::upstream::Timeouts,
         deadline: tokio::time::Instant,
         fallback_left: bool,
     ) -> TargetEnd {
@@ -523,14 +563,8 @@ impl SidecarProxy {
                 capture,
             });
             let attempt_start = std::time::SystemTime::now();
-            let outcome = attempt::run(
-                session,
-                &self.upstream,
-                plan.clone(),
-                &provider.timeouts,
-                deadline,
-            )
-            .await;
+            let outcome =
+                attempt::run(session, &self.upstream, plan.clone(), timeouts, deadline).await;
             if let Some(spans) = &self.spans {
                 self.export_span(spans, &plan, &outcome, attempt_start, route_name, x);
             }

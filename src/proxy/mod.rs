@@ -91,6 +91,10 @@ pub struct ExchangeState {
     model: Option<Arc<str>>,
     /// The same as a bounded metrics label value (`other` past the bound).
     model_label: Option<Arc<str>>,
+    /// The model sent to the target last tried (after the route's model map).
+    sent_model: Option<Arc<str>>,
+    /// The last target tried was translated: the client's API and the target's.
+    apis: Option<(crate::translate::Api, crate::translate::Api)>,
     /// The provider whose answer the client got, and what its response said.
     served: Option<Served>,
     /// An audit record will be written: keep the decisions (and bodies, if the route
@@ -171,11 +175,36 @@ impl SidecarProxy {
                 return Err(e);
             }
         };
+        if let Some(list) = models_request(session.req_header(), admitted.route) {
+            return self.respond_json(session, x, list).await;
+        }
         match self.run_targets(session, snap, x, admitted, started).await {
             TargetEnd::Done(r) => r,
             // Nothing reached the client: the last target's error is the answer.
             TargetEnd::Next(e) => self.respond(session, x, e).await,
         }
+    }
+
+    /// A 200 JSON answer the sidecar makes itself (a translating route's model list).
+    async fn respond_json(
+        &self,
+        session: &mut Session,
+        x: &mut ExchangeState,
+        body: Bytes,
+    ) -> Result<bool> {
+        let mut h = pingora::http::ResponseHeader::build(200, Some(3))?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        x.status = 200;
+        if session
+            .write_response_header(Box::new(h), false)
+            .await
+            .is_err()
+            || session.write_response_body(Some(body), true).await.is_err()
+        {
+            x.status = STATUS_CLIENT_CLOSED;
+        }
+        Ok(true)
     }
 
     /// Every answer the sidecar makes itself goes out here, in the shape of the
@@ -283,4 +312,16 @@ impl ProxyHttp for SidecarProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         self.finish(session, ctx);
     }
+}
+
+/// `GET …/models` on a translating route whose targets name their models: the list.
+fn models_request(
+    req: &pingora::http::RequestHeader,
+    route: &crate::config::compile::Route,
+) -> Option<Bytes> {
+    if req.method != http::Method::GET || !req.uri.path().trim_end_matches('/').ends_with("/models")
+    {
+        return None;
+    }
+    route.action.models_list.clone()
 }

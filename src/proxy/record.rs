@@ -135,6 +135,8 @@ impl SidecarProxy {
             key: x.key.clone(),
             model: x.model.clone(),
             response_model: served.and_then(|s| s.response_model.clone()),
+            upstream_model: x.sent_model.clone(),
+            apis: x.apis.map(|(f, t)| (f.as_str(), t.as_str())),
             method: req.method.clone(),
             target: req
                 .uri

@@ -261,6 +261,9 @@ async fn untranslatable(
     code: u16,
 ) -> Outcome {
     tracing::warn!(provider = %plan.provider.name, error = %e, "the provider's answer could not be translated");
+    if let Some(r) = &plan.reply {
+        r.failed.inc();
+    }
     if upstream_done {
         plan.report.settle_opt(usage, true);
         call.finish(up).await;

@@ -371,6 +371,8 @@ fn raw_record(
         key: None,
         model: Some("m".into()),
         response_model: None,
+        upstream_model: None,
+        apis: None,
         method: http::Method::POST,
         target: format!("/v1/chat/completions?n={n}"),
         status: 200,

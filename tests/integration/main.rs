@@ -25,4 +25,5 @@ mod shared_limits;
 mod shutdown;
 mod streaming;
 mod tls;
+mod translate;
 mod under_load;

@@ -710,3 +710,18 @@ routes:
         "{e}"
     );
 }
+
+#[test]
+fn target_model_maps_and_timeouts_are_checked() {
+    let e = errors(
+        "version: 1\nproviders: { a: { kind: anthropic, base_url: \"http://127.0.0.1:1\" } }\nroutes:\n  - { match: { path_prefix: /x }, provider: a, model: m, models: { a: b }, timeouts: { first_byte: 0s } }\n  - { match: { path_prefix: /y }, provider: a, fallback: [{ provider: a, models: { \"\": b }, timeouts: { first_byte: 9s, total: 2s } }] }\n",
+    );
+    for want in [
+        "routes[0].models: cannot be combined with `model`",
+        "routes[0].timeouts.first_byte: must be greater than 0",
+        "routes[1].fallback[0].models: model names must not be empty",
+        "routes[1].fallback[0].timeouts.first_byte: 9s is longer than timeouts.total (2s)",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
