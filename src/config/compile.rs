@@ -154,6 +154,9 @@ pub struct Translation {
     pub target: crate::translate::Api,
     /// The target's own endpoint: its base path and the native API's path.
     pub endpoint: Endpoint,
+    /// The target's Responses API endpoint, when it has one (OpenAI, Azure OpenAI):
+    /// a Responses request goes there untranslated.
+    pub responses: Option<http::Uri>,
     pub options: crate::translate::Options,
 }
 
@@ -1196,6 +1199,13 @@ impl<'a> Compiler<'a> {
                 front,
                 target: api,
                 endpoint,
+                responses: matches!(p.kind, ProviderKind::Openai | ProviderKind::AzureOpenai)
+                    .then(|| {
+                        format!("{}/responses", p.base_path.trim_end_matches('/'))
+                            .parse()
+                            .ok()
+                    })
+                    .flatten(),
                 options: crate::translate::Options {
                     default_max_tokens: r.default_max_tokens.max(1),
                 },

@@ -66,22 +66,38 @@ fn is_front_endpoint(front: crate::translate::Api, req: &pingora::http::RequestH
     req.method == http::Method::POST
         && match front {
             crate::translate::Api::AnthropicMessages => path.ends_with("/messages"),
+            crate::translate::Api::OpenAiResponses => path.ends_with("/responses"),
             _ => path.ends_with("/chat/completions"),
         }
+}
+
+/// The API this request speaks, on a route whose clients speak `front`: OpenAI clients
+/// may call Chat Completions or Responses.
+fn request_front(
+    front: crate::translate::Api,
+    req: &pingora::http::RequestHeader,
+) -> crate::translate::Api {
+    use crate::translate::Api;
+    if front == Api::OpenAiChat && is_front_endpoint(Api::OpenAiResponses, req) {
+        Api::OpenAiResponses
+    } else {
+        front
+    }
 }
 
 /// The request as the target's API: its path, its body, and how its answer comes back.
 fn translate_request(
     req: &pingora::http::RequestHeader,
     t: &Translation,
+    front: crate::translate::Api,
     body: &Bytes,
     model: Option<&str>,
     counter: impl Fn(&str) -> prometheus::IntCounter,
 ) -> std::result::Result<(http::Uri, Bytes, Option<Arc<ReplyPlan>>), SidecarError> {
-    if !is_front_endpoint(t.front, req) {
+    if !is_front_endpoint(front, req) {
         let what = match t.front {
             crate::translate::Api::AnthropicMessages => "POST …/v1/messages",
-            _ => "POST …/chat/completions",
+            _ => "POST …/chat/completions and POST …/responses",
         };
         return Err(SidecarError::new(
             Cause::NoRoute,
@@ -92,7 +108,7 @@ fn translate_request(
             ),
         ));
     }
-    let r = crate::translate::request(t.front, t.target, body, model, &t.options).map_err(|e| {
+    let r = crate::translate::request(front, t.target, body, model, &t.options).map_err(|e| {
         counter("untranslatable_request").inc();
         SidecarError::new(Cause::Untranslatable, e.message)
     })?;
@@ -117,7 +133,7 @@ fn translate_request(
         uri,
         Bytes::from(r.body),
         Some(Arc::new(ReplyPlan {
-            front: t.front,
+            front,
             target: t.target,
             spec: r.reply,
             failed: counter("untranslatable_answer"),
@@ -330,10 +346,12 @@ impl SidecarProxy {
             };
             let model = models.pick(x.model.as_deref());
             x.sent_model = model.clone().or_else(|| x.model.clone());
-            x.apis = translation
-                .as_ref()
-                .filter(|t| t.front != t.target)
-                .map(|t| (t.front, t.target));
+            x.apis = translation.as_ref().and_then(|t| {
+                let front = request_front(t.front, session.req_header());
+                (front != t.target
+                    && !(front == crate::translate::Api::OpenAiResponses && t.responses.is_some()))
+                .then_some((front, t.target))
+            });
             let timeouts = target_timeouts.over(&target.timeouts);
             // The route's provider has the exchange's deadline; a fallback with its own
             // `total` gets that long from now.
@@ -341,8 +359,13 @@ impl SidecarProxy {
                 Some(t) if ti > 0 => tokio::time::Instant::now() + t,
                 _ => deadline,
             };
+            let front = translation
+                .as_ref()
+                .map(|t| request_front(t.front, session.req_header()));
             let passes = translation.as_ref().is_none_or(|t| {
-                t.front == t.target && !is_front_endpoint(t.front, session.req_header())
+                t.front == t.target
+                    && !is_front_endpoint(t.front, session.req_header())
+                    && front != Some(crate::translate::Api::OpenAiResponses)
             });
             let (uri, target_body, reply) = match &translation {
                 _ if passes => {
@@ -352,22 +375,41 @@ impl SidecarProxy {
                     };
                     (uri, b, None)
                 }
-                Some(t) if t.front == t.target => {
+                Some(t) if front == Some(t.target) => {
                     let b = match &model {
                         Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
                         None => body.clone(),
                     };
                     (t.endpoint.fixed().clone(), b, None)
                 }
+                // A Responses request to a provider that has the Responses API.
+                Some(t)
+                    if front == Some(crate::translate::Api::OpenAiResponses)
+                        && t.responses.is_some() =>
+                {
+                    let b = match &model {
+                        Some(m) => body::with_model(&body, m).unwrap_or_else(|| body.clone()),
+                        None => body.clone(),
+                    };
+                    (
+                        t.responses
+                            .clone()
+                            .unwrap_or_else(|| t.endpoint.fixed().clone()),
+                        b,
+                        None,
+                    )
+                }
                 None => (uri, body.clone(), None),
                 Some(t) => {
+                    let front = front.unwrap_or(t.front);
                     let counter = |result: &str| {
                         self.metrics
-                            .translation(&route.name, t.front, t.target, result)
+                            .translation(&route.name, front, t.target, result)
                     };
                     match translate_request(
                         session.req_header(),
                         t,
+                        front,
                         &body,
                         model.as_deref(),
                         counter,

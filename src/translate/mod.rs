@@ -28,6 +28,7 @@ mod eventstream;
 mod gemini;
 mod hub;
 mod openai;
+mod responses;
 pub mod sse;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,9 @@ pub enum Api {
     /// Gemini on Vertex AI (`…/models/{id}:generateContent`, `:streamGenerateContent`);
     /// a target only.
     Gemini,
+    /// OpenAI Responses (`/responses`): a front only, on a route whose clients speak
+    /// OpenAI (`api: openai`); told as Chat Completions to targets without it.
+    OpenAiResponses,
 }
 
 impl Api {
@@ -60,12 +64,16 @@ impl Api {
             Api::AnthropicMessages => "anthropic_messages",
             Api::BedrockConverse => "bedrock_converse",
             Api::Gemini => "gemini",
+            Api::OpenAiResponses => "openai_responses",
         }
     }
 
     /// Clients may speak it (a route's `api`).
     pub fn is_front(self) -> bool {
-        matches!(self, Api::OpenAiChat | Api::AnthropicMessages)
+        matches!(
+            self,
+            Api::OpenAiChat | Api::AnthropicMessages | Api::OpenAiResponses
+        )
     }
 
     /// The endpoint's path depends on the model and on streaming (Bedrock, Gemini).
@@ -180,7 +188,41 @@ pub fn request(
     let Value::Object(req) = v else {
         return Err(Error::new("the request body must be a JSON object"));
     };
+    request_map(front, target, req, model, opts)
+}
+
+fn request_map(
+    front: Api,
+    target: Api,
+    req: serde_json::Map<String, Value>,
+    model: Option<&str>,
+    opts: &Options,
+) -> Result<Request> {
     let out = match (front, target) {
+        (Api::OpenAiResponses, Api::OpenAiChat) => {
+            let mut chat = responses::to_chat(req)?;
+            if let Some(m) = model {
+                chat.insert("model".into(), m.into());
+            }
+            let model = match chat.get("model").and_then(Value::as_str) {
+                Some(m) => m.to_string(),
+                None => return Err(Error::new("`model` is required")),
+            };
+            let stream = chat.get("stream").and_then(Value::as_bool) == Some(true);
+            Request {
+                body: serde_json::to_vec(&Value::Object(chat))
+                    .map_err(|e| Error::new(format!("writing the request: {e}")))?,
+                stream,
+                reply: ReplySpec {
+                    include_usage: stream,
+                    model: model.clone(),
+                },
+                model,
+            }
+        }
+        (Api::OpenAiResponses, t) => {
+            request_map(Api::OpenAiChat, t, responses::to_chat(req)?, model, opts)?
+        }
         (Api::OpenAiChat, Api::AnthropicMessages) => anthropic::request(req, model, opts)?,
         (Api::AnthropicMessages, Api::OpenAiChat) => openai::request(req, model)?,
         (f, Api::BedrockConverse) if f.is_front() => bedrock::request(f, req, model, opts)?,
@@ -226,12 +268,50 @@ enum ReplyKind {
     Bedrock(Box<bedrock::Stream>),
     /// A Gemini stream told as the front's stream.
     Gemini(Box<gemini::Stream>),
+    /// A Responses client: the answer as Chat (translated by `inner` when the target
+    /// speaks another API), then as a Response.
+    Responses {
+        inner: Option<Box<Reply>>,
+        /// The answer streams: Chat chunks to Responses events.
+        stream: Option<Box<responses::Stream>>,
+        buf: Vec<u8>,
+        status: u16,
+    },
 }
 
 impl Reply {
     /// The translator for a response with this status and `content-type`.
     pub fn new(front: Api, target: Api, status: u16, content_type: &str, spec: ReplySpec) -> Reply {
         let ok = status < 300;
+        if front == Api::OpenAiResponses {
+            let inner = (target != Api::OpenAiChat).then(|| {
+                Box::new(Reply::new(
+                    Api::OpenAiChat,
+                    target,
+                    status,
+                    content_type,
+                    spec,
+                ))
+            });
+            let streams = match &inner {
+                Some(i) => i.is_stream(),
+                None => ok && is_content_type(content_type, "text/event-stream"),
+            };
+            return Reply {
+                front,
+                content_type: if streams {
+                    "text/event-stream; charset=utf-8"
+                } else {
+                    "application/json"
+                },
+                kind: ReplyKind::Responses {
+                    inner,
+                    stream: streams.then(Box::default),
+                    buf: Vec::new(),
+                    status,
+                },
+            };
+        }
         if ok
             && target == Api::BedrockConverse
             && is_content_type(content_type, "application/vnd.amazon.eventstream")
@@ -296,6 +376,29 @@ impl Reply {
             ReplyKind::ChatToAnthropic(s) => s.feed(chunk, out),
             ReplyKind::Bedrock(s) => s.feed(chunk, out),
             ReplyKind::Gemini(s) => s.feed(chunk, out),
+            ReplyKind::Responses {
+                inner, stream, buf, ..
+            } => match (inner, stream) {
+                (Some(i), Some(s)) => {
+                    let mut chat = std::mem::take(buf);
+                    chat.clear();
+                    let r = i.feed(chunk, &mut chat).and_then(|()| s.feed(&chat, out));
+                    *buf = chat;
+                    r
+                }
+                (None, Some(s)) => s.feed(chunk, out),
+                (Some(i), None) => i.feed(chunk, buf),
+                (None, None) => {
+                    if buf.len() + chunk.len() > JSON_LIMIT {
+                        return Err(Error::new(format!(
+                            "the provider's answer is larger than the {} MiB the sidecar translates",
+                            JSON_LIMIT >> 20
+                        )));
+                    }
+                    buf.extend_from_slice(chunk);
+                    Ok(())
+                }
+            },
         }
     }
 
@@ -333,6 +436,35 @@ impl Reply {
             ReplyKind::ChatToAnthropic(s) => s.finish(out),
             ReplyKind::Bedrock(s) => s.finish(out),
             ReplyKind::Gemini(s) => s.finish(out),
+            ReplyKind::Responses {
+                inner,
+                stream,
+                buf,
+                status,
+            } => {
+                if let Some(i) = inner {
+                    if stream.is_some() {
+                        buf.clear();
+                    }
+                    i.finish(buf)?;
+                }
+                match stream {
+                    Some(s) => s.feed(buf, out).and_then(|()| s.finish(out)),
+                    // An error is already in OpenAI's shape, which Responses shares.
+                    None if *status >= 300 => {
+                        out.extend_from_slice(buf);
+                        Ok(())
+                    }
+                    None => {
+                        let doc: Value = serde_json::from_slice(buf).map_err(|e| {
+                            Error::new(format!("the provider's answer is not valid JSON: {e}"))
+                        })?;
+                        let r = responses::from_chat(doc)?;
+                        serde_json::to_writer(&mut *out, &r)
+                            .map_err(|e| Error::new(format!("writing the answer: {e}")))
+                    }
+                }
+            }
         }
     }
 
@@ -340,7 +472,13 @@ impl Reply {
     pub fn error_event(&self, err: &Error, out: &mut Vec<u8>) {
         match (&self.kind, self.front) {
             (ReplyKind::Json { .. }, _) => {}
+            (ReplyKind::Responses { stream: None, .. }, _) => {}
             (_, Api::OpenAiChat) => sse::openai_error_event(&err.message, out),
+            (_, Api::OpenAiResponses) => sse::named(
+                "error",
+                &serde_json::json!({"type": "error", "code": "translation", "message": err.message, "param": null}),
+                out,
+            ),
             (_, _) => sse::anthropic_error_event(&err.message, out),
         }
     }

@@ -518,9 +518,16 @@ fn run_stream(
 fn without_created(s: String) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s.as_str();
-    while let Some(i) = rest.find("\"created\":") {
+    let next = |r: &str| {
+        [r.find("\"created\":"), r.find("\"created_at\":")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(i) = next(rest) {
         out.push_str(&rest[..i]);
-        rest = &rest[i + 10..];
+        rest = &rest[i..];
+        rest = &rest[rest.find(':').unwrap() + 1..];
         rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
         rest = rest.strip_prefix(',').unwrap_or(rest);
     }
@@ -1498,4 +1505,209 @@ fn gemini_stream_becomes_chat_chunks_ending_with_usage() {
             .count(),
         3
     );
+}
+
+// ---- OpenAI Responses clients ----
+
+#[test]
+fn responses_request_becomes_chat_with_calls_merged_and_outputs_as_tool_messages() {
+    let r = translated(Api::OpenAiResponses, Api::OpenAiChat, &json!({
+        "model": "gpt-4o", "instructions": "be brief", "max_output_tokens": 50,
+        "reasoning": {"effort": "low"}, "stream": true,
+        "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": true}},
+        "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object"}}],
+        "tool_choice": {"type": "function", "name": "weather"},
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "look"},
+                                         {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{\"q\":1}"},
+            {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sun"},
+            {"type": "function_call_output", "call_id": "c2", "output": "rain"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]}
+        ]})).unwrap();
+    assert!(r.stream);
+    let c: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        c["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+    assert_eq!(
+        c["messages"][1]["content"][1],
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})
+    );
+    assert_eq!(
+        c["messages"][2]["tool_calls"].as_array().unwrap().len(),
+        2,
+        "calls in a row are one turn"
+    );
+    assert_eq!(
+        c["messages"][3],
+        json!({"role": "tool", "tool_call_id": "c1", "content": "sun"})
+    );
+    assert_eq!(
+        c["messages"][5],
+        json!({"role": "assistant", "content": "ok"})
+    );
+    assert_eq!(c["max_completion_tokens"], 50);
+    assert_eq!(c["reasoning_effort"], "low");
+    assert_eq!(c["response_format"]["json_schema"]["strict"], true);
+    assert_eq!(c["tools"][0]["function"]["name"], "weather");
+    assert_eq!(
+        c["tool_choice"],
+        json!({"type": "function", "function": {"name": "weather"}})
+    );
+    assert_eq!(c["stream_options"]["include_usage"], true);
+    // and on to Anthropic, through the Chat rules
+    let a = translated(
+        Api::OpenAiResponses,
+        Api::AnthropicMessages,
+        &json!({
+        "model": "m", "instructions": "sys", "input": "hi"}),
+    )
+    .unwrap();
+    let a: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(a["system"][0]["text"], "sys");
+    assert_eq!(a["max_tokens"], 4096);
+    for (body, names) in [
+        (
+            json!({"model": "m", "input": "x", "previous_response_id": "resp_1"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+            "hosted tools",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "file_search_call"}]}),
+            "file_search_call",
+        ),
+    ] {
+        let e = translated(Api::OpenAiResponses, Api::AnthropicMessages, &body).unwrap_err();
+        assert!(e.message.contains(names), "{}", e.message);
+    }
+}
+
+fn responses_reply(
+    target: Api,
+    status: u16,
+    ct: &str,
+    pieces: &[&[u8]],
+) -> std::result::Result<String, Error> {
+    let spec = ReplySpec {
+        include_usage: true,
+        model: "asked".into(),
+    };
+    let mut r = Reply::new(Api::OpenAiResponses, target, status, ct, spec);
+    let mut out = Vec::new();
+    for p in pieces {
+        r.feed(p, &mut out)?;
+    }
+    r.finish(&mut out)?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn responses_answers_from_chat_and_from_anthropic() {
+    let chat = json!({"id": "chatcmpl-9", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": "Hi.", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"q\":1}"}}]}, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "prompt_tokens_details": {"cached_tokens": 2}}});
+    let r: Value = serde_json::from_str(
+        &responses_reply(
+            Api::OpenAiChat,
+            200,
+            "application/json",
+            &[chat.to_string().as_bytes()],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["object"], "response");
+    assert_eq!(r["id"], "resp_9");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["output"][0]["type"], "message");
+    assert_eq!(
+        r["output"][0]["content"][0],
+        json!({"type": "output_text", "text": "Hi.", "annotations": []})
+    );
+    assert_eq!(r["output"][1]["type"], "function_call");
+    assert_eq!(r["output"][1]["call_id"], "call_1");
+    assert_eq!(r["usage"]["input_tokens_details"]["cached_tokens"], 2);
+    // an Anthropic answer cut at max_tokens: incomplete
+    let msg = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "Partial"}], "stop_reason": "max_tokens", "usage": {"input_tokens": 3, "output_tokens": 5}});
+    let r: Value = serde_json::from_str(
+        &responses_reply(
+            Api::AnthropicMessages,
+            200,
+            "application/json",
+            &[msg.to_string().as_bytes()],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["status"], "incomplete");
+    assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(r["model"], "claude-x");
+    // errors keep OpenAI's shape (Responses shares it) and their status
+    let e = responses_reply(
+        Api::AnthropicMessages,
+        429,
+        "application/json",
+        &[br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#],
+    )
+    .unwrap();
+    let e: Value = serde_json::from_str(&e).unwrap();
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+}
+
+#[test]
+fn responses_stream_from_anthropic_is_ordered_and_split_proof() {
+    let s = anthropic_stream();
+    let b = s.as_bytes();
+    let whole = without_created(
+        responses_reply(Api::AnthropicMessages, 200, "text/event-stream", &[b]).unwrap(),
+    );
+    let ev = named_events(&whole);
+    let types: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(types[0], "response.created");
+    assert_eq!(types[1], "response.in_progress");
+    assert_eq!(*types.last().unwrap(), "response.completed");
+    for (i, (_, v)) in ev.iter().enumerate() {
+        assert_eq!(v["sequence_number"], i as u64);
+    }
+    // items open and close in order, one at a time
+    let mut open: Option<u64> = None;
+    for (n, v) in &ev {
+        match n.as_str() {
+            "response.output_item.added" => {
+                assert!(open.is_none(), "{whole}");
+                open = v["output_index"].as_u64();
+            }
+            "response.output_item.done" => {
+                assert_eq!(open, v["output_index"].as_u64());
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    let done = &ev.last().unwrap().1["response"];
+    assert!(
+        done["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{done}"
+    );
+    for at in 0..b.len() {
+        let split = without_created(
+            responses_reply(
+                Api::AnthropicMessages,
+                200,
+                "text/event-stream",
+                &[&b[..at], &b[at..]],
+            )
+            .unwrap(),
+        );
+        assert_eq!(whole, split, "split at {at}");
+    }
 }

@@ -254,3 +254,66 @@ routes:
         "both routes reached the slow provider"
     );
 }
+
+/// `POST …/responses` on a route whose clients speak OpenAI: to OpenAI itself it goes
+/// as it is (OpenAI has the Responses API); to an OpenAI-compatible provider without it,
+/// it is told as Chat Completions and the answer comes back as a Response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_requests_go_natively_to_openai_and_as_chat_elsewhere() {
+    let m = mock(MockOptions {
+        interval: Duration::from_millis(1),
+        record: 10,
+        ..Default::default()
+    })
+    .await;
+    let conf = format!(
+        r#"providers:
+  openai: {{ kind: openai, base_url: "{url}/v1" }}
+  deepseek: {{ kind: deepseek, base_url: "{url}/v1" }}
+routes:
+  - {{ name: native, match: {{ path_prefix: /native }}, api: openai, provider: openai, model: gpt-4.1 }}
+  - {{ name: compat, match: {{ path_prefix: /compat }}, api: openai, provider: deepseek, model: deepseek-chat }}
+"#,
+        url = m.url()
+    );
+    let s = TestSidecar::start(&conf).await;
+    let body = json!({"model": "gpt-4o", "input": "hi", "max_output_tokens": 3, "store": true});
+    // The mock has no Responses API: its 404 is the provider's own answer, passed on.
+    let r = s
+        .client
+        .post(s.url("/native/v1/responses"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let rec = m.recorded();
+    assert_eq!(rec[0].path, "/v1/responses");
+    let sent: Value = serde_json::from_slice(&rec[0].body).unwrap();
+    assert_eq!(sent["input"], "hi", "untranslated");
+    assert_eq!(sent["model"], "gpt-4.1", "with the route's model");
+
+    let r = s
+        .client
+        .post(s.url("/compat/v1/responses"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "incomplete");
+    assert_eq!(v["model"], "deepseek-chat");
+    assert!(v["output"][0]["content"][0]["text"].as_str().unwrap().starts_with("This"));
+    let rec = m.recorded();
+    assert_eq!(rec[1].path, "/v1/chat/completions");
+    let sent: Value = serde_json::from_slice(&rec[1].body).unwrap();
+    assert_eq!(sent["messages"][0], json!({"role": "user", "content": "hi"}));
+    assert_eq!(sent["max_completion_tokens"], 3);
+    s.assert_metric(
+        r#"llm_sidecar_translations_total{api="openai_responses",result="translated",route="compat",upstream_api="openai_chat"}"#,
+        1.0,
+    )
+    .await;
+}

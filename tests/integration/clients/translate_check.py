@@ -119,6 +119,43 @@ r = an.messages.create(model="claude-x", max_tokens=100, tools=tools, messages=[
     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "noon"}, {"type": "text", "text": "so?"}]}])
 check(r.stop_reason == "end_turn", "anthropic history with tool results and an image")
 
+# The Responses API on the same route: told as Chat, then as Anthropic Messages
+r = oa.responses.create(model="gpt-4o", instructions="be brief", input="hello", max_output_tokens=5)
+check(r.object == "response" and r.status == "incomplete", f"responses: max_output_tokens 5 -> incomplete {r}")
+check(r.incomplete_details.reason == "max_output_tokens", f"responses: reason {r.incomplete_details}")
+check(r.output_text.startswith("This is a"), f"responses: text {r.output_text!r}")
+check(r.usage.output_tokens == 5 and r.usage.input_tokens > 0, f"responses: usage {r.usage}")
+events = list(oa.responses.create(model="gpt-4o", input=[{"role": "user", "content": "hi"}], stream=True))
+types = [e.type for e in events]
+check(types[0] == "response.created" and types[-1] == "response.completed", f"responses stream: {types}")
+text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+check(text == "This is a mock response from llm-sidecar-mock, streamed", f"responses stream text {text!r}")
+check([e.sequence_number for e in events] == list(range(len(events))), "sequence numbers")
+done = events[-1].response
+check(done.output_text == text and done.usage.output_tokens == 8, f"responses completed {done}")
+# tool calls, streamed, then their outputs go back as items
+RTOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+          {"type": "function", "name": "now", "parameters": {"type": "object", "properties": {}}}]
+with oa.responses.stream(model="gpt-4o", input="weather and time?", tools=RTOOLS,
+                         extra_headers={"x-mock-tool-calls": "2"}) as s:
+    for _ in s:
+        pass
+    final = s.get_final_response()
+calls = [o for o in final.output if o.type == "function_call"]
+check([c.name for c in calls] == ["get_weather", "now"], f"responses calls {final.output}")
+check(json.loads(calls[0].arguments) == {"city": "mock-city-0"} and json.loads(calls[1].arguments) == {}, f"args {calls}")
+follow = [{"role": "user", "content": "weather and time?"}] + [c.model_dump(exclude_none=True) for c in final.output] + [
+    {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"},
+    {"type": "function_call_output", "call_id": calls[1].call_id, "output": "noon"}]
+r = oa.responses.create(model="gpt-4o", input=follow, tools=RTOOLS)
+check(r.status == "completed" and r.output_text, f"responses after tool outputs {r}")
+try:
+    oa.responses.create(model="gpt-4o", input="x", previous_response_id="resp_123")
+    check(False, "previous_response_id must be refused")
+except openai.BadRequestError as e:
+    check("previous_response_id" in str(e), f"names the field: {e}")
+
 # a dead Anthropic target, then an OpenAI one: one coherent answer
 oc = openai.OpenAI(base_url=f"{base}/chain/v1", api_key="unused", max_retries=0)
 r = oc.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
