@@ -3,7 +3,7 @@
 //!
 //! Like `bedrock.rs`, through the Messages shape both ways. Gemini's function calls may
 //! carry no id, and may carry a `thoughtSignature` that must come back on the next turn:
-//! the tool-call id the client sees is made here (`toolu_gem_…`) and holds the signature
+//! the tool-call id the client sees is made here (`toolu_gem_{unique}_{n}`) and holds the signature
 //! after [`SIGNATURE_MARK`], so that a client replaying the call replays the signature.
 //! A tool result names its call by id only; Gemini wants the function's name, which is
 //! found in the assistant turn that made the call.
@@ -376,12 +376,13 @@ fn usage(u: Option<&Value>) -> Value {
 
 /// A tool-call id for a Gemini function call: Gemini's own, or one made up, with the
 /// part's thought signature after the mark.
-fn call_id(part: &Value, fallback: u64) -> String {
+/// `prefix` is unique per answer (ids from different turns never collide).
+fn call_id(part: &Value, prefix: &str, fallback: u64) -> String {
     let base = part
         .pointer("/functionCall/id")
         .and_then(Value::as_str)
         .filter(|i| !i.is_empty())
-        .map_or_else(|| format!("toolu_gem_{fallback}"), str::to_string);
+        .map_or_else(|| format!("{prefix}_{fallback}"), str::to_string);
     match part.get("thoughtSignature").and_then(Value::as_str) {
         Some(sig) if !sig.is_empty() => format!("{base}{SIGNATURE_MARK}{sig}"),
         _ => base,
@@ -414,6 +415,7 @@ pub fn response(front: Api, doc: Value, spec: &ReplySpec) -> Result<Value> {
     let c = candidate(&doc)?;
     let mut blocks = Vec::new();
     let mut calls = 0u64;
+    let prefix = hub::message_id("toolu_gem_");
     for p in c
         .pointer("/content/parts")
         .and_then(Value::as_array)
@@ -423,7 +425,7 @@ pub fn response(front: Api, doc: Value, spec: &ReplySpec) -> Result<Value> {
         if p.get("functionCall").is_some() {
             blocks.push(json!({
                 "type": "tool_use",
-                "id": call_id(p, calls),
+                "id": call_id(p, &prefix, calls),
                 "name": p.pointer("/functionCall/name").cloned().unwrap_or(Value::Null),
                 "input": p.pointer("/functionCall/args").cloned().unwrap_or_else(|| json!({})),
             }));
@@ -471,6 +473,7 @@ pub struct Stream {
     open: Open,
     next_block: u64,
     calls: u64,
+    call_prefix: String,
     finish: Option<String>,
     usage: Option<Value>,
 }
@@ -485,6 +488,7 @@ impl Stream {
             open: Open::None,
             next_block: 0,
             calls: 0,
+            call_prefix: hub::message_id("toolu_gem_"),
             finish: None,
             usage: None,
         }
@@ -594,7 +598,7 @@ impl Stream {
         {
             if p.get("functionCall").is_some() {
                 self.close(out)?;
-                let id = call_id(p, self.calls);
+                let id = call_id(p, &self.call_prefix, self.calls);
                 self.calls += 1;
                 let i = self.next_block;
                 self.next_block += 1;

@@ -26,6 +26,8 @@ mod anthropic;
 mod bedrock;
 mod eventstream;
 mod gemini;
+#[cfg(test)]
+mod golden;
 mod hub;
 mod openai;
 mod responses;

@@ -539,7 +539,13 @@ fn without_created(s: String) -> String {
 fn without_ids(s: String) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s.as_str();
-    while let Some(i) = rest.find("msg_bdrk_").or_else(|| rest.find("msg_gem_")) {
+    let next = |r: &str| {
+        ["msg_bdrk_", "msg_gem_", "toolu_gem_"]
+            .iter()
+            .filter_map(|k| r.find(k))
+            .min()
+    };
+    while let Some(i) = next(rest) {
         let end = i + rest[i..].find('_').unwrap() + 1;
         let end = end + rest[end..].find('_').unwrap() + 1;
         out.push_str(&rest[..end]);

@@ -305,11 +305,17 @@ routes:
     assert_eq!(v["object"], "response");
     assert_eq!(v["status"], "incomplete");
     assert_eq!(v["model"], "deepseek-chat");
-    assert!(v["output"][0]["content"][0]["text"].as_str().unwrap().starts_with("This"));
+    assert!(v["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("This"));
     let rec = m.recorded();
     assert_eq!(rec[1].path, "/v1/chat/completions");
     let sent: Value = serde_json::from_slice(&rec[1].body).unwrap();
-    assert_eq!(sent["messages"][0], json!({"role": "user", "content": "hi"}));
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "user", "content": "hi"})
+    );
     assert_eq!(sent["max_completion_tokens"], 3);
     s.assert_metric(
         r#"llm_sidecar_translations_total{api="openai_responses",result="translated",route="compat",upstream_api="openai_chat"}"#,
